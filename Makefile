@@ -1,0 +1,34 @@
+# Two entry points: `make repro` (set up + run the default pipeline) and `make test` (set up + tests).
+# Both are safe to repeat: setup is skipped while the venv is newer than pyproject.toml and the lock.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup repro test test-fast clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch from this machine's disk unless a GPU is present (an unpinned torch is a multi-GB CUDA build).
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -c requirements.lock torch; \
+	else $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,gguf]'
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,14 @@
+"""pftlab: preference fine-tuning experiments of Tajwar et al. (2024) and Song et al. (2024)."""
+import os
+
+# Telemetry off unless the user opted in explicitly (MLflow wants exactly "true").
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The objectives as small functions on log-probabilities: each returns (loss, stats).
+
+Inputs are per-sequence sums of token log-probs (`logp_*`) under the policy and the frozen
+reference (`ref_*`). Everything here is checked by hand-worked numbers in tests/test_losses.py.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor):
+    """Mean negative log-likelihood per response token."""
+    loss = -(token_logp * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"nll": loss.item()}
+
+
+def bradley_terry_loss(score_w: torch.Tensor, score_l: torch.Tensor):
+    """Reward-model loss -log sigmoid(s_w - s_l)."""
+    loss = -F.logsigmoid(score_w - score_l).mean()
+    return loss, {"accuracy": (score_w > score_l).float().mean().item()}
+
+
+def dpo_loss(logp_w, logp_l, ref_w, ref_l, beta: float):
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta * [(logp_w - ref_w) - (logp_l - ref_l)])."""
+    reward_w, reward_l = beta * (logp_w - ref_w), beta * (logp_l - ref_l)
+    loss = -F.logsigmoid(reward_w - reward_l).mean()
+    return loss, {
+        "implicit_reward_chosen": reward_w.mean().item(),
+        "implicit_reward_rejected": reward_l.mean().item(),
+        "margin": (reward_w - reward_l).mean().item(),
+        "pair_accuracy": (reward_w > reward_l).float().mean().item(),
+        "logp_chosen": logp_w.mean().item(),
+        "logp_rejected": logp_l.mean().item(),
+    }
+
+
+def kl_penalised_rewards(rewards, logp_old, ref_logp, kl_coef: float):
+    """r - kl_coef * sum_t log(pi/pi_ref): the per-sequence KL penalty used by RLOO (k1 estimator)."""
+    return rewards - kl_coef * (logp_old - ref_logp)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO (Kool et al. 2019) on a (prompts, k) grid: each sample's reward minus the mean of the others."""
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError("leave-one-out needs at least 2 samples per prompt")
+    return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+
+
+def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor):
+    """REINFORCE surrogate -mean(A * log pi(y|x)) with A held fixed: its gradient is the policy gradient."""
+    advantages = advantages.detach()
+    loss = -(advantages * logp).mean()
+    return loss, {"advantage_abs": advantages.abs().mean().item(), "negative_weight_fraction": (advantages < 0).float().mean().item()}
+
+
+def kl_estimates(token_logp: torch.Tensor, token_ref_logp: torch.Tensor, mask: torch.Tensor):
+    """Per-sequence reverse KL(pi || pi_ref) estimates from samples of pi, summed over tokens.
+
+    k1 = sum_t (log pi - log pi_ref): unbiased, can be negative on one sample.
+    k3 = sum_t (ratio - 1 - log ratio), ratio = pi_ref / pi: unbiased and never negative (Schulman 2020).
+    """
+    log_ratio = (token_ref_logp - token_logp) * mask
+    k1 = -log_ratio.sum(-1)
+    k3 = ((log_ratio.exp() - 1 - log_ratio) * mask).sum(-1)
+    return k1, k3

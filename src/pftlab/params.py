@@ -1,0 +1,175 @@
+"""Read params.yaml and check every value a stage uses before any expensive work.
+
+A rule per key says what is allowed; unknown keys (typos) are errors that suggest the closest key.
+"""
+import difflib
+from pathlib import Path
+
+import yaml
+
+from .errors import ParamError
+
+GOLD_REWARDS = ("min_length", "mode_length", "skew_length")
+
+
+def _positive(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v == v and v != float("inf")
+
+
+def _nonneg(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
+
+
+def _pos_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _fraction(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def _fraction_closed(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+
+RULES = {
+    "seed": (_nonneg_int, "an integer >= 0"),
+    "data.raw": (lambda v: isinstance(v, str) and v, "a path"),
+    "data.eval_fraction": (_fraction, "a number in (0, 1)"),
+    "data.max_bad_fraction": (_fraction_closed, "a number in [0, 1]"),
+    "tokenizer.vocab_size": (lambda v: _pos_int(v) and v >= 300, "an integer >= 300 (256 bytes + merges)"),
+    "model.n_layer": (_pos_int, "a positive integer"),
+    "model.n_embd": (_pos_int, "a positive integer"),
+    "model.n_head": (_pos_int, "a positive integer"),
+    "model.max_prompt_tokens": (_pos_int, "a positive integer"),
+    "model.max_response_tokens": (_pos_int, "a positive integer"),
+    "sft.epochs": (_pos_int, "a positive integer"),
+    "sft.batch_size": (_pos_int, "a positive integer"),
+    "sft.lr": (_positive, "a number > 0"),
+    "sft.warmup_steps": (_nonneg_int, "an integer >= 0"),
+    "generation.temperature": (_positive, "a number > 0"),
+    "generation.batch_size": (_pos_int, "a positive integer"),
+    "gold.reward": (lambda v: v in GOLD_REWARDS, f"one of {', '.join(GOLD_REWARDS)}"),
+    "gold.skew_quantile": (_fraction, "a number in (0, 1)"),
+    "gold.skew_keep": (_fraction_closed, "a number in [0, 1]"),
+    "pairs.max_prompts": (_pos_int, "a positive integer"),
+    "pairs.bt_scale": (_positive, "a number > 0"),
+    "reward_model.epochs": (_pos_int, "a positive integer"),
+    "reward_model.batch_size": (_pos_int, "a positive integer"),
+    "reward_model.lr": (_positive, "a number > 0"),
+    "reward_model.eval_fraction": (_fraction, "a number in (0, 1)"),
+    "algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of algorithm names"),
+    "policy.iterations": (_pos_int, "a positive integer"),
+    "policy.batch_size": (_pos_int, "a positive integer"),
+    "policy.minibatch_size": (_pos_int, "a positive integer"),
+    "policy.steps_per_batch": (_pos_int, "a positive integer"),
+    "policy.lr": (_positive, "a number > 0"),
+    "policy.warmup_steps": (_nonneg_int, "an integer >= 0"),
+    "policy.max_grad_norm": (_positive, "a number > 0"),
+    "eval.num_prompts": (_pos_int, "a positive integer"),
+    "eval.samples_per_prompt": (_pos_int, "a positive integer"),
+    "eval.temperature": (_positive, "a number > 0"),
+    "eval.seed": (_nonneg_int, "an integer >= 0"),
+}
+
+
+def _flatten(tree, prefix=""):
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def flatten(tree) -> dict:
+    return dict(_flatten(tree))
+
+
+class Params:
+    """The parsed params file; `p["policy.lr"]` reads a dotted key and names it when it is missing."""
+
+    def __init__(self, tree: dict, path: str = "params.yaml"):
+        self.tree, self.path = tree, path
+
+    def __getitem__(self, key):
+        node = self.tree
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamError(f"{self.path}: missing key '{key}'")
+            node = node[part]
+        return node
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except ParamError:
+            return default
+
+    def section(self, *keys) -> dict:
+        """The subtrees a stage reads, for logging exactly those params."""
+        return {k: self[k] for k in keys}
+
+    def check(self, *sections):
+        """Validate every known key under the given sections; reject unknown keys there."""
+        from .algorithms import ALGORITHMS, HYPERPARAMETERS  # late: algorithms imports torch
+
+        known = dict(RULES)
+        for name, rules in HYPERPARAMETERS.items():
+            for hp, rule in rules.items():
+                known[f"algos.{name}.{hp}"] = rule
+        for section in sections:
+            value = self[section]
+            items = {f"{section}.{k}": v for k, v in flatten(value).items()} if isinstance(value, dict) else {section: value}
+            for key, v in items.items():
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ParamError(f"{self.path}: unknown key '{key}'{hint}")
+                ok, want = known[key]
+                if not ok(v):
+                    raise ParamError(f"{self.path}: '{key}' must be {want} (got {v!r})")
+            for key, (ok, want) in known.items():
+                if key.startswith(section + ".") and key not in items and not key.startswith("algos."):
+                    raise ParamError(f"{self.path}: missing key '{key}'")
+        if "algorithms" in sections:
+            for name in self["algorithms"]:
+                if name not in ALGORITHMS:
+                    raise ParamError(f"{self.path}: 'algorithms' names unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+        return self
+
+
+def load_params(path="params.yaml") -> Params:
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: file not found (run from the repository root)") from None
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ParamError(f"{path}: expected a mapping of keys at the top level")
+    return Params(tree, str(path))
+
+
+def check_algorithm_params(p: Params, name: str) -> dict:
+    """The hyperparameters of one algorithm: every required one present and in range."""
+    from .algorithms import ALGORITHMS, HYPERPARAMETERS
+
+    if name not in ALGORITHMS:
+        raise ParamError(f"{p.path}: unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+    p.check(f"algos.{name}")
+    hps = p[f"algos.{name}"]
+    for hp in HYPERPARAMETERS[name]:
+        if hp not in hps:
+            raise ParamError(f"{p.path}: missing key 'algos.{name}.{hp}'")
+    return dict(hps)
+
+
+def check_batch(key: str, batch: int, available: int, what: str, path="params.yaml"):
+    if batch > available:
+        raise ParamError(f"{path}: '{key}' = {batch} is larger than the {available} {what} available")

@@ -1,0 +1,84 @@
+"""Proxy reward model: the SFT backbone with a fresh scalar head, trained with the Bradley-Terry loss.
+
+transformers' GPT2ForSequenceClassification reads the score at the last non-pad token, i.e. at the
+response's EOS (PAD differs from EOS in our tokenizer for this reason).
+"""
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, get_scheduler
+
+from .losses import bradley_terry_loss
+from .model import Sequences, batched, pack
+
+
+def new_reward_model(sft_dir):
+    return AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
+
+
+def load_reward_model(path):
+    return AutoModelForSequenceClassification.from_pretrained(path)
+
+
+def score(rm, seqs: Sequences) -> torch.Tensor:
+    return rm(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits.squeeze(-1)
+
+
+@torch.no_grad()
+def score_sequences(rm, seqs: Sequences, batch_size=64) -> torch.Tensor:
+    was_training = rm.training
+    rm.eval()
+    out = batched(lambda s: score(rm, s), seqs, batch_size)
+    rm.train(was_training)
+    return out
+
+
+def pair_sequences(pairs, pad_id):
+    chosen = pack([p["prompt_ids"] for p in pairs], [p["chosen_ids"] for p in pairs], pad_id)
+    rejected = pack([p["prompt_ids"] for p in pairs], [p["rejected_ids"] for p in pairs], pad_id)
+    return chosen, rejected
+
+
+def evaluate_reward_model(rm, pairs, pad_id) -> dict:
+    chosen, rejected = pair_sequences(pairs, pad_id)
+    s_w, s_l = score_sequences(rm, chosen), score_sequences(rm, rejected)
+    scores = torch.cat([s_w, s_l]).numpy()
+    gold = np.array([p["chosen_gold"] for p in pairs] + [p["rejected_gold"] for p in pairs])
+    corr = float(np.corrcoef(scores, gold)[0, 1]) if scores.std() > 0 and gold.std() > 0 else 0.0
+    # Accuracy against the gold ordering (ties in gold excluded) and against the sampled labels.
+    g_w, g_l = gold[: len(pairs)], gold[len(pairs) :]
+    strict = g_w != g_l
+    gold_acc = float(((s_w.numpy() > s_l.numpy()) == (g_w > g_l))[strict].mean()) if strict.any() else float("nan")
+    return {"label_accuracy": float((s_w > s_l).float().mean()), "gold_order_accuracy": gold_acc,
+            "gold_correlation": corr, "pairs": len(pairs)}
+
+
+def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None):
+    steps_per_epoch = math.ceil(len(train_pairs) / cfg["batch_size"])
+    total = steps_per_epoch * cfg["epochs"]
+    optimizer = torch.optim.AdamW(rm.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(20, total // 10), num_training_steps=total)
+    generator = torch.Generator().manual_seed(seed)
+    history, step = [], 0
+    rm.train()
+    bar = tqdm(total=total, desc="reward model", disable=None)
+    for epoch in range(cfg["epochs"]):
+        order = torch.randperm(len(train_pairs), generator=generator).tolist()
+        for i in range(0, len(order), cfg["batch_size"]):
+            chosen, rejected = pair_sequences([train_pairs[j] for j in order[i : i + cfg["batch_size"]]], pad_id)
+            loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            row = {"step": step, "epoch": epoch, "train_loss": loss.item(), "train_accuracy": stats["accuracy"]}
+            history.append(row)
+            if tracker is not None:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            step += 1
+            bar.update(1)
+    bar.close()
+    return history

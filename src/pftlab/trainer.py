@@ -1,0 +1,143 @@
+"""The one policy-training loop: collect a batch from the algorithm's sample source, take
+`steps_per_batch` passes of minibatch gradient steps on it, log, repeat `iterations` times.
+
+Offline collection takes the next `batch_size` preference pairs (reshuffled each epoch); on-policy
+collection samples k fresh responses per prompt from the current policy and scores them with the proxy
+reward model. Reference and behaviour log-probs are computed once, at collection, without gradient.
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .model import Sequences, batched, pack, target_mask, token_logprobs
+from .sampling import sample_responses
+
+
+@dataclass
+class PairBatch:
+    chosen: Sequences
+    rejected: Sequences
+    ref_logp_chosen: torch.Tensor
+    ref_logp_rejected: torch.Tensor
+
+    def __len__(self):
+        return len(self.chosen)
+
+    def select(self, index):
+        return PairBatch(self.chosen.select(index), self.rejected.select(index),
+                         self.ref_logp_chosen[index], self.ref_logp_rejected[index])
+
+
+@dataclass
+class SampleBatch:
+    seqs: Sequences  # prompt-major: the k samples of prompt i are rows i*k .. i*k+k-1
+    rewards: torch.Tensor  # proxy reward per sample
+    old_logp: torch.Tensor  # log pi_behaviour(y|x) at collection
+    ref_logp: torch.Tensor  # log pi_ref(y|x)
+    k: int
+
+    def __len__(self):
+        return len(self.seqs) // self.k
+
+    def select(self, prompt_index):
+        rows = (prompt_index.unsqueeze(-1) * self.k + torch.arange(self.k)).reshape(-1)
+        return SampleBatch(self.seqs.select(rows), self.rewards[rows], self.old_logp[rows], self.ref_logp[rows], self.k)
+
+
+class OfflinePairs:
+    """Yields batches of preference pairs in a seeded order, a new permutation each epoch."""
+
+    def __init__(self, pairs: list, pad_id: int, seed: int):
+        self.pairs, self.pad_id = pairs, pad_id
+        self.rng = np.random.default_rng(seed)
+        self.order, self.position, self.epoch = self.rng.permutation(len(pairs)), 0, 0
+
+    def next_indices(self, n: int):
+        out = []
+        while len(out) < n:
+            if self.position == len(self.order):
+                self.order, self.position, self.epoch = self.rng.permutation(len(self.pairs)), 0, self.epoch + 1
+            take = min(n - len(out), len(self.order) - self.position)
+            out += self.order[self.position : self.position + take].tolist()
+            self.position += take
+        return out
+
+    def collect(self, n: int, ref) -> PairBatch:
+        rows = [self.pairs[i] for i in self.next_indices(n)]
+        chosen = pack([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], self.pad_id)
+        rejected = pack([r["prompt_ids"] for r in rows], [r["rejected_ids"] for r in rows], self.pad_id)
+        ref_w = batched(lambda s: token_logprobs(ref, s).sum(-1), chosen)
+        ref_l = batched(lambda s: token_logprobs(ref, s).sum(-1), rejected)
+        return PairBatch(chosen, rejected, ref_w, ref_l)
+
+
+class OnPolicySamples:
+    """Yields batches of k fresh policy samples for each of `n` prompts, scored by the reward model."""
+
+    def __init__(self, prompts: list, k: int, generation: dict, reward_fn, tokenizer, seed: int):
+        self.prompts, self.k, self.generation, self.reward_fn = prompts, k, generation, reward_fn
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.rng = np.random.default_rng(seed)
+
+    def collect(self, n: int, policy, ref) -> SampleBatch:
+        chosen_prompts = [self.prompts[i] for i in self.rng.choice(len(self.prompts), n, replace=False)]
+        repeated = [p for p in chosen_prompts for _ in range(self.k)]
+        responses = sample_responses(policy, repeated, self.generation["max_new_tokens"],
+                                     self.generation["temperature"], self.generation["batch_size"],
+                                     self.eos_id, self.pad_id, desc="on-policy samples")
+        seqs = pack(repeated, responses, self.pad_id)
+        old = batched(lambda s: token_logprobs(policy, s).sum(-1), seqs)
+        ref_logp = batched(lambda s: token_logprobs(ref, s).sum(-1), seqs)
+        return SampleBatch(seqs, self.reward_fn(seqs), old, ref_logp, self.k)
+
+
+def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, tracker=None, progress_desc="policy"):
+    """Run the loop; returns the per-step history (list of dicts) for metrics and plots."""
+    minibatches = math.ceil(cfg["batch_size"] / cfg["minibatch_size"])
+    total_steps = cfg["iterations"] * cfg["steps_per_batch"] * minibatches
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg["warmup_steps"], num_training_steps=total_steps)
+    shuffle = torch.Generator().manual_seed(cfg["seed"])
+    history, step, samples_seen, tokens_seen = [], 0, 0, 0
+    start = time.time()
+    for iteration in tqdm(range(cfg["iterations"]), desc=progress_desc, disable=None):
+        collect_start = time.time()
+        policy.eval()
+        batch = source.collect(cfg["batch_size"], ref) if algorithm.source == "offline" else \
+            source.collect(cfg["batch_size"], policy, ref)
+        collect_seconds = time.time() - collect_start
+        extra = {}
+        if isinstance(batch, SampleBatch):
+            samples_seen += len(batch.seqs)
+            tokens_seen += int(target_mask(batch.seqs).sum())
+            extra = {"proxy_reward": batch.rewards.mean().item(), "kl_k1": (batch.old_logp - batch.ref_logp).mean().item()}
+        policy.train()
+        for _ in range(cfg["steps_per_batch"]):
+            order = torch.randperm(len(batch), generator=shuffle)
+            for mb_start in range(0, len(batch), cfg["minibatch_size"]):
+                minibatch = batch.select(order[mb_start : mb_start + cfg["minibatch_size"]])
+                loss, stats = algorithm.objective(policy, minibatch, hp)
+                if not torch.isfinite(loss):
+                    from .errors import PftlabError
+
+                    raise PftlabError(f"non-finite loss {loss.item()} at step {step} (iteration {iteration})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["max_grad_norm"]).item()
+                optimizer.step()
+                scheduler.step()
+                elapsed = time.time() - start
+                row = {"step": step, "iteration": iteration, "loss": loss.item(), "grad_norm": grad_norm,
+                       "lr": scheduler.get_last_lr()[0], "samples": samples_seen,
+                       "samples_per_second": samples_seen / elapsed, "tokens_per_second": tokens_seen / elapsed,
+                       "collect_seconds": collect_seconds, **extra, **stats}
+                history.append(row)
+                if tracker is not None:
+                    tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+                step += 1
+    return history

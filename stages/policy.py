@@ -1,0 +1,50 @@
+"""Stage policy@<algorithm>: fine-tune the SFT policy with one algorithm of the table
+(models/policy/<algorithm>/, metrics/policy/<algorithm>.json, metrics/curves/policy_<algorithm>.csv)."""
+import sys
+
+from transformers.utils import logging as hf_logging
+
+from pftlab.algorithms import ALGORITHMS
+from pftlab.io import atomic_dir, read_jsonl, write_csv
+from pftlab.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.params import check_algorithm_params, check_batch
+from pftlab.reward_model import load_reward_model, score_sequences
+from pftlab.stage import run_stage
+from pftlab.trainer import OfflinePairs, OnPolicySamples, train_policy
+
+NAME = sys.argv[1] if len(sys.argv) > 1 else ""
+
+
+def main(p, tracker):
+    hf_logging.set_verbosity_error()
+    hp = check_algorithm_params(p, NAME)
+    algorithm = ALGORITHMS[NAME]
+    cfg = {**p["policy"], "seed": p["seed"]}
+    generation = {**p["generation"], "max_new_tokens": p["model.max_response_tokens"]}
+    tok = load_tokenizer("models/sft")
+    if algorithm.source == "offline":
+        pairs = read_jsonl("data/pairs/pairs.jsonl")
+        check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
+        source = OfflinePairs(pairs, tok.pad_token_id, p["seed"])
+    else:
+        prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
+                   for r in read_jsonl("data/prepared/prompts_train.jsonl")]
+        check_batch("policy.batch_size", cfg["batch_size"], len(prompts), "training prompts")
+        rm = load_reward_model("models/reward_model")
+        source = OnPolicySamples(prompts, hp["samples_per_prompt"], generation, lambda s: score_sequences(rm, s), tok, p["seed"])
+    policy, ref = load_policy("models/sft"), load_policy("models/sft")
+    ref.eval().requires_grad_(False)
+    history = train_policy(algorithm, hp, cfg, policy, ref, source, tracker, progress_desc=f"policy@{NAME}")
+    with atomic_dir(f"models/policy/{NAME}") as out:
+        policy.save_pretrained(out)
+        tok.save_pretrained(out)
+    write_csv(f"metrics/curves/policy_{NAME}.csv", history)
+    last = history[-1]
+    return {"algorithm": NAME, "source": algorithm.source, "negative_gradient": algorithm.negative_gradient,
+            "steps": len(history), "final_loss": last["loss"], "samples": last["samples"],
+            **{k: last[k] for k in ("proxy_reward", "kl_k1", "margin", "pair_accuracy") if k in last}}
+
+
+if __name__ == "__main__":
+    run_stage(f"policy@{NAME}", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
+                                 "policy", f"algos.{NAME}"], main, f"metrics/policy/{NAME}.json")

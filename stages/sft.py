@@ -1,0 +1,30 @@
+"""Stage sft: a GPT-2-style LM trained from scratch on prompt -> chosen reply (models/sft/)."""
+from transformers.utils import logging as hf_logging
+
+from pftlab.io import atomic_dir, read_jsonl, write_csv
+from pftlab.model import encode_prompt, encode_response, load_tokenizer, new_policy
+from pftlab.params import check_batch
+from pftlab.sft import train_sft
+from pftlab.stage import run_stage
+
+
+def main(p, tracker):
+    hf_logging.set_verbosity_error()
+    tok = load_tokenizer("models/tokenizer")
+    mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
+    encode = lambda rows: [(encode_prompt(tok, r["prompt"], mp), encode_response(tok, r["response"], mr)) for r in rows]
+    train, held_out = encode(read_jsonl("data/prepared/sft_train.jsonl")), encode(read_jsonl("data/prepared/sft_eval.jsonl"))
+    check_batch("sft.batch_size", p["sft.batch_size"], len(train), "SFT examples")
+    model = new_policy(tok, p["model.n_layer"], p["model.n_embd"], p["model.n_head"], mp + mr + 1)
+    history = train_sft(model, train, held_out, p["sft"], tok.pad_token_id, p["seed"], tracker)
+    with atomic_dir("models/sft") as out:
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    write_csv("metrics/curves/sft.csv", history)
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    return {"parameters": sum(x.numel() for x in model.parameters()), "steps": len(history),
+            "train_loss": history[-1]["train_loss"], "eval_loss": evals[-1], "eval_loss_initial": evals[0]}
+
+
+if __name__ == "__main__":
+    run_stage("sft", ["seed", "model", "sft"], main, "metrics/sft.json")

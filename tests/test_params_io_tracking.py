@@ -1,0 +1,121 @@
+"""Params validation names the key; writes are atomic; a tracking failure never stops a stage."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pftlab.errors import ParamError
+from pftlab.io import atomic_dir, atomic_write_json
+from pftlab.params import Params, check_algorithm_params, check_batch, load_params
+from pftlab.tracking import Tracker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_and_smoke_params_are_valid():
+    for path in (ROOT / "params.yaml", ROOT / "params" / "smoke.yaml"):
+        p = load_params(path)
+        p.check(*[k for k in p.tree if k != "algos"])
+        for name in p["algorithms"]:
+            check_algorithm_params(p, name)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("policy.lr", 0.0, "'policy.lr' must be a number > 0"),
+    ("policy.lr", -1e-4, "'policy.lr' must be a number > 0"),
+    ("sft.lr", float("nan"), "'sft.lr' must be a number > 0"),
+    ("gold.reward", "max_length", "'gold.reward' must be one of min_length"),
+    ("policy.batch_size", "32", "'policy.batch_size' must be a positive integer"),
+])
+def test_bad_values_name_the_key(key, value, message):
+    tree = default_params()
+    section, leaf = key.split(".")
+    tree[section][leaf] = value
+    with pytest.raises(ParamError, match=message.replace("(", r"\(")):
+        Params(tree).check(section)
+
+
+def test_bad_algorithm_params():
+    tree = default_params()
+    tree["algos"]["dpo"]["beta"] = 0
+    with pytest.raises(ParamError, match="'algos.dpo.beta' must be a number > 0"):
+        check_algorithm_params(Params(tree), "dpo")
+    tree["algorithms"] = ["dpo", "ppo2"]
+    with pytest.raises(ParamError, match="unknown algorithm 'ppo2'"):
+        Params(tree).check("algorithms")
+    with pytest.raises(ParamError, match="unknown algorithm"):
+        check_algorithm_params(Params(tree), "ppo2")
+
+
+def test_misspelt_key_gets_a_suggestion():
+    tree = default_params()
+    tree["policy"]["lrr"] = 1e-4
+    with pytest.raises(ParamError, match=r"unknown key 'policy.lrr' \(did you mean 'policy.lr'\?\)"):
+        Params(tree).check("policy")
+
+
+def test_batch_larger_than_data():
+    with pytest.raises(ParamError, match="'policy.batch_size' = 64 is larger than the 10 preference pairs"):
+        check_batch("policy.batch_size", 64, 10, "preference pairs")
+
+
+def test_stage_with_bad_param_exits_cleanly_before_work(tmp_path):
+    tree = default_params()
+    tree["algos"]["dpo"]["beta"] = -0.1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "PFTLAB_MLFLOW": "0"}
+    out = subprocess.run([sys.executable, str(ROOT / "stages" / "policy.py"), "dpo"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "'algos.dpo.beta' must be a number > 0" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("whole")
+    assert (target / "weights").read_text() == "whole"
+    with pytest.raises(ValueError):  # NaN is refused before anything is written
+        atomic_write_json(tmp_path / "m.json", {"x": float("nan")})
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_tracking_failure_warns_and_does_not_raise(tmp_path, monkeypatch):
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    (tmp_path / "a_file").write_text("not a directory")  # the database path cannot be created under it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/a_file/mlflow.db")
+    with pytest.warns(UserWarning, match="MLflow tracking disabled"):
+        with Tracker("test", {"a": 1}) as t:
+            t.log_metrics({"loss": 1.0}, step=0)
+    assert not t.enabled
+
+
+def test_tracking_logs_params_metrics_and_tags(tmp_path, monkeypatch):
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with Tracker("sft", {"sft": {"lr": 0.001}}) as t:
+        for step in range(3):
+            t.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id])[0]
+    assert run.data.params["sft.lr"] == "0.001"
+    assert run.data.tags["stage"] == "sft" and len(run.data.tags["pipeline_run"]) == 12
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 1.0 / 3]

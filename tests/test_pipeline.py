@@ -1,0 +1,141 @@
+"""End to end: the real `dvc repro` of the smoke preset in a temporary copy of the repository."""
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGORITHMS = ["dpo", "rloo"]
+pytestmark = pytest.mark.slow
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if name.startswith("metrics/") or not (ROOT / name).is_file():
+            continue  # the committed default-run metrics must not stand in for the smoke run's
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copy2(ROOT / "params" / "smoke.yaml", dest / "params.yaml")
+    git = ["git", "-c", "user.email=test@pftlab", "-c", "user.name=test"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "smoke"], cwd=dest, check=True)
+    return dest
+
+
+def env(tracking: bool):
+    bin_dir = str(Path(sys.executable).parent)
+    out = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PFTLAB_MLFLOW": "1" if tracking else "0"}
+    out.pop("MLFLOW_TRACKING_URI", None)
+    return out
+
+
+def dvc(repo, *args, tracking=False):
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env(tracking),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("smoke"))
+    dvc(repo, "repro", tracking=True)
+    return repo
+
+
+def load(repo, name):
+    return json.loads((repo / "metrics" / name).read_text())
+
+
+def test_every_stage_wrote_sane_outputs(smoke_run):
+    repo = smoke_run
+    prepare = load(repo, "prepare.json")
+    assert prepare["rows_valid"] + prepare["rows_skipped"] == 2312 and 0 < prepare["rows_skipped"] < 24
+    assert prepare["prompts_train"] > 1000 and prepare["prompts_eval"] > 100
+    sft = load(repo, "sft.json")
+    assert sft["eval_loss"] < sft["eval_loss_initial"]  # SFT learned something
+    assert (repo / "models" / "sft" / "model.safetensors").stat().st_size > 10_000
+    pairs = load(repo, "pairs.json")
+    assert pairs["pairs"] == 128 and pairs["chosen_gold_mean"] >= pairs["rejected_gold_mean"]
+    rows = [json.loads(line) for line in (repo / "data" / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == 128 and all(r["prompt_ids"] and r["chosen_ids"] and r["rejected_ids"] for r in rows)
+    rm = load(repo, "reward_model.json")
+    assert 0 <= rm["held_out_label_accuracy"] <= 1 and -1 <= rm["held_out_gold_correlation"] <= 1
+    base = load(repo, "eval/sft.json")
+    assert base["kl_k1"] == 0 and base["kl_k3"] == 0  # the SFT policy is its own reference
+    for name in ALGORITHMS:
+        policy = load(repo, f"policy/{name}.json")
+        assert policy["steps"] == 3 * 2 * 2  # iterations x steps_per_batch x minibatches
+        ev = load(repo, f"eval/{name}.json")
+        assert ev["kl_k3"] > 0 and ev["kl_k1"] != 0  # training moved the policy
+        assert 0 <= ev["win_rate_vs_sft"] <= 1 and ev["samples"] == 16 * 2
+        assert (repo / "models" / "policy" / name / "model.safetensors").exists()
+        curve = (repo / "metrics" / "curves" / f"policy_{name}.csv").read_text().splitlines()
+        assert curve[0].startswith("step,") and len(curve) == 1 + policy["steps"]
+    report = (repo / "metrics" / "report.md").read_text()
+    for name in ["sft"] + ALGORITHMS:
+        assert f"| {name} |" in report
+    assert "| policy@rloo |" in report  # stage times
+    for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png"):
+        assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mlflow_has_one_run_per_stage_grouped_by_pipeline_run(smoke_run):
+    with sqlite3.connect(smoke_run / "mlflow.db") as db:
+        tags = db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
+                          "where t.key = 'pipeline_run'").fetchall()
+        steps = db.execute("select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
+                           "where r.name = 'policy@dpo' and m.key = 'loss'").fetchone()[0]
+    names = {n for n, _ in tags}
+    assert {"prepare", "tokenizer", "sft", "pairs", "reward_model", "policy@dpo", "policy@rloo", "evaluate@sft",
+            "evaluate@dpo", "report"} <= names
+    assert len({v for _, v in tags}) == 1
+    assert steps == 12
+
+
+def fingerprint(repo):
+    """Every metric except wall-clock times, and the bytes of every model file."""
+    out = {}
+    for path in sorted((repo / "metrics").rglob("*.json")):
+        data = json.loads(path.read_text())
+        out[str(path.relative_to(repo))] = {k: v for k, v in data.items() if k != "seconds"}
+    for path in sorted((repo / "metrics" / "curves").glob("*.csv")):
+        lines = [line.split(",") for line in path.read_text().splitlines()]
+        keep = [i for i, c in enumerate(lines[0]) if "second" not in c]
+        out[str(path.relative_to(repo))] = [[row[i] for i in keep if i < len(row)] for row in lines]
+    for path in sorted((repo / "models").rglob("*.safetensors")):
+        out[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
+    again = copy_repo(tmp_path)
+    dvc(again, "repro", tracking=False)
+    first, second = fingerprint(smoke_run), fingerprint(again)
+    assert first.keys() == second.keys() and len(first) > 15
+    assert first == second
+
+
+def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
+    """Runs last: it changes the smoke run's params."""
+    repo = smoke_run
+    assert "up to date" in dvc(repo, "status")
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("num_prompts: 16", "num_prompts: 12"))
+    evaluation = {"evaluate_sft", "evaluate@dpo", "evaluate@rloo"}
+    dry = dvc(repo, "repro", "--dry")
+    planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    assert evaluation <= planned <= evaluation | {"report"}, dry
+    ran = dvc(repo, "repro")
+    ran = {line.split("'")[1] for line in ran.splitlines() if line.startswith("Running stage")}
+    assert ran == evaluation | {"report"}, ran
+    assert load(repo, "eval/dpo.json")["samples"] == 12 * 2

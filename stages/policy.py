@@ -10,7 +10,7 @@ from pftlab.model import encode_prompt, load_policy, load_tokenizer
 from pftlab.params import check_algorithm_params, check_batch
 from pftlab.reward_model import load_reward_model, score_sequences
 from pftlab.stage import run_stage
-from pftlab.trainer import OfflinePairs, OnPolicySamples, train_policy
+from pftlab.trainer import OfflinePairs, OnPolicySamples, sample_and_score, train_policy
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
 
@@ -22,19 +22,23 @@ def main(p, tracker):
     cfg = {**p["policy"], "seed": p["seed"]}
     generation = {**p["generation"], "max_new_tokens": p["model.max_response_tokens"]}
     tok = load_tokenizer("models/sft")
+    pairs = read_jsonl("data/pairs/pairs.jsonl")
+    prompts = list({tuple(r["prompt_ids"]): None for r in pairs})  # unique, in file order
+    prompts = [list(x) for x in prompts]
+    rm = load_reward_model("models/reward_model")
+    reward_fn = lambda s: score_sequences(rm, s)
     if algorithm.source == "offline":
-        pairs = read_jsonl("data/pairs/pairs.jsonl")
         check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
         source = OfflinePairs(pairs, tok.pad_token_id, p["seed"])
     else:
-        prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
-                   for r in read_jsonl("data/prepared/prompts_train.jsonl")]
         check_batch("policy.batch_size", cfg["batch_size"], len(prompts), "training prompts")
-        rm = load_reward_model("models/reward_model")
-        source = OnPolicySamples(prompts, hp["samples_per_prompt"], generation, lambda s: score_sequences(rm, s), tok, p["seed"])
+        source = OnPolicySamples(prompts, hp["samples_per_prompt"], generation, reward_fn, tok, p["seed"])
+    monitor_prompts = prompts[: cfg["batch_size"]]
+    monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
+                                                   tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
     policy, ref = load_policy("models/sft"), load_policy("models/sft")
     ref.eval().requires_grad_(False)
-    history = train_policy(algorithm, hp, cfg, policy, ref, source, tracker, progress_desc=f"policy@{NAME}")
+    history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=f"policy@{NAME}")
     with atomic_dir(f"models/policy/{NAME}") as out:
         policy.save_pretrained(out)
         tok.save_pretrained(out)

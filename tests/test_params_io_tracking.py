@@ -119,3 +119,11 @@ def test_tracking_logs_params_metrics_and_tags(tmp_path, monkeypatch):
     assert run.data.params["sft.lr"] == "0.001"
     assert run.data.tags["stage"] == "sft" and len(run.data.tags["pipeline_run"]) == 12
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
+
+
+def test_readme_algorithm_table_is_the_generated_one():
+    from pftlab.algorithms import table_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- algorithm-table -->\n")[1].split("<!-- /algorithm-table -->")[0]
+    assert block.strip() == table_markdown().strip()

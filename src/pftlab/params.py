@@ -70,6 +70,7 @@ RULES = {
     "policy.lr": (_positive, "a number > 0"),
     "policy.warmup_steps": (_nonneg_int, "an integer >= 0"),
     "policy.max_grad_norm": (_positive, "a number > 0"),
+    "policy.monitor_every": (_pos_int, "a positive integer"),
     "eval.num_prompts": (_pos_int, "a positive integer"),
     "eval.samples_per_prompt": (_pos_int, "a positive integer"),
     "eval.temperature": (_positive, "a number > 0"),

@@ -76,8 +76,23 @@ class OfflinePairs:
         return PairBatch(chosen, rejected, ref_w, ref_l)
 
 
+def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, reward_fn, eos_id: int, pad_id: int,
+                     desc="on-policy samples") -> SampleBatch:
+    """k fresh samples of pi per prompt, their proxy rewards, and behaviour / reference log-probs."""
+    repeated = [p for p in prompts for _ in range(k)]
+    responses = sample_responses(policy, repeated, generation["max_new_tokens"], generation["temperature"],
+                                 generation["batch_size"], eos_id, pad_id, desc=desc)
+    seqs = pack(repeated, responses, pad_id)
+    old = batched(lambda s: token_logprobs(policy, s).sum(-1), seqs)
+    ref_logp = batched(lambda s: token_logprobs(ref, s).sum(-1), seqs)
+    return SampleBatch(seqs, reward_fn(seqs), old, ref_logp, k)
+
+
 class OnPolicySamples:
-    """Yields batches of k fresh policy samples for each of `n` prompts, scored by the reward model."""
+    """Yields batches of k fresh policy samples for each of `n` prompts, scored by the reward model.
+
+    The prompts are those of the preference pairs, so offline and on-policy methods see the same prompts.
+    """
 
     def __init__(self, prompts: list, k: int, generation: dict, reward_fn, tokenizer, seed: int):
         self.prompts, self.k, self.generation, self.reward_fn = prompts, k, generation, reward_fn
@@ -85,19 +100,22 @@ class OnPolicySamples:
         self.rng = np.random.default_rng(seed)
 
     def collect(self, n: int, policy, ref) -> SampleBatch:
-        chosen_prompts = [self.prompts[i] for i in self.rng.choice(len(self.prompts), n, replace=False)]
-        repeated = [p for p in chosen_prompts for _ in range(self.k)]
-        responses = sample_responses(policy, repeated, self.generation["max_new_tokens"],
-                                     self.generation["temperature"], self.generation["batch_size"],
-                                     self.eos_id, self.pad_id, desc="on-policy samples")
-        seqs = pack(repeated, responses, self.pad_id)
-        old = batched(lambda s: token_logprobs(policy, s).sum(-1), seqs)
-        ref_logp = batched(lambda s: token_logprobs(ref, s).sum(-1), seqs)
-        return SampleBatch(seqs, self.reward_fn(seqs), old, ref_logp, self.k)
+        chosen = [self.prompts[i] for i in self.rng.choice(len(self.prompts), n, replace=False)]
+        return sample_and_score(policy, ref, chosen, self.k, self.generation, self.reward_fn, self.eos_id, self.pad_id)
 
 
-def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, tracker=None, progress_desc="policy"):
-    """Run the loop; returns the per-step history (list of dicts) for metrics and plots."""
+def fresh_sample_stats(batch: SampleBatch) -> dict:
+    """What every run logs about the current policy: proxy reward and KL to the reference of fresh samples."""
+    return {"proxy_reward": batch.rewards.mean().item(), "kl_k1": (batch.old_logp - batch.ref_logp).mean().item(),
+            "response_tokens": target_mask(batch.seqs).sum().item() / len(batch.seqs)}
+
+
+def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=None, tracker=None, progress_desc="policy"):
+    """Run the loop; returns the per-step history (list of dicts) for metrics and plots.
+
+    `monitor(policy, ref) -> SampleBatch` draws fresh samples for sources that do not (offline ones),
+    every `cfg["monitor_every"]` iterations, so every method logs the proxy reward and KL of its policy.
+    """
     minibatches = math.ceil(cfg["batch_size"] / cfg["minibatch_size"])
     total_steps = cfg["iterations"] * cfg["steps_per_batch"] * minibatches
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg["lr"], weight_decay=0.0)
@@ -115,7 +133,10 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, tracker=No
         if isinstance(batch, SampleBatch):
             samples_seen += len(batch.seqs)
             tokens_seen += int(target_mask(batch.seqs).sum())
-            extra = {"proxy_reward": batch.rewards.mean().item(), "kl_k1": (batch.old_logp - batch.ref_logp).mean().item()}
+            extra = fresh_sample_stats(batch)
+        elif monitor is not None and (iteration % cfg["monitor_every"] == 0 or iteration == cfg["iterations"] - 1):
+            extra = fresh_sample_stats(monitor(policy, ref))
+            collect_seconds = time.time() - collect_start
         policy.train()
         for _ in range(cfg["steps_per_batch"]):
             order = torch.randperm(len(batch), generator=shuffle)

@@ -4,13 +4,13 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from pftlab.algorithms import ALGORITHMS
+from pftlab.algorithms import ALGORITHMS, samples_per_prompt
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import encode_prompt, load_policy, load_tokenizer
 from pftlab.params import check_algorithm_params, check_batch
 from pftlab.reward_model import load_reward_model, score_sequences
 from pftlab.stage import run_stage
-from pftlab.trainer import OfflinePairs, OnPolicySamples, sample_and_score, train_policy
+from pftlab.trainer import HybridSource, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
 
@@ -27,12 +27,15 @@ def main(p, tracker):
     prompts = [list(x) for x in prompts]
     rm = load_reward_model("models/reward_model")
     reward_fn = lambda s: score_sequences(rm, s)
-    if algorithm.source == "offline":
-        check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
-        source = OfflinePairs(pairs, tok.pad_token_id, p["seed"])
-    else:
+    k = samples_per_prompt(NAME, hp)
+    if algorithm.source == "on_policy":
         check_batch("policy.batch_size", cfg["batch_size"], len(prompts), "training prompts")
-        source = OnPolicySamples(prompts, hp["samples_per_prompt"], generation, reward_fn, tok, p["seed"])
+        source = OnPolicySamples(prompts, k, generation, reward_fn, tok, p["seed"])
+    else:
+        check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
+        source = OfflinePairs(pairs, tok.pad_token_id, p["seed"], reward_fn if algorithm.needs_reward_model else None)
+        if algorithm.source == "hybrid":
+            source = HybridSource(source, k, generation, tok)
     monitor_prompts = prompts[: cfg["batch_size"]]
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")

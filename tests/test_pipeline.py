@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ["dpo", "rloo"]
+ALGORITHMS = ["dpo", "rloo", "hypo"]
 pytestmark = pytest.mark.slow
 
 
@@ -85,6 +85,7 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
     for name in ["sft"] + ALGORITHMS:
         assert f"| {name} |" in report
     assert "| policy@rloo |" in report  # stage times
+    assert "online_kl_k1" in (repo / "metrics" / "curves" / "policy_hypo.csv").read_text().splitlines()[0]
     for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png"):
         assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
 
@@ -96,8 +97,8 @@ def test_mlflow_has_one_run_per_stage_grouped_by_pipeline_run(smoke_run):
         steps = db.execute("select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
                            "where r.name = 'policy@dpo' and m.key = 'loss'").fetchone()[0]
     names = {n for n, _ in tags}
-    assert {"prepare", "tokenizer", "sft", "pairs", "reward_model", "policy@dpo", "policy@rloo", "evaluate@sft",
-            "evaluate@dpo", "report"} <= names
+    assert {"prepare", "tokenizer", "sft", "pairs", "reward_model", "evaluate@sft", "report"} <= names
+    assert {f"policy@{a}" for a in ALGORITHMS} | {f"evaluate@{a}" for a in ALGORITHMS} <= names
     assert len({v for _, v in tags}) == 1
     assert steps == 12
 
@@ -131,7 +132,7 @@ def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     assert "up to date" in dvc(repo, "status")
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("num_prompts: 16", "num_prompts: 12"))
-    evaluation = {"evaluate_sft", "evaluate@dpo", "evaluate@rloo"}
+    evaluation = {"evaluate_sft"} | {f"evaluate@{a}" for a in ALGORITHMS}
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry

@@ -63,3 +63,40 @@ def kl_estimates(token_logp: torch.Tensor, token_ref_logp: torch.Tensor, mask: t
     k1 = -log_ratio.sum(-1)
     k3 = ((log_ratio.exp() - 1 - log_ratio) * mask).sum(-1)
     return k1, k3
+
+
+def ipo_loss(logp_w, logp_l, ref_w, ref_l, beta: float):
+    """IPO (Azar et al. 2023): (h - 1/(2 beta))^2 with h the log-ratio margin; a finite optimum, unlike DPO."""
+    h = (logp_w - ref_w) - (logp_l - ref_l)
+    loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    return loss, {"margin": (beta * h).mean().item(), "pair_accuracy": (h > 0).float().mean().item(),
+                  "implicit_reward_chosen": (beta * (logp_w - ref_w)).mean().item(),
+                  "implicit_reward_rejected": (beta * (logp_l - ref_l)).mean().item(),
+                  "logp_chosen": logp_w.mean().item(), "logp_rejected": logp_l.mean().item()}
+
+
+def weighted_nll(logp: torch.Tensor, weights: torch.Tensor):
+    """Maximum likelihood on weighted samples, -mean(w * log pi(y|x)) with w >= 0: never a negative gradient."""
+    weights = weights.detach()
+    if (weights < 0).any():
+        raise ValueError("maximum-likelihood weights must be >= 0")
+    loss = -(weights * logp).sum() / weights.numel()
+    return loss, {"weight_mean": weights.mean().item(), "negative_weight_fraction": 0.0}
+
+
+def best_of_n_weights(rewards: torch.Tensor, top: int) -> torch.Tensor:
+    """1 on the `top` highest-reward samples of each prompt (rows of a (prompts, n) grid), 0 elsewhere."""
+    index = rewards.topk(top, dim=-1).indices
+    return torch.zeros_like(rewards).scatter(-1, index, 1.0)
+
+
+def rwr_weights(rewards: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    """Reward-weighted regression: exp(r / temperature) per sample, clipped at max_weight (Peters & Schaal 2007)."""
+    return torch.exp(rewards / temperature).clamp(max=max_weight)
+
+
+def hypo_kl_term(logp: torch.Tensor, kl: torch.Tensor):
+    """HyPO's online reverse-KL term (Song et al. 2024, SETUPS.md): the KL k_i = sum_t log pi/pi_ref of
+    unlabelled fresh samples, on a (prompts, k) grid, minimised by REINFORCE with the leave-one-out
+    baseline and the coefficient under stop-gradient: mean_i[ sg(k_i - mean of the others) * log pi(y_i|x) ]."""
+    return (leave_one_out_advantages(kl.detach()) * logp).mean()

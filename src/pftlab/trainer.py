@@ -24,13 +24,16 @@ class PairBatch:
     rejected: Sequences
     ref_logp_chosen: torch.Tensor
     ref_logp_rejected: torch.Tensor
+    reward_chosen: torch.Tensor = None  # proxy RM scores, for the offline methods that rank by the RM
+    reward_rejected: torch.Tensor = None
 
     def __len__(self):
         return len(self.chosen)
 
     def select(self, index):
-        return PairBatch(self.chosen.select(index), self.rejected.select(index),
-                         self.ref_logp_chosen[index], self.ref_logp_rejected[index])
+        pick = lambda x: None if x is None else x[index]
+        return PairBatch(self.chosen.select(index), self.rejected.select(index), self.ref_logp_chosen[index],
+                         self.ref_logp_rejected[index], pick(self.reward_chosen), pick(self.reward_rejected))
 
 
 @dataclass
@@ -49,11 +52,23 @@ class SampleBatch:
         return SampleBatch(self.seqs.select(rows), self.rewards[rows], self.old_logp[rows], self.ref_logp[rows], self.k)
 
 
+@dataclass
+class HybridBatch:
+    pairs: PairBatch  # pair i ...
+    samples: SampleBatch  # ... and the unlabelled fresh samples of its prompt
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def select(self, index):
+        return HybridBatch(self.pairs.select(index), self.samples.select(index))
+
+
 class OfflinePairs:
     """Yields batches of preference pairs in a seeded order, a new permutation each epoch."""
 
-    def __init__(self, pairs: list, pad_id: int, seed: int):
-        self.pairs, self.pad_id = pairs, pad_id
+    def __init__(self, pairs: list, pad_id: int, seed: int, reward_fn=None):
+        self.pairs, self.pad_id, self.reward_fn = pairs, pad_id, reward_fn
         self.rng = np.random.default_rng(seed)
         self.order, self.position, self.epoch = self.rng.permutation(len(pairs)), 0, 0
 
@@ -67,13 +82,15 @@ class OfflinePairs:
             self.position += take
         return out
 
-    def collect(self, n: int, ref) -> PairBatch:
+    def collect(self, n: int, policy, ref) -> PairBatch:
         rows = [self.pairs[i] for i in self.next_indices(n)]
         chosen = pack([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], self.pad_id)
         rejected = pack([r["prompt_ids"] for r in rows], [r["rejected_ids"] for r in rows], self.pad_id)
         ref_w = batched(lambda s: token_logprobs(ref, s).sum(-1), chosen)
         ref_l = batched(lambda s: token_logprobs(ref, s).sum(-1), rejected)
-        return PairBatch(chosen, rejected, ref_w, ref_l)
+        if self.reward_fn is None:
+            return PairBatch(chosen, rejected, ref_w, ref_l)
+        return PairBatch(chosen, rejected, ref_w, ref_l, self.reward_fn(chosen), self.reward_fn(rejected))
 
 
 def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, reward_fn, eos_id: int, pad_id: int,
@@ -85,7 +102,8 @@ def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, rewar
     seqs = pack(repeated, responses, pad_id)
     old = batched(lambda s: token_logprobs(policy, s).sum(-1), seqs)
     ref_logp = batched(lambda s: token_logprobs(ref, s).sum(-1), seqs)
-    return SampleBatch(seqs, reward_fn(seqs), old, ref_logp, k)
+    rewards = reward_fn(seqs) if reward_fn is not None else torch.full((len(seqs),), float("nan"))
+    return SampleBatch(seqs, rewards, old, ref_logp, k)
 
 
 class OnPolicySamples:
@@ -102,6 +120,22 @@ class OnPolicySamples:
     def collect(self, n: int, policy, ref) -> SampleBatch:
         chosen = [self.prompts[i] for i in self.rng.choice(len(self.prompts), n, replace=False)]
         return sample_and_score(policy, ref, chosen, self.k, self.generation, self.reward_fn, self.eos_id, self.pad_id)
+
+
+class HybridSource:
+    """Offline pairs plus k unlabelled fresh samples for each pair's prompt (HyPO)."""
+
+    def __init__(self, offline: OfflinePairs, k: int, generation: dict, tokenizer):
+        self.offline, self.k, self.generation = offline, k, generation
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def collect(self, n: int, policy, ref) -> HybridBatch:
+        pairs = self.offline.collect(n, policy, ref)
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(pairs.chosen.input_ids, pairs.chosen.attention_mask
+                                                                   - pairs.chosen.response_mask)]
+        samples = sample_and_score(policy, ref, prompts, self.k, self.generation, None, self.eos_id, self.pad_id,
+                                   desc="unlabelled samples")
+        return HybridBatch(pairs, samples)
 
 
 def fresh_sample_stats(batch: SampleBatch) -> dict:
@@ -121,18 +155,19 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg["lr"], weight_decay=0.0)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg["warmup_steps"], num_training_steps=total_steps)
     shuffle = torch.Generator().manual_seed(cfg["seed"])
-    history, step, samples_seen, tokens_seen = [], 0, 0, 0
+    history, step, samples_seen, tokens_seen, state = [], 0, 0, 0, {}
     start = time.time()
     for iteration in tqdm(range(cfg["iterations"]), desc=progress_desc, disable=None):
         collect_start = time.time()
         policy.eval()
-        batch = source.collect(cfg["batch_size"], ref) if algorithm.source == "offline" else \
-            source.collect(cfg["batch_size"], policy, ref)
+        batch = source.collect(cfg["batch_size"], policy, ref)
         collect_seconds = time.time() - collect_start
         extra = {}
+        fresh = batch if isinstance(batch, SampleBatch) else getattr(batch, "samples", None)
+        if fresh is not None:
+            samples_seen += len(fresh.seqs)
+            tokens_seen += int(target_mask(fresh.seqs).sum())
         if isinstance(batch, SampleBatch):
-            samples_seen += len(batch.seqs)
-            tokens_seen += int(target_mask(batch.seqs).sum())
             extra = fresh_sample_stats(batch)
         elif monitor is not None and (iteration % cfg["monitor_every"] == 0 or iteration == cfg["iterations"] - 1):
             extra = fresh_sample_stats(monitor(policy, ref))
@@ -142,7 +177,7 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
             order = torch.randperm(len(batch), generator=shuffle)
             for mb_start in range(0, len(batch), cfg["minibatch_size"]):
                 minibatch = batch.select(order[mb_start : mb_start + cfg["minibatch_size"]])
-                loss, stats = algorithm.objective(policy, minibatch, hp)
+                loss, stats = algorithm.objective(policy, minibatch, hp, state)
                 if not torch.isfinite(loss):
                     from .errors import PftlabError
 

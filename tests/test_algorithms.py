@@ -1,0 +1,231 @@
+"""The algorithm table against what the objectives do, and the objectives on small bandits with a
+known optimum (pi* proportional to pi_ref * exp(r / beta))."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import pftlab.algorithms as algorithms
+from pftlab import losses
+from pftlab.algorithms import ALGORITHMS
+from pftlab.model import pack
+from pftlab.trainer import HybridBatch, PairBatch, SampleBatch
+
+PAD = 0
+
+
+# --- hand-worked values ----------------------------------------------------------------------------
+def test_ipo_loss_hand_worked():
+    loss, stats = losses.ipo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.25)
+    # h = (-1 + 2) - (-3 + 2) = 2 ; target 1 / (2 * 0.25) = 2 -> loss 0
+    assert loss.item() == pytest.approx(0.0)
+    loss, _ = losses.ipo_loss(torch.tensor([-2.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
+    assert loss.item() == pytest.approx(1.0)  # (0 - 1)^2
+
+
+def test_max_likelihood_weights_hand_worked():
+    rewards = torch.tensor([[0.0, 3.0, 1.0], [5.0, -1.0, 2.0]])
+    assert losses.best_of_n_weights(rewards, 1).tolist() == [[0, 1, 0], [1, 0, 0]]
+    assert losses.best_of_n_weights(rewards, 2).tolist() == [[0, 1, 1], [1, 0, 1]]
+    w = losses.rwr_weights(torch.tensor([0.0, 1.0, 10.0]), temperature=0.5, max_weight=5.0)
+    assert torch.allclose(w, torch.tensor([1.0, 5.0, 5.0]))  # e^2 = 7.39 clipped to 5
+    loss, _ = losses.weighted_nll(torch.tensor([-2.0, -4.0]), torch.tensor([1.0, 0.5]))
+    assert loss.item() == pytest.approx((2.0 + 2.0) / 2)
+    with pytest.raises(ValueError):
+        losses.weighted_nll(torch.tensor([-1.0]), torch.tensor([-1.0]))
+
+
+def test_hypo_kl_term_hand_worked():
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    kl = torch.tensor([[3.0, 1.0]])
+    term = losses.hypo_kl_term(logp, kl)
+    # coefficients sg(k_i - k_other) = [2, -2]; mean(2 * -1 + -2 * -2) over 2 samples = 1
+    assert term.item() == pytest.approx(1.0)
+    term.backward()
+    assert logp.grad.tolist() == [[1.0, -1.0]]  # gradient descent lowers the high-KL sample's likelihood
+
+
+# --- the table against the objectives' real gradients ----------------------------------------------
+def _seqs(n):
+    return pack([[3, 4]] * n, [[5, 6, 7]] * n, PAD)
+
+
+def _batch(source, k=4, prompts=3):
+    g = torch.Generator().manual_seed(0)
+    if source in ("offline", "hybrid"):
+        pairs = PairBatch(_seqs(prompts), _seqs(prompts), -10 * torch.rand(prompts, generator=g),
+                          -10 * torch.rand(prompts, generator=g), torch.randn(prompts, generator=g),
+                          torch.randn(prompts, generator=g))
+        if source == "offline":
+            return pairs
+        samples = SampleBatch(_seqs(prompts * 2), torch.full((prompts * 2,), float("nan")),
+                              -10 * torch.rand(prompts * 2, generator=g), -10 * torch.rand(prompts * 2, generator=g), 2)
+        return HybridBatch(pairs, samples)
+    n = prompts * k
+    return SampleBatch(_seqs(n), torch.randn(n, generator=g), -10 * torch.rand(n, generator=g),
+                       -10 * torch.rand(n, generator=g), k)
+
+
+def sequence_weights(name, monkeypatch):
+    """-d loss / d log pi(y) for every sequence the objective scores: its weight in the gradient."""
+    leaves = []
+
+    def fake_token_logprobs(policy, seqs, with_entropy=False):
+        g = torch.Generator().manual_seed(len(leaves))
+        leaf = (-torch.rand(len(seqs), seqs.input_ids.shape[1] - 1, generator=g)).requires_grad_(True)
+        leaves.append(leaf)
+        return (leaf, torch.ones_like(leaf)) if with_entropy else leaf
+
+    monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
+    algo = ALGORITHMS[name]
+    hp = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "samples_per_prompt": 2 if "online" in name else 4,
+          "kl_coef": 0.05, "baseline_decay": 0.9, "min_reward_gap": 0.0, "lam": 0.5}
+    batch = _batch(algo.source, k=hp["samples_per_prompt"])
+    loss, _ = algo.objective(None, batch, hp, {})
+    loss.backward()
+    assert all(leaf.grad is not None for leaf in leaves), "an objective scored sequences it does not train on"
+    return torch.cat([-leaf.grad[:, -1] for leaf in leaves])  # the response's last token: weight of the sequence
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_negative_weights_exactly_where_the_table_says(name, monkeypatch):
+    weights = sequence_weights(name, monkeypatch)
+    assert (weights != 0).any()
+    assert bool((weights < -1e-9).any()) == ALGORITHMS[name].negative_gradient
+
+
+def test_hypo_with_lambda_zero_is_dpo():
+    batch = _batch("hybrid")
+
+    # exact equality of the objectives' values and gradients on a real tiny policy
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=16, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0,
+                                       embd_pdrop=0, attn_pdrop=0, pad_token_id=PAD, bos_token_id=1, eos_token_id=1))
+    results = []
+    for objective, hp in ((ALGORITHMS["dpo"].objective, {"beta": 0.1}),
+                          (ALGORITHMS["hypo"].objective, {"beta": 0.1, "lam": 0.0})):
+        model.zero_grad()
+        loss, _ = objective(model, batch if objective is ALGORITHMS["hypo"].objective else batch.pairs, hp, {})
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+# --- bandits with a known optimum -------------------------------------------------------------------
+R = torch.tensor([1.0, -0.5, 0.3, 0.8, -1.0, 0.0])
+REF = torch.log_softmax(torch.tensor([0.2, 0.9, -0.3, -1.0, 0.5, 0.0]), 0)
+
+
+def pi_star(beta):
+    return torch.softmax(REF + R / beta, 0)
+
+
+def objective_value(pi, beta):
+    return (pi * R).sum() - beta * (pi * (pi.log() - REF)).sum()
+
+
+def bt_pairs(n, actions_a, actions_b, generator):
+    """Bradley-Terry labelled pairs: P(a preferred) = sigmoid(r_a - r_b)."""
+    first = torch.rand(n, generator=generator) < torch.sigmoid(R[actions_a] - R[actions_b])
+    return torch.where(first, actions_a, actions_b), torch.where(first, actions_b, actions_a)
+
+
+def test_offline_dpo_with_full_coverage_reaches_pi_star():
+    g = torch.Generator().manual_seed(0)
+    all_pairs = torch.tensor(list(itertools.combinations(range(6), 2))).repeat(400, 1)
+    w, l = bt_pairs(len(all_pairs), all_pairs[:, 0], all_pairs[:, 1], g)
+    beta = 1.0  # labels use scale 1, so the DPO optimum is pi_ref * exp(r / 1)
+    logits = REF.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1500):
+        logp = torch.log_softmax(logits, 0)
+        loss, _ = losses.dpo_loss(logp[w], logp[l], REF[w], REF[l], beta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pi = torch.softmax(logits, 0).detach()
+    assert (pi - pi_star(beta)).abs().max() < 0.03
+    assert objective_value(pi_star(beta), beta) - objective_value(pi, beta) < 5e-3
+
+
+def test_online_dpo_reaches_pi_star():
+    g = torch.Generator().manual_seed(1)
+    beta = 1.0
+    logits = REF.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.02)
+    for _ in range(2500):
+        logp = torch.log_softmax(logits, 0)
+        a, b = torch.multinomial(logp.exp().detach(), 512, replacement=True, generator=g).view(2, -1)
+        keep = a != b
+        w, l = bt_pairs(int(keep.sum()), a[keep], b[keep], g)
+        loss, _ = losses.dpo_loss(logp[w], logp[l], REF[w], REF[l], beta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pi = torch.softmax(logits, 0).detach()
+    assert (pi - pi_star(beta)).abs().max() < 0.04
+
+
+def test_dpo_with_deterministic_labels_has_no_finite_optimum():
+    pairs = torch.tensor(list(itertools.combinations(range(6), 2)))
+    better = R[pairs[:, 0]] > R[pairs[:, 1]]
+    w, l = torch.where(better, pairs[:, 0], pairs[:, 1]), torch.where(better, pairs[:, 1], pairs[:, 0])
+    logits = REF.clone().requires_grad_(True)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    margins = []
+    for step in range(3000):
+        logp = torch.log_softmax(logits, 0)
+        loss, stats = losses.dpo_loss(logp[w], logp[l], REF[w], REF[l], 0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 1000 == 999:
+            margins.append(stats["margin"])
+    assert margins[0] < margins[1] < margins[2]
+
+
+def hypo_on_partial_coverage(lam, steps=800):
+    """Deterministic labels over the first 3 actions only: DPO drives their likelihoods down and the
+    uncovered actions take the mass; HyPO's online KL term holds pi near pi_ref."""
+    g = torch.Generator().manual_seed(2)
+    covered = torch.tensor(list(itertools.combinations(range(3), 2)))
+    better = R[covered[:, 0]] > R[covered[:, 1]]
+    w, l = torch.where(better, covered[:, 0], covered[:, 1]), torch.where(better, covered[:, 1], covered[:, 0])
+    logits = REF.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(steps):
+        logp = torch.log_softmax(logits, 0)
+        loss, _ = losses.dpo_loss(logp[w], logp[l], REF[w], REF[l], 0.1)
+        samples = torch.multinomial(logp.exp().detach(), 256, replacement=True, generator=g).view(-1, 2)
+        kl = logp[samples].detach() - REF[samples]
+        loss = loss + lam * losses.hypo_kl_term(logp[samples], kl)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pi = torch.softmax(logits, 0).detach()
+    return float((pi * (pi.log() - REF)).sum())
+
+
+def test_hypo_keeps_kl_below_dpo_and_falls_with_lambda():
+    kl_dpo, kl_small, kl_large = hypo_on_partial_coverage(0.0), hypo_on_partial_coverage(0.5), hypo_on_partial_coverage(5.0)
+    assert kl_dpo > kl_small > kl_large
+    assert kl_large < 0.5 * kl_dpo
+
+
+def test_max_likelihood_moves_mass_to_the_preferred_action():
+    logits = REF.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(200):  # on-policy best-of-4
+        logp = torch.log_softmax(logits, 0)
+        samples = torch.multinomial(logp.exp().detach(), 256, replacement=True, generator=g).view(-1, 4)
+        loss, _ = losses.weighted_nll(logp[samples], losses.best_of_n_weights(R[samples], 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pi = torch.softmax(logits, 0).detach()
+    assert pi[0] > 2 * REF.exp()[0] and pi[0] == pi.max()  # action 0 has the highest reward

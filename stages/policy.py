@@ -6,11 +6,12 @@ from transformers.utils import logging as hf_logging
 
 from pftlab.algorithms import ALGORITHMS, samples_per_prompt
 from pftlab.io import atomic_dir, read_jsonl, write_csv
-from pftlab.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.model import load_tokenizer
 from pftlab.params import check_algorithm_params, check_batch
+from pftlab.reference import policy_and_reference, save_policy
 from pftlab.reward_model import load_reward_model, score_sequences
 from pftlab.stage import run_stage
-from pftlab.trainer import HybridSource, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
+from pftlab.trainer import HybridSource, MixedPairs, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
 
@@ -31,6 +32,9 @@ def main(p, tracker):
     if algorithm.source == "on_policy":
         check_batch("policy.batch_size", cfg["batch_size"], len(prompts), "training prompts")
         source = OnPolicySamples(prompts, k, generation, reward_fn, tok, p["seed"])
+        if hp.get("offline_fraction", 0) > 0:  # on-policy DPO / IPO with some offline pairs in each batch
+            check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
+            source = MixedPairs(source, OfflinePairs(pairs, tok.pad_token_id, p["seed"]), hp["offline_fraction"])
     else:
         check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
         source = OfflinePairs(pairs, tok.pad_token_id, p["seed"], reward_fn if algorithm.needs_reward_model else None)
@@ -39,17 +43,15 @@ def main(p, tracker):
     monitor_prompts = prompts[: cfg["batch_size"]]
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
-    policy, ref = load_policy("models/sft"), load_policy("models/sft")
-    ref.eval().requires_grad_(False)
+    policy, ref = policy_and_reference("models/sft", cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"])
     history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=f"policy@{NAME}")
     with atomic_dir(f"models/policy/{NAME}") as out:
-        policy.save_pretrained(out)
-        tok.save_pretrained(out)
+        save_policy(policy, tok, out)
     write_csv(f"metrics/curves/policy_{NAME}.csv", history)
     last = history[-1]
     return {"algorithm": NAME, "source": algorithm.source, "negative_gradient": algorithm.negative_gradient,
             "steps": len(history), "final_loss": last["loss"], "samples": last["samples"],
-            **{k: last[k] for k in ("proxy_reward", "kl_k1", "margin", "pair_accuracy") if k in last}}
+            **{k: last[k] for k in ("proxy_reward", "kl_k1", "kl_k3", "margin", "pair_accuracy", "clip_fraction") if k in last}}
 
 
 if __name__ == "__main__":

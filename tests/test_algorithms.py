@@ -9,7 +9,7 @@ import torch
 import pftlab.algorithms as algorithms
 from pftlab import losses
 from pftlab.algorithms import ALGORITHMS
-from pftlab.model import pack
+from pftlab.model import pack, target_mask
 from pftlab.trainer import HybridBatch, PairBatch, SampleBatch
 
 PAD = 0
@@ -51,6 +51,11 @@ def _seqs(n):
     return pack([[3, 4]] * n, [[5, 6, 7]] * n, PAD)
 
 
+def _token_logp(n, g):
+    seqs = _seqs(n)
+    return -torch.rand(n, seqs.input_ids.shape[1] - 1, generator=g) * target_mask(seqs)
+
+
 def _batch(source, k=4, prompts=3):
     g = torch.Generator().manual_seed(0)
     if source in ("offline", "hybrid"):
@@ -60,11 +65,15 @@ def _batch(source, k=4, prompts=3):
         if source == "offline":
             return pairs
         samples = SampleBatch(_seqs(prompts * 2), torch.full((prompts * 2,), float("nan")),
-                              -10 * torch.rand(prompts * 2, generator=g), -10 * torch.rand(prompts * 2, generator=g), 2)
+                              _token_logp(prompts * 2, g), _token_logp(prompts * 2, g), 2)
         return HybridBatch(pairs, samples)
     n = prompts * k
-    return SampleBatch(_seqs(n), torch.randn(n, generator=g), -10 * torch.rand(n, generator=g),
-                       -10 * torch.rand(n, generator=g), k)
+    return SampleBatch(_seqs(n), torch.randn(n, generator=g), _token_logp(n, g), _token_logp(n, g), k)
+
+
+HP = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "kl_coef": 0.05, "baseline_decay": 0.9,
+      "min_reward_gap": 0.0, "lam": 0.5, "kl_estimator": "k1", "adaptive_kl": True, "kl_target": 1.0,
+      "kl_horizon": 100, "clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "gae_lambda": 0.95}
 
 
 def sequence_weights(name, monkeypatch):
@@ -77,12 +86,19 @@ def sequence_weights(name, monkeypatch):
         leaves.append(leaf)
         return (leaf, torch.ones_like(leaf)) if with_entropy else leaf
 
+    def fake_logprobs_and_values(policy, value_head, seqs):
+        logp, entropy = fake_token_logprobs(policy, seqs, with_entropy=True)
+        return logp, entropy, torch.zeros_like(logp, requires_grad=True)
+
     monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
+    monkeypatch.setattr(algorithms, "token_logprobs_and_values", fake_logprobs_and_values)
     algo = ALGORITHMS[name]
-    hp = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "samples_per_prompt": 2 if "online" in name else 4,
-          "kl_coef": 0.05, "baseline_decay": 0.9, "min_reward_gap": 0.0, "lam": 0.5}
-    batch = _batch(algo.source, k=hp["samples_per_prompt"])
-    loss, _ = algo.objective(None, batch, hp, {})
+    hp = HP | {"samples_per_prompt": 2 if "online" in name else 4}
+    batch, state = _batch(algo.source, k=hp["samples_per_prompt"]), {"value_head": None}
+    if algo.prepare is not None:
+        batch, _ = algo.prepare(None, batch, hp, state)
+        leaves.clear()  # what prepare scored is data, not part of the loss
+    loss, _ = algo.objective(None, batch, hp, state)
     loss.backward()
     assert all(leaf.grad is not None for leaf in leaves), "an objective scored sequences it does not train on"
     return torch.cat([-leaf.grad[:, -1] for leaf in leaves])  # the response's last token: weight of the sequence
@@ -216,16 +232,107 @@ def test_hypo_keeps_kl_below_dpo_and_falls_with_lambda():
     assert kl_large < 0.5 * kl_dpo
 
 
-def test_max_likelihood_moves_mass_to_the_preferred_action():
+@pytest.mark.parametrize("weights", [lambda r: losses.best_of_n_weights(r, 1),
+                                     lambda r: losses.rwr_weights(r, temperature=0.2, max_weight=50.0)],
+                         ids=["best_of_4", "rwr"])
+def test_max_likelihood_moves_mass_to_the_preferred_action(weights):
     logits = REF.clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=0.05)
     g = torch.Generator().manual_seed(3)
-    for _ in range(200):  # on-policy best-of-4
+    for _ in range(200):  # on-policy, 4 samples per prompt
         logp = torch.log_softmax(logits, 0)
         samples = torch.multinomial(logp.exp().detach(), 256, replacement=True, generator=g).view(-1, 4)
-        loss, _ = losses.weighted_nll(logp[samples], losses.best_of_n_weights(R[samples], 1))
+        loss, _ = losses.weighted_nll(logp[samples], weights(R[samples]))
         opt.zero_grad()
         loss.backward()
         opt.step()
     pi = torch.softmax(logits, 0).detach()
     assert pi[0] > 2 * REF.exp()[0] and pi[0] == pi.max()  # action 0 has the highest reward
+
+
+def test_reinforce_with_moving_average_baseline_reaches_pi_star():
+    g = torch.Generator().manual_seed(4)
+    beta = 0.5
+    logits = REF.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.02)
+    baseline = None
+    for _ in range(1500):
+        logp = torch.log_softmax(logits, 0)
+        actions = torch.multinomial(logp.exp().detach(), 256, replacement=True, generator=g)
+        shaped = losses.kl_penalised_rewards(R[actions], logp[actions].detach(), REF[actions], beta)
+        baseline = shaped.mean().item() if baseline is None else baseline
+        loss, _ = losses.policy_gradient_loss(logp[actions], shaped - baseline)
+        baseline = 0.9 * baseline + 0.1 * shaped.mean().item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pi = torch.softmax(logits, 0).detach()
+    assert objective_value(pi_star(beta), beta) - objective_value(pi, beta) < 5e-3
+
+
+def test_ppo_with_kl_penalty_reaches_pi_star_and_clips_when_reusing_samples():
+    """One-token responses: per-token KL-penalised reward, GAE against a learned value, whitened
+    advantages, T = 4 clipped passes over each collected batch."""
+    g = torch.Generator().manual_seed(5)
+    beta, n = 0.5, 256
+    logits = REF.clone().requires_grad_(True)
+    value = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([logits, value], lr=0.02)
+    mask = torch.ones(n, 1)
+    clip_fractions = []
+    for _ in range(200):
+        with torch.no_grad():
+            old = torch.log_softmax(logits, 0)
+            actions = torch.multinomial(old.exp(), n, replacement=True, generator=g)
+            old_logp, values_old = old[actions].unsqueeze(-1), value.expand(n, 1).clone()
+            token_rewards = losses.kl_penalised_token_rewards(R[actions], old_logp, REF[actions].unsqueeze(-1), mask, beta)
+            advantages, returns = losses.gae_advantages(token_rewards, values_old, mask, 1.0, 0.95)
+            advantages = losses.masked_whiten(advantages, mask)
+        for _ in range(4):
+            for mb in torch.randperm(n, generator=g).view(4, -1):
+                logp = torch.log_softmax(logits, 0)[actions[mb]].unsqueeze(-1)
+                policy_loss, stats = losses.ppo_policy_loss(logp, old_logp[mb], advantages[mb], mask[mb], 0.2)
+                value_loss, _ = losses.ppo_value_loss(value.expand(len(mb), 1), values_old[mb], returns[mb], mask[mb], 0.2)
+                opt.zero_grad()
+                (policy_loss + 0.1 * value_loss).backward()
+                opt.step()
+                clip_fractions.append(stats["clip_fraction"])
+    pi = torch.softmax(logits, 0).detach()
+    assert objective_value(pi_star(beta), beta) - objective_value(pi, beta) < 5e-3
+    assert max(clip_fractions) > 0 and sum(clip_fractions) / len(clip_fractions) > 0.001
+
+
+def test_online_dpo_with_an_offline_fraction_ranks_offline_pairs_by_their_labels(monkeypatch):
+    from types import SimpleNamespace
+
+    from pftlab.trainer import MixedPairs, OfflinePairs, OnPolicySamples, fresh_sample_stats
+    from tests.test_model import EOS, tiny_model
+
+    policy, ref = tiny_model(seed=1), tiny_model(seed=1)
+    pairs = [{"prompt_ids": [3, 4 + i], "chosen_ids": [20 + i, EOS], "rejected_ids": [30, 31, 32, EOS]} for i in range(6)]
+    tok = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
+    online = OnPolicySamples([p["prompt_ids"] for p in pairs], 2, {"max_new_tokens": 4, "temperature": 1.0, "batch_size": 8},
+                             lambda s: torch.arange(len(s), dtype=torch.float), tok, seed=0)
+    torch.manual_seed(0)
+    batch = MixedPairs(online, OfflinePairs(pairs, PAD, seed=0), fraction=0.5).collect(4, policy, ref)
+    assert len(batch) == 4 and batch.extra["offline"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    offline_rows = batch.seqs.input_ids[4:]
+    assert all(offline_rows[i, 2] >= 20 and offline_rows[i + 1, 2] == 30 for i in (0, 2))  # (chosen, rejected)
+    stats = fresh_sample_stats(batch)
+    assert stats["proxy_reward"] == pytest.approx(1.5)  # mean of the fresh rows' rewards 0..3 only
+    weights = sequence_weights_of(ALGORITHMS["online_dpo"], batch, monkeypatch)
+    assert (weights[4::2] > 0).all() and (weights[5::2] < 0).all()  # labelled pairs: chosen up, rejected down
+
+
+def sequence_weights_of(algo, batch, monkeypatch):
+    leaves = []
+
+    def fake_token_logprobs(policy, seqs, with_entropy=False):
+        leaf = torch.zeros(len(seqs), seqs.input_ids.shape[1] - 1).requires_grad_(True)
+        leaves.append(leaf)
+        return (leaf, torch.ones_like(leaf)) if with_entropy else leaf
+
+    monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
+    loss, _ = algo.objective(None, batch, HP | {"min_reward_gap": 10.0}, {})
+    loss.backward()
+    return torch.cat([-leaf.grad.sum(-1) for leaf in leaves])

@@ -2,6 +2,8 @@
 import math
 
 import pytest
+import math
+
 import torch
 
 from pftlab import losses
@@ -95,3 +97,43 @@ def test_rloo_with_kl_penalty_reaches_the_analytic_optimum():
     objective = lambda p: (p * r).sum() - beta * (p * (p.log() - log_ref)).sum()
     assert objective(pi_star) - objective(pi) < 5e-3
     assert torch.allclose(pi, pi_star, atol=0.03)
+
+
+def test_ppo_token_rewards_and_gae_hand_worked():
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0]])  # response tokens at positions 1 and 2
+    old, ref = torch.tensor([[0.0, -1.0, -2.0, 0.0]]), torch.tensor([[0.0, -2.0, -1.0, 0.0]])
+    rewards = losses.kl_penalised_token_rewards(torch.tensor([3.0]), old, ref, mask, kl_coef=0.5)
+    assert rewards.tolist() == [[0.0, -0.5, 0.5 + 3.0, 0.0]]  # -0.5 * (old - ref); the score at the last token
+    values = torch.tensor([[9.0, 1.0, 2.0, 9.0]])  # values outside the response must not leak in
+    adv, ret = losses.gae_advantages(rewards, values, mask, gamma=1.0, lam=0.5)
+    # t=2: delta = 3.5 + 0 - 2 = 1.5 ; t=1: delta = -0.5 + 2 - 1 = 0.5, A = 0.5 + 0.5 * 1.5 = 1.25
+    assert torch.allclose(adv, torch.tensor([[0.0, 1.25, 1.5, 0.0]]))
+    assert torch.allclose(ret, torch.tensor([[0.0, 2.25, 3.5, 0.0]]))
+    white = losses.masked_whiten(torch.tensor([[5.0, 1.0, 3.0, 7.0]]), mask)
+    assert torch.allclose(white, torch.tensor([[0.0, -1.0, 1.0, 0.0]]), atol=1e-4)
+
+
+def test_ppo_clipped_losses_hand_worked():
+    mask = torch.ones(1, 3)
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]])).requires_grad_(True)  # ratios 1.5, 0.5, 1.1
+    adv = torch.tensor([[1.0, 1.0, -2.0]])
+    loss, stats = losses.ppo_policy_loss(logp, old, adv, mask, clip=0.2)
+    # per token max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2 (clipped), max(-0.5, -0.8) = -0.5, max(2.2, 2.2) = 2.2
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 2.2) / 3)
+    assert stats["clip_fraction"] == pytest.approx(1 / 3)
+    loss.backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[0, 1] < 0 and logp.grad[0, 2] > 0  # no gradient where clipped
+    values, old_v, ret = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 1.0]])
+    v_loss, stats = losses.ppo_value_loss(values, old_v, ret, torch.ones(1, 2), clip=0.5)
+    # token 0: max((2-3)^2, (1.5-3)^2) = 2.25 ; token 1: max(1, 1) = 1 -> 0.5 * mean = 0.8125
+    assert v_loss.item() == pytest.approx(0.8125) and stats["value_clip_fraction"] == pytest.approx(0.5)
+
+
+def test_adaptive_kl_coefficient_and_k3_penalty():
+    assert losses.adaptive_kl_coef(0.1, 6.0, 6.0, 100, 10) == pytest.approx(0.1)  # on target: unchanged
+    assert losses.adaptive_kl_coef(0.1, 12.0, 6.0, 100, 10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # capped at +20%
+    assert losses.adaptive_kl_coef(0.1, 5.4, 6.0, 100, 10) == pytest.approx(0.1 * (1 - 0.1 * 0.1))
+    logp, ref, mask = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.0 + math.log(2), -1.0]]), torch.ones(1, 2)
+    assert losses.sequence_kl_penalty(logp, ref, mask, "k1").item() == pytest.approx(-math.log(2))
+    assert losses.sequence_kl_penalty(logp, ref, mask, "k3").item() == pytest.approx(2 - 1 - math.log(2))

@@ -1,4 +1,5 @@
 """End to end: the real `dvc repro` of the smoke preset in a temporary copy of the repository."""
+import csv
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ["dpo", "rloo", "hypo"]
+ALGORITHMS = ["dpo", "rloo", "hypo", "ppo"]  # smoke.yaml; trained as LoRA adapters (policy.reference: lora)
 pytestmark = pytest.mark.slow
 
 
@@ -86,6 +87,9 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
         assert f"| {name} |" in report
     assert "| policy@rloo |" in report  # stage times
     assert "online_kl_k1" in (repo / "metrics" / "curves" / "policy_hypo.csv").read_text().splitlines()[0]
+    ppo = list(csv.DictReader((repo / "metrics" / "curves" / "policy_ppo.csv").open()))
+    assert {"clip_fraction", "value_loss", "kl_coef", "entropy", "grad_norm", "kl_k3"} <= set(ppo[0])
+    assert len({row["kl_coef"] for row in ppo}) == 3  # the adaptive controller moved it after each collection
     for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png"):
         assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from . import losses
-from .model import target_mask, token_logprobs
+from .model import target_mask, token_logprobs, token_logprobs_and_values
 from .params import _nonneg, _pos_int, _positive
 
 
@@ -24,6 +24,8 @@ class Algorithm:
     needs_reward_model: bool
     objective: Callable
     description: str
+    prepare: Callable = None  # once per collected batch, without gradient (PPO: values, GAE advantages)
+    value_head: bool = False  # trains a critic on the policy's hidden states (PPO)
 
 
 def _pair_logps(policy, batch):
@@ -68,9 +70,16 @@ def rwr_objective(policy, batch, hp, state):
 
 
 # --- on-policy, RL ---------------------------------------------------------------------------------
+def _shaped_rewards(batch, hp):
+    """r - kl_coef * KL(pi || pi_ref) of each sample, with the chosen estimator (k1 or k3) summed over tokens."""
+    penalty = losses.sequence_kl_penalty(batch.old_token_logp, batch.ref_token_logp, target_mask(batch.seqs),
+                                         hp.get("kl_estimator", "k1"))
+    return batch.rewards - hp["kl_coef"] * penalty
+
+
 def reinforce_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
-    shaped = losses.kl_penalised_rewards(batch.rewards, batch.old_logp, batch.ref_logp, hp["kl_coef"])
+    shaped = _shaped_rewards(batch, hp)
     baseline = state.get("baseline", shaped.mean().item())
     loss, more = losses.policy_gradient_loss(logp, shaped - baseline)
     state["baseline"] = hp["baseline_decay"] * baseline + (1 - hp["baseline_decay"]) * shaped.mean().item()
@@ -79,10 +88,37 @@ def reinforce_objective(policy, batch, hp, state):
 
 def rloo_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
-    shaped = losses.kl_penalised_rewards(batch.rewards, batch.old_logp, batch.ref_logp, hp["kl_coef"])
+    shaped = _shaped_rewards(batch, hp)
     advantages = losses.leave_one_out_advantages(shaped.view(-1, batch.k)).view(-1)
     loss, more = losses.policy_gradient_loss(logp, advantages)
     return loss, stats | more
+
+
+def ppo_prepare(policy, batch, hp, state):
+    """At collection: the critic's values, per-token KL-penalised rewards, GAE advantages (whitened) and
+    returns; then the adaptive KL controller moves the coefficient toward the target KL."""
+    kl_coef = state.setdefault("kl_coef", hp["kl_coef"])
+    mask = target_mask(batch.seqs)
+    values = torch.cat([token_logprobs_and_values(policy, state["value_head"], batch.seqs.select(slice(i, i + 64)))[2]
+                        for i in range(0, len(batch.seqs), 64)])
+    token_rewards = losses.kl_penalised_token_rewards(batch.rewards, batch.old_token_logp, batch.ref_token_logp,
+                                                      mask, kl_coef)
+    advantages, returns = losses.gae_advantages(token_rewards, values, mask, hp["gamma"], hp["gae_lambda"])
+    batch.extra = {"values": values, "advantages": losses.masked_whiten(advantages, mask), "returns": returns}
+    observed_kl = (batch.old_logp - batch.ref_logp).mean().item()
+    if hp["adaptive_kl"]:
+        state["kl_coef"] = losses.adaptive_kl_coef(kl_coef, observed_kl, hp["kl_target"], hp["kl_horizon"], len(batch.seqs))
+    return batch, {"kl_coef": kl_coef, "return_mean": (returns.sum(-1) / mask.sum(-1).clamp(min=1)).mean().item()}
+
+
+def ppo_objective(policy, batch, hp, state):
+    """Clipped surrogate against the collecting policy + vf_coef * clipped value loss."""
+    mask = target_mask(batch.seqs)
+    logp, entropy, values = token_logprobs_and_values(policy, state["value_head"], batch.seqs)
+    policy_loss, stats = losses.ppo_policy_loss(logp, batch.old_token_logp, batch.extra["advantages"], mask, hp["clip"])
+    value_loss, more = losses.ppo_value_loss(values, batch.extra["values"], batch.extra["returns"], mask, hp["value_clip"])
+    entropy_mean = losses.masked_mean(entropy, mask).item()
+    return policy_loss + hp["vf_coef"] * value_loss, stats | more | {"entropy": entropy_mean, "policy_loss": policy_loss.item()}
 
 
 # --- contrastive -----------------------------------------------------------------------------------
@@ -97,7 +133,8 @@ def ipo_objective(policy, batch, hp, state):
 
 
 def _online_pairs(policy, batch, hp, pair_loss):
-    """Pairs of fresh samples ordered by the proxy reward; pairs closer than min_reward_gap are dropped."""
+    """Pairs of fresh samples ordered by the proxy reward; pairs closer than min_reward_gap are dropped.
+    Offline pairs mixed in by trainer.MixedPairs carry rewards (+inf, -inf): always kept, chosen first."""
     logp, stats = _sample_logps(policy, batch)
     logp, ref, rewards = (x.view(-1, 2) for x in (logp, batch.ref_logp, batch.rewards))
     first_wins = rewards[:, 0] >= rewards[:, 1]
@@ -142,6 +179,9 @@ ALGORITHMS = {a.name: a for a in [
               "REINFORCE, moving-average baseline, KL penalty"),
     Algorithm("rloo", "RL", "on_policy", True, True, rloo_objective,
               "REINFORCE, leave-one-out baseline, KL penalty to the reference"),
+    Algorithm("ppo", "RL", "on_policy", True, True, ppo_objective,
+              "PPO: clipped ratio, value head and GAE, per-token KL penalty (fixed or adaptive)",
+              prepare=ppo_prepare, value_head=True),
     Algorithm("dpo", "contrastive", "offline", True, False, dpo_objective, "DPO on the preference pairs"),
     Algorithm("ipo", "contrastive", "offline", True, False, ipo_objective, "IPO on the preference pairs"),
     Algorithm("online_dpo", "contrastive", "on_policy", True, True, online_dpo_objective,
@@ -155,6 +195,9 @@ ALGORITHMS = {a.name: a for a in [
 _K = (lambda v: _pos_int(v) and v >= 2, "an integer >= 2")
 _BETA = (_positive, "a number > 0")
 _GAP = (_nonneg, "a number >= 0")
+_FRACTION = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "a number in [0, 1)")
+_KL_ESTIMATOR = (lambda v: v in ("k1", "k3"), "k1 or k3")
+_UNIT = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]")
 # Per-algorithm hyperparameters (params.yaml `algos.<name>.*`): rule and what the rule allows.
 HYPERPARAMETERS = {
     "pref_ft": {},
@@ -163,12 +206,17 @@ HYPERPARAMETERS = {
     "bon": {"samples_per_prompt": _K, "top": (_pos_int, "a positive integer")},
     "rwr": {"samples_per_prompt": _K, "temperature": (_positive, "a number > 0"), "max_weight": (_positive, "a number > 0")},
     "reinforce": {"samples_per_prompt": (_pos_int, "a positive integer"), "kl_coef": (_nonneg, "a number >= 0"),
-                  "baseline_decay": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)")},
-    "rloo": {"samples_per_prompt": _K, "kl_coef": (_nonneg, "a number >= 0")},
+                  "baseline_decay": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
+                  "kl_estimator": _KL_ESTIMATOR},
+    "rloo": {"samples_per_prompt": _K, "kl_coef": (_nonneg, "a number >= 0"), "kl_estimator": _KL_ESTIMATOR},
+    "ppo": {"samples_per_prompt": (_pos_int, "a positive integer"), "kl_coef": (_nonneg, "a number >= 0"),
+            "adaptive_kl": (lambda v: isinstance(v, bool), "true or false"), "kl_target": _BETA,
+            "kl_horizon": (_pos_int, "a positive integer"), "clip": _BETA, "value_clip": _BETA,
+            "vf_coef": (_nonneg, "a number >= 0"), "gamma": _UNIT, "gae_lambda": _UNIT},
     "dpo": {"beta": _BETA},
     "ipo": {"beta": _BETA},
-    "online_dpo": {"beta": _BETA, "min_reward_gap": _GAP},
-    "online_ipo": {"beta": _BETA, "min_reward_gap": _GAP},
+    "online_dpo": {"beta": _BETA, "min_reward_gap": _GAP, "offline_fraction": _FRACTION},
+    "online_ipo": {"beta": _BETA, "min_reward_gap": _GAP, "offline_fraction": _FRACTION},
     "hypo": {"beta": _BETA, "lam": (_nonneg, "a number >= 0"), "samples_per_prompt": _K},
 }
 

@@ -100,3 +100,69 @@ def hypo_kl_term(logp: torch.Tensor, kl: torch.Tensor):
     unlabelled fresh samples, on a (prompts, k) grid, minimised by REINFORCE with the leave-one-out
     baseline and the coefficient under stop-gradient: mean_i[ sg(k_i - mean of the others) * log pi(y_i|x) ]."""
     return (leave_one_out_advantages(kl.detach()) * logp).mean()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (PPO's advantage normalisation)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def kl_penalised_token_rewards(score, token_logp_old, token_ref_logp, mask, kl_coef: float):
+    """PPO's per-token reward (Ziegler et al. 2019): -kl_coef * log(pi/pi_ref) at every response token,
+    plus the reward model's score at the last one. Rows are (B, T) aligned with token_logprobs."""
+    rewards = -kl_coef * (token_logp_old - token_ref_logp) * mask
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # index of the last response token
+    rewards[torch.arange(len(score)), last] += score
+    return rewards
+
+
+def gae_advantages(token_rewards, values, mask, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al. 2016) over response tokens; returns (A, A + V).
+
+    values[t] estimates the return from token t on; it counts as 0 past the last response token."""
+    values = values * mask
+    advantages = torch.zeros_like(token_rewards)
+    running = torch.zeros(token_rewards.shape[0], dtype=token_rewards.dtype, device=token_rewards.device)
+    next_value = torch.zeros_like(running)
+    for t in reversed(range(token_rewards.shape[1])):
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(token_logp, token_logp_old, advantages, mask, clip: float):
+    """PPO's clipped surrogate, averaged over response tokens, against the policy that collected the batch."""
+    ratio = torch.exp(token_logp - token_logp_old)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, {"clip_fraction": masked_mean((clipped > unclipped).float(), mask).item(),
+                  "approx_kl_behaviour": masked_mean(0.5 * (token_logp - token_logp_old) ** 2, mask).item(),
+                  "negative_weight_fraction": masked_mean((advantages < 0).float(), mask).item()}
+
+
+def ppo_value_loss(values, values_old, returns, mask, clip: float):
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within `clip` of the old value."""
+    clipped = values_old + (values - values_old).clamp(-clip, clip)
+    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return loss, {"value_loss": loss.item(), "value_clip_fraction": masked_mean(((values - values_old).abs() > clip).float(), mask).item()}
+
+
+def adaptive_kl_coef(kl_coef: float, observed_kl: float, target: float, horizon: int, n_samples: int) -> float:
+    """Ziegler et al. (2019): move the KL coefficient so the observed KL tracks `target`, at most 20% per horizon."""
+    error = max(-0.2, min(0.2, observed_kl / target - 1.0))
+    return kl_coef * (1.0 + error * n_samples / horizon)
+
+
+def sequence_kl_penalty(token_logp, token_ref_logp, mask, estimator: str):
+    """Per-sequence penalty sum_t KL_t from samples of pi: k1 = log(pi/pi_ref), k3 = ratio - 1 - log ratio."""
+    k1, k3 = kl_estimates(token_logp, token_ref_logp, mask)
+    return k1 if estimator == "k1" else k3

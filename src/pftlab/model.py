@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 
@@ -87,15 +88,45 @@ def token_logprobs(model, seqs: Sequences, with_entropy: bool = False):
     Logits at position t-1 predict token t: the shift that is easy to get wrong by one.
     With `with_entropy`, also the per-token entropy of pi at those positions (masked the same way).
     """
-    logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits[:, :-1].float()
-    targets = seqs.input_ids[:, 1:]
-    mask = seqs.response_mask[:, 1:].to(logits.dtype)
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits
+    return _gather_logprobs(logits, seqs, with_entropy)
+
+
+def _gather_logprobs(logits, seqs: Sequences, with_entropy: bool):
+    # The softmax over the vocabulary is taken at response positions only: prompt and padding
+    # positions are most of a batch and their log-probs are masked out anyway.
+    where = seqs.response_mask[:, 1:].bool()
+    picked = F.log_softmax(logits[:, :-1][where].float(), dim=-1)
+    logp = torch.zeros(where.shape, dtype=picked.dtype, device=picked.device)
+    logp[where] = picked.gather(-1, seqs.input_ids[:, 1:][where].unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return logp
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
+    entropy = torch.zeros_like(logp)
+    entropy[where] = -(picked.exp() * picked).sum(-1)
     return logp, entropy
+
+
+class ValueHead(nn.Module):
+    """PPO's critic: a linear read-out of the policy's last hidden state (shared backbone, as in TRL's
+    value-head models), zero-initialised so the first advantages are the rewards themselves."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden):
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+def token_logprobs_and_values(model, value_head: ValueHead, seqs: Sequences):
+    """One forward pass: (token log-probs, entropies, values), each (B, L-1) and masked like token_logprobs;
+    values[t] is read at the state that predicts token t+1."""
+    out = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, output_hidden_states=True)
+    logp, entropy = _gather_logprobs(out.logits, seqs, with_entropy=True)
+    values = value_head(out.hidden_states[-1][:, :-1]) * seqs.response_mask[:, 1:].float()
+    return logp, entropy, values
 
 
 def target_mask(seqs: Sequences) -> torch.Tensor:
@@ -108,12 +139,21 @@ def sequence_logprobs(model, seqs: Sequences) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batched(fn, seqs: Sequences, batch_size: int = 64) -> torch.Tensor:
-    """Apply a no-grad per-sequence function in chunks and concatenate along the batch."""
+def batched(fn, seqs: Sequences, batch_size: int = 64, dim: int = 0) -> torch.Tensor:
+    """Apply a no-grad per-sequence function in chunks and concatenate along the batch dimension `dim`."""
     out = [fn(seqs.select(slice(i, i + batch_size))) for i in range(0, len(seqs), batch_size)]
     if not out:
         return torch.zeros(0)
     width = max(o.shape[-1] for o in out) if out[0].dim() > 1 else None
     if width is not None:  # token-level outputs of chunks have different lengths: right-pad with 0
         out = [F.pad(o, (0, width - o.shape[-1])) for o in out]
-    return torch.cat(out)
+    return torch.cat(out, dim=dim)
+
+
+def concat_sequences(parts: list, pad_id: int) -> Sequences:
+    """Stack right-padded Sequences of different lengths, padding each to the longest."""
+    length = max(s.input_ids.shape[1] for s in parts)
+    pad = lambda x, value: F.pad(x, (0, length - x.shape[1]), value=value)
+    return Sequences(torch.cat([pad(s.input_ids, pad_id) for s in parts]),
+                     torch.cat([pad(s.attention_mask, 0) for s in parts]),
+                     torch.cat([pad(s.response_mask, 0) for s in parts]))

@@ -7,14 +7,16 @@ reward model. Reference and behaviour log-probs are computed once, at collection
 """
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .model import Sequences, batched, pack, target_mask, token_logprobs
+from .errors import PftlabError
+from .losses import kl_estimates
+from .model import Sequences, ValueHead, batched, concat_sequences, pack, target_mask, token_logprobs
 from .sampling import sample_responses
 
 
@@ -40,16 +42,26 @@ class PairBatch:
 class SampleBatch:
     seqs: Sequences  # prompt-major: the k samples of prompt i are rows i*k .. i*k+k-1
     rewards: torch.Tensor  # proxy reward per sample
-    old_logp: torch.Tensor  # log pi_behaviour(y|x) at collection
-    ref_logp: torch.Tensor  # log pi_ref(y|x)
+    old_token_logp: torch.Tensor  # log pi_behaviour per response token at collection, (B, L-1)
+    ref_token_logp: torch.Tensor  # log pi_ref per response token, (B, L-1)
     k: int
+    extra: dict = field(default_factory=dict)  # per-row tensors an algorithm's `prepare` adds (PPO: values, GAE)
+
+    @property
+    def old_logp(self):
+        return self.old_token_logp.sum(-1)
+
+    @property
+    def ref_logp(self):
+        return self.ref_token_logp.sum(-1)
 
     def __len__(self):
         return len(self.seqs) // self.k
 
     def select(self, prompt_index):
         rows = (prompt_index.unsqueeze(-1) * self.k + torch.arange(self.k)).reshape(-1)
-        return SampleBatch(self.seqs.select(rows), self.rewards[rows], self.old_logp[rows], self.ref_logp[rows], self.k)
+        return SampleBatch(self.seqs.select(rows), self.rewards[rows], self.old_token_logp[rows],
+                           self.ref_token_logp[rows], self.k, {name: v[rows] for name, v in self.extra.items()})
 
 
 @dataclass
@@ -100,10 +112,10 @@ def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, rewar
     responses = sample_responses(policy, repeated, generation["max_new_tokens"], generation["temperature"],
                                  generation["batch_size"], eos_id, pad_id, desc=desc)
     seqs = pack(repeated, responses, pad_id)
-    old = batched(lambda s: token_logprobs(policy, s).sum(-1), seqs)
-    ref_logp = batched(lambda s: token_logprobs(ref, s).sum(-1), seqs)
+    old, entropy = batched(lambda s: torch.stack(token_logprobs(policy, s, with_entropy=True)), seqs, dim=1)
+    ref_logp = batched(lambda s: token_logprobs(ref, s), seqs)
     rewards = reward_fn(seqs) if reward_fn is not None else torch.full((len(seqs),), float("nan"))
-    return SampleBatch(seqs, rewards, old, ref_logp, k)
+    return SampleBatch(seqs, rewards, old, ref_logp, k, {"entropy": entropy.sum(-1)})
 
 
 class OnPolicySamples:
@@ -120,6 +132,39 @@ class OnPolicySamples:
     def collect(self, n: int, policy, ref) -> SampleBatch:
         chosen = [self.prompts[i] for i in self.rng.choice(len(self.prompts), n, replace=False)]
         return sample_and_score(policy, ref, chosen, self.k, self.generation, self.reward_fn, self.eos_id, self.pad_id)
+
+
+class MixedPairs:
+    """On-policy DPO / IPO with a `fraction` of each batch drawn from the offline preference pairs.
+
+    An offline pair becomes a group of two samples (chosen, rejected) with rewards +inf and -inf, so the
+    pairwise objective ranks it by its label whatever the reward gap; `extra["offline"]` marks those rows
+    so that fresh-sample statistics ignore them."""
+
+    def __init__(self, online: OnPolicySamples, offline: OfflinePairs, fraction: float):
+        self.online, self.offline, self.fraction = online, offline, fraction
+
+    def collect(self, n: int, policy, ref) -> SampleBatch:
+        n_offline = round(self.fraction * n)
+        parts, offline = ([self.online.collect(n - n_offline, policy, ref)], [False]) if n - n_offline else ([], [])
+        if n_offline:
+            rows = [self.offline.pairs[i] for i in self.offline.next_indices(n_offline)]
+            prompts = [r["prompt_ids"] for r in rows for _ in range(2)]
+            responses = [ids for r in rows for ids in (r["chosen_ids"], r["rejected_ids"])]
+            seqs = pack(prompts, responses, self.offline.pad_id)
+            old, ref_logp = (batched(lambda s: token_logprobs(m, s), seqs) for m in (policy, ref))
+            parts.append(SampleBatch(seqs, torch.tensor([math.inf, -math.inf] * n_offline), old, ref_logp, 2))
+            offline.append(True)
+        return concat_sample_batches(parts, self.offline.pad_id, offline)
+
+
+def concat_sample_batches(parts: list, pad_id: int, offline: list) -> SampleBatch:
+    width = max(p.seqs.input_ids.shape[1] for p in parts) - 1
+    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))
+    flags = torch.cat([torch.full((len(p.seqs),), float(off)) for p, off in zip(parts, offline)])
+    return SampleBatch(concat_sequences([p.seqs for p in parts], pad_id), torch.cat([p.rewards for p in parts]),
+                       torch.cat([pad(p.old_token_logp) for p in parts]), torch.cat([pad(p.ref_token_logp) for p in parts]),
+                       parts[0].k, {"offline": flags})
 
 
 class HybridSource:
@@ -139,9 +184,16 @@ class HybridSource:
 
 
 def fresh_sample_stats(batch: SampleBatch) -> dict:
-    """What every run logs about the current policy: proxy reward and KL to the reference of fresh samples."""
-    return {"proxy_reward": batch.rewards.mean().item(), "kl_k1": (batch.old_logp - batch.ref_logp).mean().item(),
-            "response_tokens": target_mask(batch.seqs).sum().item() / len(batch.seqs)}
+    """What every run logs about the current policy: proxy reward, response length, and reverse KL to the
+    reference of fresh samples (k1 and k3 estimators, summed over tokens)."""
+    fresh = batch.extra["offline"] == 0 if "offline" in batch.extra else torch.ones(len(batch.seqs), dtype=torch.bool)
+    mask = target_mask(batch.seqs)[fresh]
+    k1, k3 = kl_estimates(batch.old_token_logp[fresh], batch.ref_token_logp[fresh], mask)
+    stats = {"proxy_reward": batch.rewards[fresh].mean().item(), "kl_k1": k1.mean().item(), "kl_k3": k3.mean().item(),
+             "response_tokens": mask.sum().item() / len(mask)}
+    if "entropy" in batch.extra:  # per token, of the policy that drew the samples
+        stats["sample_entropy"] = batch.extra["entropy"][fresh].sum().item() / mask.sum().clamp(min=1).item()
+    return stats
 
 
 def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=None, tracker=None, progress_desc="policy"):
@@ -152,10 +204,16 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
     """
     minibatches = math.ceil(cfg["batch_size"] / cfg["minibatch_size"])
     total_steps = cfg["iterations"] * cfg["steps_per_batch"] * minibatches
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg["lr"], weight_decay=0.0)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=cfg["warmup_steps"], num_training_steps=total_steps)
+    state = {}
+    if algorithm.value_head:
+        state["value_head"] = ValueHead(policy.config.hidden_size)
+    parameters = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapter only
+    parameters += list(state["value_head"].parameters()) if algorithm.value_head else []
+    optimizer = torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=0.0)
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.get("lr_schedule", "cosine")]
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg["warmup_steps"], num_training_steps=total_steps)
     shuffle = torch.Generator().manual_seed(cfg["seed"])
-    history, step, samples_seen, tokens_seen, state = [], 0, 0, 0, {}
+    history, step, samples_seen, tokens_seen = [], 0, 0, 0
     start = time.time()
     for iteration in tqdm(range(cfg["iterations"]), desc=progress_desc, disable=None):
         collect_start = time.time()
@@ -172,6 +230,10 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
         elif monitor is not None and (iteration % cfg["monitor_every"] == 0 or iteration == cfg["iterations"] - 1):
             extra = fresh_sample_stats(monitor(policy, ref))
             collect_seconds = time.time() - collect_start
+        if algorithm.prepare is not None:  # once per collected batch, e.g. PPO's values and GAE
+            with torch.no_grad():
+                batch, prepared = algorithm.prepare(policy, batch, hp, state)
+            extra |= prepared
         policy.train()
         for _ in range(cfg["steps_per_batch"]):
             order = torch.randperm(len(batch), generator=shuffle)
@@ -179,12 +241,10 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
                 minibatch = batch.select(order[mb_start : mb_start + cfg["minibatch_size"]])
                 loss, stats = algorithm.objective(policy, minibatch, hp, state)
                 if not torch.isfinite(loss):
-                    from .errors import PftlabError
-
                     raise PftlabError(f"non-finite loss {loss.item()} at step {step} (iteration {iteration})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg["max_grad_norm"]).item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, cfg["max_grad_norm"]).item()
                 optimizer.step()
                 scheduler.step()
                 elapsed = time.time() - start

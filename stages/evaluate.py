@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from pftlab.evaluate import evaluate_samples, sample_eval
+from pftlab.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
 from pftlab.gold import gold_reward, response_length
 from pftlab.io import atomic_write_jsonl, read_json, read_jsonl
 from pftlab.model import encode_prompt, load_policy, load_tokenizer
@@ -43,7 +43,9 @@ def main(p, tracker):
     metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec,
                                      gold_reward(gold_spec, np.array(reference_lengths)), tok)
     atomic_write_jsonl(f"data/eval/{NAME}.jsonl", rows)
-    return {"policy": NAME, "prompts": len(prompts), **metrics}
+    likelihood = pair_likelihood_change(policy, ref, read_jsonl("data/pairs/pairs.jsonl")[: p["eval.likelihood_pairs"]],
+                                        tok.pad_token_id)
+    return {"policy": NAME, "prompts": len(prompts), **metrics, **likelihood}
 
 
 if __name__ == "__main__":

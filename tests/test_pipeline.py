@@ -90,7 +90,17 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
     ppo = list(csv.DictReader((repo / "metrics" / "curves" / "policy_ppo.csv").open()))
     assert {"clip_fraction", "value_loss", "kl_coef", "entropy", "grad_norm", "kl_k3"} <= set(ppo[0])
     assert len({row["kl_coef"] for row in ppo}) == 3  # the adaptive controller moved it after each collection
-    for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png"):
+    claims = load(repo, "claims.json")
+    assert sorted(claims, key=int) == [str(i) for i in range(1, 9)]
+    assert {c["verdict"] for c in claims.values()} <= {"reproduced", "not reproduced", "inconclusive"}
+    assert any(x["setting"].startswith("didactic") for x in claims["1"]["checks"])
+    assert any(x["setting"].startswith("coverage") for x in claims["6"]["checks"])
+    assert any(x["setting"] == "synthetic LLM task" for x in claims["8"]["checks"])  # hypo and dpo are in the smoke run
+    assert "## The papers' claims" in report and "| 8. HyPO" in report
+    bandit = load(repo, "didactic/bandit.json")
+    assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
+    assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
+    for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png"):
         assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -101,7 +111,7 @@ def test_mlflow_has_one_run_per_stage_grouped_by_pipeline_run(smoke_run):
         steps = db.execute("select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
                            "where r.name = 'policy@dpo' and m.key = 'loss'").fetchone()[0]
     names = {n for n, _ in tags}
-    assert {"prepare", "tokenizer", "sft", "pairs", "reward_model", "evaluate@sft", "report"} <= names
+    assert {"prepare", "tokenizer", "sft", "pairs", "reward_model", "evaluate@sft", "bandit", "coverage", "report"} <= names
     assert {f"policy@{a}" for a in ALGORITHMS} | {f"evaluate@{a}" for a in ALGORITHMS} <= names
     assert len({v for _, v in tags}) == 1
     assert steps == 12

@@ -223,7 +223,7 @@ HYPERPARAMETERS = {
 
 def samples_per_prompt(name: str, hp: dict) -> int:
     """Fresh samples per prompt: pairwise on-policy methods always draw 2."""
-    return hp.get("samples_per_prompt", 2)
+    return 2 if name in ("online_dpo", "online_ipo") else hp.get("samples_per_prompt", 2)
 
 
 def table_markdown() -> str:

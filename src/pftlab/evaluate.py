@@ -58,3 +58,16 @@ def evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, referen
              "proxy": float(p), "kl_k1": float(a), "text": tokenizer.decode(r, skip_special_tokens=True)}
             for i, (r, l, g, p, a) in enumerate(zip(responses, lengths, gold, proxy, k1.tolist()))]
     return metrics, rows
+
+
+def pair_likelihood_change(policy, ref, pairs: list, pad_id: int) -> dict:
+    """How training moved log pi(y_w|x) and log pi(y_l|x) of preference pairs (Tajwar et al.: under DPO
+    both can fall): mean and standard deviation over pairs of log pi - log pi_ref, for each side."""
+    out = {"likelihood_pairs": len(pairs)}
+    for side in ("chosen", "rejected"):
+        seqs = pack([r["prompt_ids"] for r in pairs], [r[f"{side}_ids"] for r in pairs], pad_id)
+        with torch.no_grad():
+            change = batched(lambda s: token_logprobs(policy, s).sum(-1) - token_logprobs(ref, s).sum(-1), seqs).numpy()
+        out[f"logp_{side}_change"] = float(change.mean())
+        out[f"logp_{side}_change_sd"] = float(change.std(ddof=1)) if len(change) > 1 else float("nan")
+    return out

@@ -10,6 +10,7 @@ import yaml
 from .errors import ParamError
 
 GOLD_REWARDS = ("min_length", "mode_length", "skew_length")
+BANDIT_METHODS = ("best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo")
 
 
 def _positive(v):
@@ -26,6 +27,12 @@ def _pos_int(v):
 
 def _nonneg_int(v):
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _list_of(rule, allowed=None):
+    def check(v):
+        return isinstance(v, list) and len(v) > 0 and all(rule(x) for x in v) and (allowed is None or set(v) <= set(allowed))
+    return check
 
 
 def _fraction(v):
@@ -75,10 +82,70 @@ RULES = {
     "policy.reference": (lambda v: v in ("frozen_copy", "lora"), "frozen_copy or lora"),
     "policy.lora_rank": (_pos_int, "a positive integer"),
     "policy.lora_alpha": (_positive, "a number > 0"),
+    # Tajwar et al.'s didactic bandit (stage bandit)
+    "bandit.seeds": (_list_of(_nonneg_int), "a non-empty list of integers >= 0"),
+    "bandit.train_contexts": (_pos_int, "a positive integer"),
+    "bandit.eval_contexts": (_pos_int, "a positive integer"),
+    "bandit.fit_steps": (_nonneg_int, "an integer >= 0"),
+    "bandit.samples_per_context": (lambda v: _pos_int(v) and v >= 2, "an integer >= 2"),
+    "bandit.steps": (_pos_int, "a positive integer"),
+    "bandit.reuse": (_pos_int, "a positive integer"),
+    "bandit.lr": (_positive, "a number > 0"),
+    "bandit.rewards.aligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
+    "bandit.rewards.misaligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
+    "bandit.reward_width": (_positive, "a number > 0"),
+    "bandit.methods": (_list_of(lambda v: True, BANDIT_METHODS), f"a non-empty list from {', '.join(BANDIT_METHODS)}"),
+    "bandit.beta": (_positive, "a number > 0"),
+    "bandit.min_reward_gap": (_nonneg, "a number >= 0"),
+    "bandit.clip": (_positive, "a number > 0"),
+    "bandit.kl_coef": (_nonneg, "a number >= 0"),
+    "bandit.entropy_coef": (_nonneg, "a number >= 0"),
+    "bandit.rwr_temperature": (_positive, "a number > 0"),
+    "bandit.rwr_max_weight": (_positive, "a number > 0"),
+    "bandit.reuse_methods": (_list_of(lambda v: True, BANDIT_METHODS), f"a non-empty list from {', '.join(BANDIT_METHODS)}"),
+    "bandit.reuse_values": (_list_of(_pos_int), "a non-empty list of positive integers"),
+    # Tajwar et al.'s token-level bandit (stage token_bandit), through the LLM trainer
+    "token_bandit.seeds": (_list_of(_nonneg_int), "a non-empty list of integers >= 0"),
+    "token_bandit.algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of offline or on-policy algorithms"),
+    "token_bandit.rewards.aligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
+    "token_bandit.rewards.misaligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
+    "token_bandit.reward_width": (_positive, "a number > 0"),
+    "token_bandit.train_prompts": (_pos_int, "a positive integer"),
+    "token_bandit.eval_prompts": (_pos_int, "a positive integer"),
+    "token_bandit.fit_steps": (_nonneg_int, "an integer >= 0"),
+    "token_bandit.iterations": (_pos_int, "a positive integer"),
+    "token_bandit.batch_size": (_pos_int, "a positive integer"),
+    "token_bandit.minibatch_size": (_pos_int, "a positive integer"),
+    "token_bandit.steps_per_batch": (_pos_int, "a positive integer"),
+    "token_bandit.lr": (_positive, "a number > 0"),
+    "token_bandit.warmup_steps": (_nonneg_int, "an integer >= 0"),
+    "token_bandit.max_grad_norm": (_positive, "a number > 0"),
+    "token_bandit.monitor_every": (_pos_int, "a positive integer"),
+    "token_bandit.lr_schedule": (lambda v: v in ("cosine", "linear", "constant"), "one of cosine, linear, constant"),
+    "token_bandit.offline_pairs_per_prompt": (_pos_int, "a positive integer"),
+    "token_bandit.eval_samples": (_pos_int, "a positive integer"),
+    "token_bandit.hp.beta": (_positive, "a number > 0"),
+    "token_bandit.hp.kl_coef": (_nonneg, "a number >= 0"),
+    "token_bandit.hp.kl_estimator": (lambda v: v in ("k1", "k3"), "k1 or k3"),
+    "token_bandit.hp.samples_per_prompt": (lambda v: _pos_int(v) and v >= 2, "an integer >= 2"),
+    "token_bandit.hp.top": (_pos_int, "a positive integer"),
+    "token_bandit.hp.min_reward_gap": (_nonneg, "a number >= 0"),
+    "token_bandit.hp.offline_fraction": (lambda v: v == 0, "0 (no offline share on the token bandit)"),
+    # Song et al.'s coverage experiments (stage coverage)
+    "coverage.seeds": (_list_of(_nonneg_int), "a non-empty list of integers >= 0"),
+    "coverage.steps": (_pos_int, "a positive integer"),
+    "coverage.rm_steps": (_pos_int, "a positive integer"),
+    "coverage.lr": (_positive, "a number > 0"),
+    "coverage.beta": (_positive, "a number > 0"),
+    "coverage.lam": (_positive, "a number > 0"),
+    "coverage.batch_size": (_pos_int, "a positive integer"),
+    "coverage.pairs": (_pos_int, "a positive integer"),
+    "coverage.preferred_subset": (_pos_int, "a positive integer"),
     "eval.num_prompts": (_pos_int, "a positive integer"),
     "eval.samples_per_prompt": (_pos_int, "a positive integer"),
     "eval.temperature": (_positive, "a number > 0"),
     "eval.seed": (_nonneg_int, "an integer >= 0"),
+    "eval.likelihood_pairs": (_pos_int, "a positive integer"),
 }
 
 

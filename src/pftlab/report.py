@@ -8,8 +8,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from . import claims as claims_lib  # noqa: E402
 from .algorithms import table_markdown  # noqa: E402
-from .io import atomic_write_text  # noqa: E402
+from .io import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
 
 EVAL_COLUMNS = [("gold_reward", "gold reward"), ("proxy_reward", "proxy reward"), ("kl_k1", "KL k1"),
                 ("kl_k3", "KL k3"), ("win_rate_vs_sft", "win rate vs SFT"), ("response_length", "length"),
@@ -67,15 +68,101 @@ def plot_sft(rows, path):
     _save(fig, path)
 
 
-def build_report(algorithms: list, metrics_dir="metrics") -> str:
+def plot_bandit(curves: dict, path):
+    """Mean eval reward over seeds against gradient steps and against samples drawn, per reward."""
+    fig, axes = plt.subplots(2, len(curves), figsize=(5.5 * len(curves), 7), squeeze=False)
+    for col, (reward, rows) in enumerate(curves.items()):
+        labels = [k for k in rows[0] if k != "step" and not k.endswith("_samples")]
+        for i, label in enumerate(labels):
+            style = "-" if label.endswith("on_policy") else "--"
+            color = plt.cm.tab10(i // 2 % 10)
+            axes[0, col].plot([r["step"] for r in rows], [r[label] for r in rows], style, color=color, label=label)
+            axes[1, col].plot([r[f"{label}_samples"] for r in rows], [r[label] for r in rows], style, color=color, label=label)
+        axes[0, col].set_title(f"{reward} reward", fontsize=10)
+        axes[0, col].set_xlabel("gradient step")
+        axes[1, col].set_xlabel("samples drawn")
+        axes[1, col].set_xscale("symlog", linthresh=100)
+        for ax in axes[:, col]:
+            ax.set_ylabel("eval reward (mean over seeds)")
+    axes[0, -1].legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def plot_reuse(bandit: dict, path):
+    runs = bandit["runs"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    methods = sorted({k.split("/")[1] for k in runs if "/reuse_" in k})
+    for method in methods:
+        ts = sorted({int(k.split("_")[-1]) for k in runs if k.startswith(f"misaligned/{method}/reuse_")})
+        stats = [claims_lib.mean_ci(runs[f"misaligned/{method}/reuse_{t}"]["final_reward"]) for t in ts]
+        ax.errorbar(ts, [m for m, _, _ in stats], yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]],
+                    fmt="o-", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("gradient steps per collection T (samples and steps fixed)")
+    ax.set_ylabel("final eval reward, misaligned (95% CI)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_coverage(curves: dict, path):
+    panels = [("linear", "logp_preferred", "linear: mean log pi of preferred responses"),
+              ("linear", "logp_best", "linear: log pi of the unseen best response"),
+              ("tabular", "uncovered_mass", "tabular: mass on uncovered responses"), ("tabular", "kl", "tabular: KL(pi || pi_ref)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (kind, q, title) in zip(axes, panels):
+        rows = curves[kind]
+        for method in ("rlhf", "dpo", "hypo"):
+            if f"{method}_{q}" in rows[0]:
+                ax.plot([r["step"] for r in rows], [r[f"{method}_{q}"] for r in rows], label=method)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def final_reward_table(runs: dict, title: str) -> list:
+    """Rows `reward/method[/sampling]` -> final eval reward, mean [95% CI] over seeds."""
+    lines = [f"| {title} | final eval reward, mean [95% CI] | seeds |", "|---|---|---|"]
+    for key, v in runs.items():
+        m, lo, hi = claims_lib.mean_ci(v["final_reward"])
+        lines.append(f"| {key} | {m:.3f} [{lo:.3f}, {hi:.3f}] | {len(v['final_reward'])} |")
+    return lines
+
+
+def claims_markdown(claims: dict) -> list:
+    lines = ["| claim | verdict | checks: setting, comparison, mean [95% CI] over n, verdict |", "|---|---|---|"]
+    for cid, c in claims.items():
+        checks = "<br>".join(f"{x['setting']}: {x['comparison']} ({x['quantity']}): {x['mean']:.3g} "
+                             f"[{x['ci95'][0]:.3g}, {x['ci95'][1]:.3g}] over {x['n']} {x['over']}: *{x['verdict']}*"
+                             for x in c["checks"]) or "no setting measures it in this run"
+        lines.append(f"| {cid}. {c['claim']} | **{c['verdict']}** | {checks} |")
+    return lines
+
+
+def build_report(algorithms: list, metrics_dir="metrics", eval_dir="data/eval") -> str:
     m = Path(metrics_dir)
     figures = m / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     names = ["sft"] + list(algorithms)
     evals = {n: json.loads((m / "eval" / f"{n}.json").read_text()) for n in names}
-    lines = ["# pftlab report", "", f"Gold reward: `{json.loads((m / 'pairs.json').read_text())['gold_reward']}`. "
-             "Evaluation on held-out prompts; KL and win rate are against the SFT policy.", "",
-             "| policy | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |", "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
+    gold_name = json.loads((m / "pairs.json").read_text())["gold_reward"]
+    bandit = json.loads((m / "didactic" / "bandit.json").read_text()) if (m / "didactic" / "bandit.json").exists() else None
+    coverage = json.loads((m / "didactic" / "coverage.json").read_text()) if (m / "didactic" / "coverage.json").exists() else None
+    token_path = m / "didactic" / "token_bandit.json"
+    token_bandit = json.loads(token_path.read_text()) if token_path.exists() else None
+    samples = {n: read_jsonl(Path(eval_dir) / f"{n}.jsonl") for n in names if (Path(eval_dir) / f"{n}.jsonl").exists()}
+    claims = claims_lib.all_claims(bandit, coverage, claims_lib.llm_claims(samples, gold_name), evals.get("dpo"),
+                                 token_bandit)
+    atomic_write_json(m / "claims.json", claims)
+    lines = ["# pftlab report", "", "## The papers' claims", "",
+             "Verdicts are computed by `src/pftlab/claims.py` from the metrics of this run: *reproduced* when the 95% "
+             "interval of the difference lies on the claimed side of zero, *not reproduced* when it lies on the other "
+             "side, *inconclusive* otherwise. Didactic settings vary the seed; the LLM task has one training seed, so "
+             "its intervals are over held-out prompts (sampling noise only).", ""]
+    lines += claims_markdown(claims)
+    lines += ["", "## The synthetic LLM task", "", f"Gold reward: `{gold_name}`. "
+              "Evaluation on held-out prompts; KL and win rate are against the SFT policy.", "",
+              "| policy | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |", "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
     for n in names:
         e = evals[n]
         cells = [f"{e['gold_reward']:.2f} ± {e['gold_reward_ci95']:.2f}"] + [f"{e[k]:.3f}" for k, _ in EVAL_COLUMNS[1:]]
@@ -85,12 +172,26 @@ def build_report(algorithms: list, metrics_dir="metrics") -> str:
               f"gold-order accuracy {rm['held_out_gold_order_accuracy']:.3f}, correlation with gold "
               f"{rm['held_out_gold_correlation']:.3f}.", "", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
-              "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", "",
-              "## Stage times (seconds, wall clock, this machine)", "", "| stage | seconds |", "|---|---|"]
+              "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]
+    if bandit:
+        plot_bandit({r: read_curve(m / "curves" / f"bandit_{r}.csv") for r in ("aligned", "misaligned")}, figures / "bandit.png")
+        plot_reuse(bandit, figures / "bandit_reuse.png")
+        lines += ["### Didactic bandit (Tajwar et al.)", ""] + final_reward_table(bandit["runs"], "reward / method / sampling")
+        lines += ["", "Mean over seeds; solid on-policy, dashed offline:", "",
+                  "![bandit](figures/bandit.png)", "", "![sample reuse](figures/bandit_reuse.png)", ""]
+    if token_bandit:
+        lines += ["### Token-level bandit (the LLM trainer on a 3-layer GPT)", ""]
+        lines += final_reward_table(token_bandit["runs"], "reward / algorithm") + [""]
+    if coverage:
+        lines += ["### Coverage problems (Song et al.)", ""]
+        plot_coverage({k: read_curve(m / "curves" / f"coverage_{k}.csv") for k in ("linear", "tabular")}, figures / "coverage.png")
+        lines += ["Mean over seeds:", "", "![coverage](figures/coverage.png)", ""]
+    lines += ["## Stage times (seconds, wall clock, this machine)", "", "| stage | seconds |", "|---|---|"]
     stage_files = [("prepare", m / "prepare.json"), ("tokenizer", m / "tokenizer.json"), ("sft", m / "sft.json"),
                    ("pairs", m / "pairs.json"), ("reward_model", m / "reward_model.json")]
     stage_files += [(f"policy@{a}", m / "policy" / f"{a}.json") for a in algorithms]
     stage_files += [(f"evaluate@{n}", m / "eval" / f"{n}.json") for n in names]
+    stage_files += [(s, m / "didactic" / f"{s}.json") for s in ("bandit", "token_bandit", "coverage") if (m / "didactic" / f"{s}.json").exists()]
     total = 0.0
     for stage, path in stage_files:
         seconds = json.loads(path.read_text()).get("seconds", float("nan"))

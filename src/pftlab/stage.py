@@ -26,7 +26,8 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
     start = time.time()
     try:
         params = load_params(params_path).check(*sections)
-        seed_everything(params[seed_key])
+        if seed_key is not None:  # None: the stage seeds each of its runs itself
+            seed_everything(params[seed_key])
         with Tracker(name, params.section(*sections)) as tracker:
             metrics = main(params, tracker)
             metrics["seconds"] = round(time.time() - start, 2)

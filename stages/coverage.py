@@ -1,0 +1,44 @@
+"""Stage coverage: Song et al.'s synthetic experiments, RLHF / DPO / HyPO with and without function
+approximation over several seeds (metrics/didactic/coverage.json, curves in metrics/curves/coverage_<kind>.csv)."""
+from statistics import mean
+
+import torch
+from tqdm.auto import tqdm
+
+from pftlab import coverage
+from pftlab.io import write_csv
+from pftlab.stage import run_stage
+
+QUANTITIES = ("logp_preferred", "logp_best", "uncovered_mass", "kl", "reward")
+
+
+def main(p, tracker):
+    torch.set_num_threads(1)  # vectors of 100 numbers: threads cost more than they give
+    c = p["coverage"]
+    hp = {k: c[k] for k in ("steps", "rm_steps", "lr", "beta", "lam", "batch_size", "preferred_subset")}
+    results, curves = {}, {}
+    jobs = [(kind, method, seed) for kind in ("linear", "tabular") for method in coverage.METHODS for seed in c["seeds"]]
+    for kind, method, seed in tqdm(jobs, desc="coverage runs", disable=None):
+        problem = coverage.make_problem(kind, seed, pairs=c["pairs"])
+        curve = coverage.train(problem, method, hp)
+        key = f"{kind}/{method}"
+        curves.setdefault(key, []).append(curve)
+        runs = results.setdefault(key, {f"{q}_{when}": [] for q in QUANTITIES for when in ("start", "end")})
+        for q in QUANTITIES:
+            runs[f"{q}_start"].append(curve[0][q])
+            runs[f"{q}_end"].append(curve[-1][q])
+    for kind in ("linear", "tabular"):
+        rows = []
+        for i, point in enumerate(curves[f"{kind}/rlhf"][0]):
+            row = {"step": point["step"]}
+            for method in coverage.METHODS:
+                for q in ("logp_preferred", "logp_best", "uncovered_mass", "kl"):
+                    row[f"{method}_{q}"] = mean(run[i][q] for run in curves[f"{kind}/{method}"])
+            rows.append(row)
+        write_csv(f"metrics/curves/coverage_{kind}.csv", rows)
+    tracker.log_metrics({f"{k.replace('/', '.')}.{q}": mean(v) for k, r in results.items() for q, v in r.items()})
+    return {"seeds": c["seeds"], "runs": results}
+
+
+if __name__ == "__main__":
+    run_stage("coverage", ["coverage"], main, "metrics/didactic/coverage.json", seed_key=None)  # seeds: coverage.seeds

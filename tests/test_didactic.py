@@ -1,0 +1,134 @@
+"""The didactic environments against their specification (SETUPS.md) and the claims' verdict logic."""
+import math
+
+import pytest
+import torch
+
+from pftlab import bandit, claims, coverage
+
+
+# --- Tajwar et al.'s bandit -------------------------------------------------------------------------
+def test_reference_histogram_matches_the_authors_statistics():
+    ref = bandit.reference_distribution()
+    assert ref.shape == (100,) and ref.sum().item() == pytest.approx(1.0)
+    assert ref[0].item() == pytest.approx(0.078, abs=0.008) and ref[99].item() == pytest.approx(0.042, abs=0.008)
+    interior = int(ref[5:95].argmax()) + 5
+    assert 14 <= interior <= 18 and ref[interior].item() == pytest.approx(0.027, abs=0.004)
+    assert ref[10:31].sum().item() == pytest.approx(0.45, abs=0.03)
+    assert ref[60:81].sum().item() == pytest.approx(0.045, abs=0.01)
+
+
+def test_peaked_rewards_and_their_value_under_the_reference():
+    ref = bandit.reference_distribution()
+    aligned, misaligned = bandit.peaked_reward(20), bandit.peaked_reward(70)
+    assert int(aligned.argmax()) == 20 and int(misaligned.argmax()) == 70 and aligned.max().item() == 1.0
+    assert misaligned[80].item() == pytest.approx(math.exp(-1))
+    assert (ref * aligned).sum().item() == pytest.approx(0.38, abs=0.02)
+    assert (ref * misaligned).sum().item() == pytest.approx(0.04, abs=0.01)
+
+
+def test_policy_fitted_to_the_reference_and_offline_data_rarely_covers_the_misaligned_peak():
+    torch.manual_seed(0)
+    contexts = torch.rand(10, bandit.CONTEXT_DIM)
+    log_ref = bandit.reference_distribution().log().clamp(min=-30)
+    policy = bandit.fit_to_reference(bandit.MLPPolicy(), contexts, log_ref, steps=100)
+    with torch.no_grad():
+        logp = policy(contexts)
+    assert (logp.exp() * (logp - log_ref)).sum(-1).mean().item() < 0.1
+    actions = torch.multinomial(log_ref.exp().expand(1000, -1), 10, replacement=True, generator=torch.Generator().manual_seed(0))
+    near = lambda peak: ((actions - peak).abs() <= 10).float().mean().item()
+    assert near(70) < 0.08 < 0.4 < near(20)  # offline samples from pi_ref: the misaligned peak is rarely seen
+
+
+def test_on_policy_ppo_climbs_toward_the_misaligned_peak():
+    hp = {"train_contexts": 5, "eval_contexts": 20, "fit_steps": 50, "lr": 1e-3, "beta": 0.1, "min_reward_gap": 0.01,
+          "clip": 0.2, "kl_coef": 0.0, "entropy_coef": 0.0, "rwr_temperature": 0.1, "rwr_max_weight": 100.0}
+    curve = bandit.run("ppo", bandit.peaked_reward(70), "on_policy", hp, seed=0, steps=150, reuse=5, samples_per_context=10)
+    assert curve[-1]["reward"] > curve[0]["reward"] + 0.1
+    assert curve[-1]["samples"] == 150 // 5 * 5 * 10  # a collection of N per context every T steps
+
+
+# --- Song et al.'s coverage problems ----------------------------------------------------------------
+def test_linear_problem_best_response_is_uncovered_and_data_spans_the_features():
+    p = coverage.make_problem("linear", seed=0, pairs=2000)
+    assert p["best"] == 99 and p["covered"] == 50
+    assert torch.linalg.matrix_rank(p["phi"][:50]).item() == 16  # global coverage under linear features
+    assert torch.allclose(p["phi"].norm(dim=-1), torch.ones(100))
+    assert int(torch.cat([p["winners"], p["losers"]]).max()) < 50 and (p["winners"] != p["losers"]).all()
+    labels_agree = (p["reward"][p["winners"]] > p["reward"][p["losers"]]).float().mean().item()
+    assert 0.6 < labels_agree < 1.0  # Bradley-Terry: mostly, not always, the better response wins
+
+
+def test_tabular_problem_rewards_and_coverage():
+    p = coverage.make_problem("tabular", seed=1, pairs=2000)
+    assert p["phi"] is None and p["reward"].abs().max() <= 10
+    assert int(torch.cat([p["winners"], p["losers"]]).max()) < 50
+
+
+def test_hypo_keeps_uncovered_mass_and_kl_below_dpo_on_the_tabular_problem():
+    p = coverage.make_problem("tabular", seed=0, pairs=2000)
+    hp = {"steps": 300, "rm_steps": 100, "lr": 0.05, "beta": 1.0, "lam": 1.0, "batch_size": 64, "preferred_subset": 10}
+    dpo, hypo = coverage.train(p, "dpo", hp)[-1], coverage.train(p, "hypo", hp)[-1]
+    assert hypo["kl"] < dpo["kl"]
+
+
+# --- verdicts ----------------------------------------------------------------------------------------
+def test_check_verdicts_on_synthetic_values():
+    assert claims.check("q", "c", [1.0, 1.2, 0.9, 1.1, 1.0])["verdict"] == claims.REPRODUCED
+    assert claims.check("q", "c", [-1.0, -1.2, -0.9])["verdict"] == claims.NOT_REPRODUCED
+    assert claims.check("q", "c", [1.0, -1.0, 0.5, -0.2])["verdict"] == claims.INCONCLUSIVE
+    assert claims.check("q", "c", [3.0])["verdict"] == claims.INCONCLUSIVE  # one seed: no interval
+    m, low, high = claims.mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and high - m == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    rep, no, inc = ({"verdict": v} for v in (claims.REPRODUCED, claims.NOT_REPRODUCED, claims.INCONCLUSIVE))
+    assert claims.combine([rep, rep]) == claims.REPRODUCED
+    assert claims.combine([rep, inc]) == claims.INCONCLUSIVE
+    assert claims.combine([rep, inc, no]) == claims.NOT_REPRODUCED
+
+
+def _fake_bandit(on_policy_better: bool):
+    runs = {}
+    for seed_shift in range(1):
+        for reward, gap in (("misaligned", 0.4), ("aligned", 0.02)):
+            for method in bandit.METHODS:
+                base = 0.3 + (0.2 if method in ("dpo", "ipo") else 0.0)
+                on = [base + (gap if on_policy_better else -gap) + 0.01 * s for s in range(5)]
+                off = [base + 0.005 * s for s in range(5)]
+                if method in ("dpo", "ipo"):
+                    on = [x + 0.2 for x in on]
+                runs[f"{reward}/{method}/on_policy"] = {"final_reward": on, "mean_reward": [x - 0.1 for x in on]}
+                runs[f"{reward}/{method}/offline"] = {"final_reward": off, "mean_reward": [x - 0.1 for x in off]}
+    return {"runs": runs}
+
+
+def test_bandit_claims_follow_the_metrics():
+    good = claims.bandit_claims(_fake_bandit(True))
+    assert claims.combine(good["1"]) == claims.REPRODUCED and claims.combine(good["3"]) == claims.REPRODUCED
+    bad = claims.bandit_claims(_fake_bandit(False))
+    assert claims.combine(bad["1"]) == claims.NOT_REPRODUCED
+
+
+# --- the token-level bandit, through the LLM trainer -----------------------------------------------
+def test_token_bandit_policy_fits_pi_ref_and_rloo_climbs_through_the_llm_trainer():
+    from pftlab import token_bandit
+
+    train, evaluation = token_bandit.prompts_for(0, 4, 4)
+    assert len({t for p in train + evaluation for t in p}) == 8  # distinct single-token prompts
+    policy = token_bandit.fit_reference_policy(0, train, steps=150)
+    torch.manual_seed(0)
+    from pftlab.sampling import sample_responses
+
+    responses = sample_responses(policy, train * 50, token_bandit.RESPONSE_TOKENS, 1.0, 200, None, token_bandit.PAD)
+    assert all(len(r) == token_bandit.RESPONSE_TOKENS for r in responses)  # no EOS: always 9 tokens
+    tokens = torch.tensor(responses).flatten()
+    assert ((tokens >= 10) & (tokens <= 30)).float().mean().item() == pytest.approx(0.45, abs=0.1)  # pi_ref's bulk
+    reward = bandit.peaked_reward(70)
+    reward_fn = token_bandit.token_reward_fn(reward)
+    seqs = token_bandit.pack([[5], [6]], [[70] * 9, [70] * 8 + [80]], token_bandit.PAD)
+    assert reward_fn(seqs).tolist() == pytest.approx([1.0, (8 + math.exp(-1)) / 9])
+    cfg = {"iterations": 8, "batch_size": 4, "minibatch_size": 4, "steps_per_batch": 2, "lr": 3e-3, "warmup_steps": 0,
+           "max_grad_norm": 1.0, "monitor_every": 2, "lr_schedule": "constant", "offline_pairs_per_prompt": 2, "eval_samples": 64}
+    hp = {"samples_per_prompt": 4, "kl_coef": 0.0, "kl_estimator": "k1"}
+    out = token_bandit.run("rloo", reward, 0, cfg, hp, policy.state_dict(), train, evaluation)
+    assert out["final_reward"] > out["start_reward"] + 0.02
+    assert out["curve"][-1]["samples"] == 8 * 4 * 4  # iterations x prompts x k fresh samples

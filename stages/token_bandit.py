@@ -6,14 +6,14 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from pftlab import bandit, token_bandit
+from pftlab.params import TRAINER_KNOBS
 from pftlab.stage import run_stage
 
 
 def main(p, tracker):
     hf_logging.set_verbosity_error()
     t = p["token_bandit"]
-    cfg = {k: t[k] for k in ("iterations", "batch_size", "minibatch_size", "steps_per_batch", "lr", "warmup_steps",
-                             "max_grad_norm", "monitor_every", "lr_schedule", "offline_pairs_per_prompt", "eval_samples")}
+    cfg = {k: t[k] for k in TRAINER_KNOBS + ("offline_pairs_per_prompt", "eval_samples")}
     results = {}
     starts = {}
     jobs = [(r, a, s) for r in t["rewards"] for a in t["algorithms"] for s in t["seeds"]]

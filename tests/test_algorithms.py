@@ -1,7 +1,6 @@
 """The algorithm table against what the objectives do, and the objectives on small bandits with a
 known optimum (pi* proportional to pi_ref * exp(r / beta))."""
 import itertools
-import math
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import math
 
 import torch
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from . import losses
-from .model import target_mask, token_logprobs, token_logprobs_and_values
+from .model import batched, target_mask, token_logprobs, token_logprobs_and_values
 from .params import _nonneg, _pos_int, _positive
 
 
@@ -99,8 +99,7 @@ def ppo_prepare(policy, batch, hp, state):
     returns; then the adaptive KL controller moves the coefficient toward the target KL."""
     kl_coef = state.setdefault("kl_coef", hp["kl_coef"])
     mask = target_mask(batch.seqs)
-    values = torch.cat([token_logprobs_and_values(policy, state["value_head"], batch.seqs.select(slice(i, i + 64)))[2]
-                        for i in range(0, len(batch.seqs), 64)])
+    values = batched(lambda s: token_logprobs_and_values(policy, state["value_head"], s)[2], batch.seqs)
     token_rewards = losses.kl_penalised_token_rewards(batch.rewards, batch.old_token_logp, batch.ref_token_logp,
                                                       mask, kl_coef)
     advantages, returns = losses.gae_advantages(token_rewards, values, mask, hp["gamma"], hp["gae_lambda"])

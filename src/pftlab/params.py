@@ -43,6 +43,9 @@ def _fraction_closed(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
 
 
+_SEEDS = (_list_of(_nonneg_int), "a non-empty list of integers >= 0")
+_ACTION = (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]")
+
 RULES = {
     "seed": (_nonneg_int, "an integer >= 0"),
     "data.raw": (lambda v: isinstance(v, str) and v, "a path"),
@@ -83,7 +86,7 @@ RULES = {
     "policy.lora_rank": (_pos_int, "a positive integer"),
     "policy.lora_alpha": (_positive, "a number > 0"),
     # Tajwar et al.'s didactic bandit (stage bandit)
-    "bandit.seeds": (_list_of(_nonneg_int), "a non-empty list of integers >= 0"),
+    "bandit.seeds": _SEEDS,
     "bandit.train_contexts": (_pos_int, "a positive integer"),
     "bandit.eval_contexts": (_pos_int, "a positive integer"),
     "bandit.fit_steps": (_nonneg_int, "an integer >= 0"),
@@ -91,8 +94,8 @@ RULES = {
     "bandit.steps": (_pos_int, "a positive integer"),
     "bandit.reuse": (_pos_int, "a positive integer"),
     "bandit.lr": (_positive, "a number > 0"),
-    "bandit.rewards.aligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
-    "bandit.rewards.misaligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
+    "bandit.rewards.aligned": _ACTION,
+    "bandit.rewards.misaligned": _ACTION,
     "bandit.reward_width": (_positive, "a number > 0"),
     "bandit.methods": (_list_of(lambda v: True, BANDIT_METHODS), f"a non-empty list from {', '.join(BANDIT_METHODS)}"),
     "bandit.beta": (_positive, "a number > 0"),
@@ -105,23 +108,14 @@ RULES = {
     "bandit.reuse_methods": (_list_of(lambda v: True, BANDIT_METHODS), f"a non-empty list from {', '.join(BANDIT_METHODS)}"),
     "bandit.reuse_values": (_list_of(_pos_int), "a non-empty list of positive integers"),
     # Tajwar et al.'s token-level bandit (stage token_bandit), through the LLM trainer
-    "token_bandit.seeds": (_list_of(_nonneg_int), "a non-empty list of integers >= 0"),
+    "token_bandit.seeds": _SEEDS,
     "token_bandit.algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of offline or on-policy algorithms"),
-    "token_bandit.rewards.aligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
-    "token_bandit.rewards.misaligned": (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]"),
+    "token_bandit.rewards.aligned": _ACTION,
+    "token_bandit.rewards.misaligned": _ACTION,
     "token_bandit.reward_width": (_positive, "a number > 0"),
     "token_bandit.train_prompts": (_pos_int, "a positive integer"),
     "token_bandit.eval_prompts": (_pos_int, "a positive integer"),
     "token_bandit.fit_steps": (_nonneg_int, "an integer >= 0"),
-    "token_bandit.iterations": (_pos_int, "a positive integer"),
-    "token_bandit.batch_size": (_pos_int, "a positive integer"),
-    "token_bandit.minibatch_size": (_pos_int, "a positive integer"),
-    "token_bandit.steps_per_batch": (_pos_int, "a positive integer"),
-    "token_bandit.lr": (_positive, "a number > 0"),
-    "token_bandit.warmup_steps": (_nonneg_int, "an integer >= 0"),
-    "token_bandit.max_grad_norm": (_positive, "a number > 0"),
-    "token_bandit.monitor_every": (_pos_int, "a positive integer"),
-    "token_bandit.lr_schedule": (lambda v: v in ("cosine", "linear", "constant"), "one of cosine, linear, constant"),
     "token_bandit.offline_pairs_per_prompt": (_pos_int, "a positive integer"),
     "token_bandit.eval_samples": (_pos_int, "a positive integer"),
     "token_bandit.hp.beta": (_positive, "a number > 0"),
@@ -132,7 +126,7 @@ RULES = {
     "token_bandit.hp.min_reward_gap": (_nonneg, "a number >= 0"),
     "token_bandit.hp.offline_fraction": (lambda v: v == 0, "0 (no offline share on the token bandit)"),
     # Song et al.'s coverage experiments (stage coverage)
-    "coverage.seeds": (_list_of(_nonneg_int), "a non-empty list of integers >= 0"),
+    "coverage.seeds": _SEEDS,
     "coverage.steps": (_pos_int, "a positive integer"),
     "coverage.rm_steps": (_pos_int, "a positive integer"),
     "coverage.lr": (_positive, "a number > 0"),
@@ -147,6 +141,10 @@ RULES = {
     "eval.seed": (_nonneg_int, "an integer >= 0"),
     "eval.likelihood_pairs": (_pos_int, "a positive integer"),
 }
+# The token bandit runs the policy trainer: its loop knobs obey the policy.* rules.
+TRAINER_KNOBS = ("iterations", "batch_size", "minibatch_size", "steps_per_batch", "lr", "warmup_steps",
+                 "max_grad_norm", "monitor_every", "lr_schedule")
+RULES |= {f"token_bandit.{knob}": RULES[f"policy.{knob}"] for knob in TRAINER_KNOBS}
 
 
 def _flatten(tree, prefix=""):

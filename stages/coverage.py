@@ -23,9 +23,12 @@ def main(p, tracker):
         curve = coverage.train(problem, method, hp)
         key = f"{kind}/{method}"
         curves.setdefault(key, []).append(curve)
-        runs = results.setdefault(key, {f"{q}_{when}": [] for q in QUANTITIES for when in ("start", "end")})
+        # the first logged point after one pass over the pairs: how far each method drifts in later epochs
+        epoch1 = next((x for x in curve if x["step"] * c["batch_size"] >= c["pairs"]), curve[-1])
+        runs = results.setdefault(key, {f"{q}_{when}": [] for q in QUANTITIES for when in ("start", "epoch1", "end")})
         for q in QUANTITIES:
             runs[f"{q}_start"].append(curve[0][q])
+            runs[f"{q}_epoch1"].append(epoch1[q])
             runs[f"{q}_end"].append(curve[-1][q])
     for kind in ("linear", "tabular"):
         rows = []
@@ -37,7 +40,7 @@ def main(p, tracker):
             rows.append(row)
         write_csv(f"metrics/curves/coverage_{kind}.csv", rows)
     tracker.log_metrics({f"{k.replace('/', '.')}.{q}": mean(v) for k, r in results.items() for q, v in r.items()})
-    return {"seeds": c["seeds"], "runs": results}
+    return {"seeds": c["seeds"], "epochs": c["steps"] * c["batch_size"] / c["pairs"], "runs": results}
 
 
 if __name__ == "__main__":

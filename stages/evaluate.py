@@ -1,6 +1,7 @@
-"""Stage evaluate@<name>: held-out metrics of a policy (`sft` = the SFT baseline, which also draws the
-reference samples every policy's win rate is judged against). Writes metrics/eval/<name>.json and
-data/eval/<name>.jsonl."""
+"""Stage evaluate@<name> (evaluate_variant@<gold>-<name> with --variant <gold>): held-out metrics of a
+policy under the task's gold reward and reward model. `sft` = the SFT baseline; the main task's
+evaluate@sft also draws the reference samples every win rate is judged against. Writes
+metrics/[variants/<gold>/]eval/<name>.json and data/[variants/<gold>/]eval/<name>.jsonl."""
 import sys
 
 import numpy as np
@@ -11,43 +12,45 @@ from pftlab.evaluate import evaluate_samples, pair_likelihood_change, sample_eva
 from pftlab.gold import gold_reward, response_length
 from pftlab.io import atomic_write_jsonl, read_json, read_jsonl
 from pftlab.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.paths import EVAL_REFERENCE, SFT_MODEL, task_from_argv
 from pftlab.reward_model import load_reward_model
 from pftlab.stage import run_stage
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
+TASK = task_from_argv()
 
 
 def main(p, tracker):
     hf_logging.set_verbosity_error()
-    tok = load_tokenizer("models/sft")
+    tok = load_tokenizer(SFT_MODEL)
     cfg = {"max_new_tokens": p["model.max_response_tokens"], "temperature": p["eval.temperature"],
            "batch_size": p["generation.batch_size"]}
     n = p["eval.samples_per_prompt"]
     prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
                for r in read_jsonl("data/prepared/prompts_eval.jsonl")][: p["eval.num_prompts"]]
-    gold_spec = read_json("data/pairs/gold.json")
-    ref, rm = load_policy("models/sft"), load_reward_model("models/reward_model")
-    policy = ref if NAME == "sft" else load_policy(f"models/policy/{NAME}")
-    if NAME == "sft":  # the opponent for every win rate: an independent draw of SFT samples
+    gold_spec = read_json(TASK.gold)
+    ref, rm = load_policy(SFT_MODEL), load_reward_model(TASK.reward_model)
+    policy = ref if NAME == "sft" else load_policy(TASK.policy(NAME))
+    if NAME == "sft" and not TASK.variant:  # the opponent for every win rate: an independent draw of SFT samples
         torch.manual_seed(p["eval.seed"] + 1)
         _, reference = sample_eval(ref, prompts, n, cfg, tok)
         ref_lengths = [response_length(r, tok.eos_token_id) for r in reference]
-        atomic_write_jsonl("data/eval/reference.jsonl", [{"response_ids": r, "length": l} for r, l in zip(reference, ref_lengths)])
-    reference_lengths = [r["length"] for r in read_jsonl("data/eval/reference.jsonl")]
+        atomic_write_jsonl(EVAL_REFERENCE, [{"response_ids": r, "length": l} for r, l in zip(reference, ref_lengths)])
+    reference_lengths = [r["length"] for r in read_jsonl(EVAL_REFERENCE)]
     if len(reference_lengths) != len(prompts) * n:
         from pftlab.errors import DataError
 
-        raise DataError("data/eval/reference.jsonl does not match eval.num_prompts x eval.samples_per_prompt: rerun evaluate@sft")
+        raise DataError(f"{EVAL_REFERENCE} does not match eval.num_prompts x eval.samples_per_prompt: rerun evaluate@sft")
     torch.manual_seed(p["eval.seed"])  # the same seed for every policy: common random numbers
     repeated, responses = sample_eval(policy, prompts, n, cfg, tok)
     metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec,
                                      gold_reward(gold_spec, np.array(reference_lengths)), tok)
-    atomic_write_jsonl(f"data/eval/{NAME}.jsonl", rows)
-    likelihood = pair_likelihood_change(policy, ref, read_jsonl("data/pairs/pairs.jsonl")[: p["eval.likelihood_pairs"]],
+    atomic_write_jsonl(TASK.eval_samples(NAME), rows)
+    likelihood = pair_likelihood_change(policy, ref, read_jsonl(TASK.pairs)[: p["eval.likelihood_pairs"]],
                                         tok.pad_token_id)
     return {"policy": NAME, "prompts": len(prompts), **metrics, **likelihood}
 
 
 if __name__ == "__main__":
-    run_stage(f"evaluate@{NAME}", ["eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size"],
-              main, f"metrics/eval/{NAME}.json", seed_key="eval.seed")
+    run_stage(TASK.stage("evaluate", NAME), ["eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size"],
+              main, TASK.metrics("eval", NAME), seed_key="eval.seed")

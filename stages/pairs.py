@@ -1,27 +1,25 @@
-"""Stage pairs: two SFT samples per train prompt, labelled by the gold reward through Bradley-Terry
-(Tajwar et al.'s synthetic LLM problem). Writes data/pairs/{pairs.jsonl, gold.json}."""
+"""Stage pairs (pairs_variant@<gold> with --variant <gold>): the SFT sample pairs labelled by a gold
+reward through Bradley-Terry (Tajwar et al.'s synthetic LLM problem). Writes <task>/pairs/{pairs.jsonl, gold.json}."""
 import numpy as np
-from transformers.utils import logging as hf_logging
 
 from pftlab.gold import gold_reward, label_pair, length_mode, response_length, skew_keep_mask
 from pftlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
-from pftlab.model import encode_prompt, load_policy, load_tokenizer
-from pftlab.sampling import sample_responses
+from pftlab.model import load_tokenizer
+from pftlab.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
 from pftlab.stage import run_stage
+
+TASK = task_from_argv()
 
 
 def main(p, tracker):
-    hf_logging.set_verbosity_error()
-    tok, policy = load_tokenizer("models/sft"), load_policy("models/sft")
+    tok = load_tokenizer(SFT_MODEL)
     eos = tok.eos_token_id
-    prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
-               for r in read_jsonl("data/prepared/prompts_train.jsonl")][: p["pairs.max_prompts"]]
-    repeated = [x for x in prompts for _ in range(2)]
-    responses = sample_responses(policy, repeated, p["model.max_response_tokens"], p["generation.temperature"],
-                                 p["generation.batch_size"], eos, tok.pad_token_id, desc="SFT samples")
+    rows = read_jsonl(SFT_SAMPLES)
+    prompts = [r["prompt_ids"] for r in rows]
+    responses = [y for r in rows for y in r["responses"]]  # response 2i and 2i+1 answer prompt i
     lengths = np.array([response_length(r, eos) for r in responses])
     completed = [bool(r) and r[-1] == eos for r in responses]
-    gold_spec = {"reward": p["gold.reward"], "mode": length_mode(lengths.tolist(), completed)}
+    gold_spec = {"reward": TASK.variant or p["gold.reward"], "mode": length_mode(lengths.tolist(), completed)}
     gold = gold_reward(gold_spec, lengths)
     rng = np.random.default_rng(p["seed"])
     keep = np.ones(len(prompts), dtype=bool)
@@ -38,7 +36,7 @@ def main(p, tracker):
                       "rejected_text": tok.decode(responses[l], skip_special_tokens=True)})
         if gold[a] != gold[b]:
             agree.append(gold[w] > gold[l])
-    with atomic_dir("data/pairs") as out:
+    with atomic_dir(TASK.pairs_dir) as out:
         atomic_write_jsonl(out / "pairs.jsonl", pairs)
         atomic_write_json(out / "gold.json", gold_spec)
     kept_lengths = [response_length(x["chosen_ids"], eos) for x in pairs] + [response_length(x["rejected_ids"], eos) for x in pairs]
@@ -50,5 +48,5 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("pairs", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation", "gold", "pairs"],
-              main, "metrics/pairs.json")
+    gold_keys = ["gold.skew_quantile", "gold.skew_keep"] if TASK.variant else ["gold"]
+    run_stage(TASK.stage("pairs"), ["seed", *gold_keys, "pairs.bt_scale"], main, TASK.metrics("pairs"))

@@ -1,5 +1,6 @@
-"""Stage policy@<algorithm>: fine-tune the SFT policy with one algorithm of the table
-(models/policy/<algorithm>/, metrics/policy/<algorithm>.json, metrics/curves/policy_<algorithm>.csv)."""
+"""Stage policy@<algorithm> (policy_variant@<gold>-<algorithm> with --variant <gold>): fine-tune the SFT
+policy with one algorithm of the table on the task's pairs and reward model
+(<task>/policy/<algorithm>/, metrics/[variants/<gold>/]policy/<algorithm>.json and curves/policy_<algorithm>.csv)."""
 import sys
 
 from transformers.utils import logging as hf_logging
@@ -8,12 +9,14 @@ from pftlab.algorithms import ALGORITHMS, samples_per_prompt
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import load_tokenizer
 from pftlab.params import check_algorithm_params, check_batch
+from pftlab.paths import SFT_MODEL, task_from_argv
 from pftlab.reference import policy_and_reference, save_policy
 from pftlab.reward_model import load_reward_model, score_sequences
 from pftlab.stage import run_stage
 from pftlab.trainer import HybridSource, MixedPairs, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
+TASK = task_from_argv()
 
 
 def main(p, tracker):
@@ -22,11 +25,11 @@ def main(p, tracker):
     algorithm = ALGORITHMS[NAME]
     cfg = {**p["policy"], "seed": p["seed"]}
     generation = {**p["generation"], "max_new_tokens": p["model.max_response_tokens"]}
-    tok = load_tokenizer("models/sft")
-    pairs = read_jsonl("data/pairs/pairs.jsonl")
+    tok = load_tokenizer(SFT_MODEL)
+    pairs = read_jsonl(TASK.pairs)
     prompts = list({tuple(r["prompt_ids"]): None for r in pairs})  # unique, in file order
     prompts = [list(x) for x in prompts]
-    rm = load_reward_model("models/reward_model")
+    rm = load_reward_model(TASK.reward_model)
     reward_fn = lambda s: score_sequences(rm, s)
     k = samples_per_prompt(NAME, hp)
     if algorithm.source == "on_policy":
@@ -43,11 +46,11 @@ def main(p, tracker):
     monitor_prompts = prompts[: cfg["batch_size"]]
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
-    policy, ref = policy_and_reference("models/sft", cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"])
-    history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=f"policy@{NAME}")
-    with atomic_dir(f"models/policy/{NAME}") as out:
+    policy, ref = policy_and_reference(SFT_MODEL, cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"])
+    history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=TASK.stage("policy", NAME))
+    with atomic_dir(TASK.policy(NAME)) as out:
         save_policy(policy, tok, out)
-    write_csv(f"metrics/curves/policy_{NAME}.csv", history)
+    write_csv(TASK.curve("policy", NAME), history)
     last = history[-1]
     return {"algorithm": NAME, "source": algorithm.source, "negative_gradient": algorithm.negative_gradient,
             "steps": len(history), "final_loss": last["loss"], "samples": last["samples"],
@@ -55,5 +58,5 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage(f"policy@{NAME}", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
-                                 "policy", f"algos.{NAME}"], main, f"metrics/policy/{NAME}.json")
+    run_stage(TASK.stage("policy", NAME), ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
+                                 "policy", f"algos.{NAME}"], main, TASK.metrics("policy", NAME))

@@ -1,33 +1,37 @@
-"""Stage reward_model: SFT backbone + scalar head trained with Bradley-Terry on the pairs (models/reward_model/)."""
+"""Stage reward_model (reward_model_variant@<gold> with --variant <gold>): SFT backbone + scalar head trained
+with Bradley-Terry on the task's pairs (<task>/reward_model/)."""
 import numpy as np
 from transformers.utils import logging as hf_logging
 
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import load_tokenizer
 from pftlab.params import check_batch
+from pftlab.paths import SFT_MODEL, task_from_argv
 from pftlab.reward_model import evaluate_reward_model, new_reward_model, train_reward_model
 from pftlab.stage import run_stage
+
+TASK = task_from_argv()
 
 
 def main(p, tracker):
     hf_logging.set_verbosity_error()
-    tok = load_tokenizer("models/sft")
-    pairs = read_jsonl("data/pairs/pairs.jsonl")
+    tok = load_tokenizer(SFT_MODEL)
+    pairs = read_jsonl(TASK.pairs)
     order = np.random.default_rng(p["seed"]).permutation(len(pairs))
     n_eval = max(1, int(round(len(pairs) * p["reward_model.eval_fraction"])))
     held_out, train = [pairs[i] for i in order[:n_eval]], [pairs[i] for i in order[n_eval:]]
     check_batch("reward_model.batch_size", p["reward_model.batch_size"], len(train), "training pairs")
-    rm = new_reward_model("models/sft")
+    rm = new_reward_model(SFT_MODEL)
     before = evaluate_reward_model(rm, held_out, tok.pad_token_id)
     history = train_reward_model(rm, train, p["reward_model"], tok.pad_token_id, p["seed"], tracker)
     after = evaluate_reward_model(rm, held_out, tok.pad_token_id)
-    with atomic_dir("models/reward_model") as out:
+    with atomic_dir(TASK.reward_model) as out:
         rm.save_pretrained(out)
         tok.save_pretrained(out)
-    write_csv("metrics/curves/reward_model.csv", history)
+    write_csv(TASK.curve("reward_model"), history)
     return {"held_out_" + k: v for k, v in after.items()} | {"held_out_label_accuracy_untrained": before["label_accuracy"],
                                                              "train_pairs": len(train), "steps": len(history)}
 
 
 if __name__ == "__main__":
-    run_stage("reward_model", ["seed", "reward_model"], main, "metrics/reward_model.json")
+    run_stage(TASK.stage("reward_model"), ["seed", "reward_model"], main, TASK.metrics("reward_model"))

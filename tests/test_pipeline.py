@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from pftlab import seeds
+from pftlab.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["dpo", "rloo", "hypo", "ppo"]  # smoke.yaml; trained as LoRA adapters (policy.reference: lora)
+VARIANTS = {"rewards": ["mode_length"], "algorithms": ["dpo"]}  # smoke.yaml: the task relabelled
 pytestmark = pytest.mark.slow
 
 
@@ -20,7 +25,7 @@ def copy_repo(dest: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        if name.startswith("metrics/") or not (ROOT / name).is_file():
+        if (name.startswith("metrics/") and not name.startswith("metrics/seeds/")) or not (ROOT / name).is_file():
             continue  # the committed default-run metrics must not stand in for the smoke run's
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
@@ -95,8 +100,22 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
     assert {c["verdict"] for c in claims.values()} <= {"reproduced", "not reproduced", "inconclusive"}
     assert any(x["setting"].startswith("didactic") for x in claims["1"]["checks"])
     assert any(x["setting"].startswith("coverage") for x in claims["6"]["checks"])
-    assert any(x["setting"] == "synthetic LLM task" for x in claims["8"]["checks"])  # hypo and dpo are in the smoke run
+    assert any(x["setting"] == "synthetic LLM task (min_length)" for x in claims["8"]["checks"])  # hypo and dpo ran
     assert "## The papers' claims" in report and "| 8. HyPO" in report
+    # the mode_length variant labels the same SFT samples, and trains its own reward model and policies
+    variant = load(repo, "variants/mode_length/pairs.json")
+    assert variant["gold_reward"] == "mode_length" and variant["pairs"] == pairs["pairs"]
+    relabelled = [json.loads(line) for line in (repo / "data/variants/mode_length/pairs/pairs.jsonl").read_text().splitlines()]
+    same_samples = lambda r: (tuple(r["prompt_ids"]), frozenset([tuple(r["chosen_ids"]), tuple(r["rejected_ids"])]))
+    assert [same_samples(r) for r in relabelled] == [same_samples(r) for r in rows]
+    mode = json.loads((repo / "data/variants/mode_length/pairs/gold.json").read_text())["mode"]
+    length = {tuple(r[side + "_ids"]): -r[side + "_gold"] for r in rows for side in ("chosen", "rejected")}  # min_length: -|y|
+    assert all(r[side + "_gold"] == -abs(length[tuple(r[side + "_ids"])] - mode)
+               for r in relabelled for side in ("chosen", "rejected"))
+    for name in VARIANTS["algorithms"]:
+        assert (repo / "models/variants/mode_length/policy" / name / "model.safetensors").exists()
+        assert load(repo, f"variants/mode_length/eval/{name}.json")["kl_k3"] > 0
+    assert "under the `mode_length` gold reward" in report and "| policy_variant@mode_length-dpo |" in report
     bandit = load(repo, "didactic/bandit.json")
     assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
     assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
@@ -140,13 +159,41 @@ def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
     assert first == second
 
 
+def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
+    """`python -m pftlab.seeds` reads `dvc exp show --json`: here the committed smoke run stands for another seed."""
+    repo = smoke_run
+    git = ["git", "-c", "user.email=test@pftlab", "-c", "user.name=test"]
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "smoke run"], cwd=repo, check=True)
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    current = yaml.safe_load((repo / "params.yaml").read_text())
+    assert seeds.collect(shown, current) == []  # the run's own seed is the workspace's
+    runs = seeds.collect(shown, current | {"seed": 7})
+    assert [r["seed"] for r in runs] == [0]
+    assert runs[0]["tasks"]["min_length"]["dpo"]["gold_reward"] == load(repo, "eval/dpo.json")["gold_reward"]
+    assert set(runs[0]["tasks"]["mode_length"]) == {"sft", *VARIANTS["algorithms"]}
+    assert seeds.collect(shown, current | {"seed": 7, "policy": {**current["policy"], "lr": 0.5}}) == []
+    # the report over two training seeds: this run's metrics and a second seed one token better everywhere
+    shutil.copytree(repo / "metrics", tmp_path / "metrics")
+    other = {reward: {n: v | {"gold_reward": v["gold_reward"] + 1} for n, v in policies.items()}
+             for reward, policies in runs[0]["tasks"].items()}
+    seeds.write_seed_runs([{"seed": 7, "experiment": "fake", "tasks": other}], tmp_path / "metrics" / "seeds")
+    build_report(ALGORITHMS, VARIANTS, seed=0, root=tmp_path)
+    claims = json.loads((tmp_path / "metrics" / "claims.json").read_text())
+    llm = [c for c in claims["8"]["checks"] if c["setting"].startswith("synthetic LLM")]
+    assert llm and all(c["over"] == "training seeds (0, 7)" and c["n"] == 2 for c in llm)
+    report = (tmp_path / "metrics" / "report.md").read_text()
+    assert "### Across training seeds" in report and "| mode_length | dpo |" in report
+
+
 def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     """Runs last: it changes the smoke run's params."""
     repo = smoke_run
     assert "up to date" in dvc(repo, "status")
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("num_prompts: 16", "num_prompts: 12"))
-    evaluation = {"evaluate_sft"} | {f"evaluate@{a}" for a in ALGORITHMS}
+    evaluation = {"evaluate_sft"} | {f"evaluate@{a}" for a in ALGORITHMS} | {"evaluate_variant_sft@mode_length"}
+    evaluation |= {f"evaluate_variant@mode_length-{a}" for a in VARIANTS["algorithms"]}
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry

@@ -137,6 +137,7 @@ def coverage_claims(cov: dict) -> dict:
     """Claims 6-7 (and 8's didactic half) on Song et al.'s synthetic problems."""
     r = cov["runs"]
     delta = lambda key, q: paired(r[key][f"{q}_end"], r[key][f"{q}_start"])
+    delta_after = lambda key: paired(r[key]["kl_end"], r[key]["kl_epoch1"])
     claims = {
         "6": [check("probability mass on uncovered responses, tabular", "DPO end - start (DPO moves mass onto them)",
                     delta("tabular/dpo", "uncovered_mass")),
@@ -149,7 +150,12 @@ def coverage_claims(cov: dict) -> dict:
         "8": [check("reverse KL to pi_ref at the end, tabular", "DPO - HyPO (HyPO lower)",
                     paired(r["tabular/dpo"]["kl_end"], r["tabular/hypo"]["kl_end"])),
               check("reverse KL to pi_ref at the end, linear", "DPO - HyPO (HyPO lower)",
-                    paired(r["linear/dpo"]["kl_end"], r["linear/hypo"]["kl_end"]))],
+                    paired(r["linear/dpo"]["kl_end"], r["linear/hypo"]["kl_end"]))]
+             + [check(f"growth of the reverse KL after the first epoch, {kind}"
+                      + (f" ({cov['epochs']:.1f} epochs)" if "epochs" in cov else ""),
+                      "DPO - HyPO (DPO keeps drifting: overfitting)",
+                      paired(delta_after(f"{kind}/dpo"), delta_after(f"{kind}/hypo")))
+                for kind in ("tabular", "linear") if "kl_epoch1" in r[f"{kind}/dpo"] and cov.get("epochs", 0) >= 2],
     }
     return claims
 
@@ -166,7 +172,14 @@ CLAIM_TEXT = {
 }
 
 
-# --- the synthetic LLM task (one training seed: intervals over held-out prompts) ---------------------
+# --- the synthetic LLM task -------------------------------------------------------------------------
+# Units are held-out prompts when the run has one training seed (sampling noise only), or training seeds
+# when `python -m pftlab.seeds` has collected other seeds' runs. Values of one unit are paired across
+# policies and across gold rewards (the same prompts / the same seeds).
+PEAK_WHERE_SFT_IS_LIKELY = {"min_length": False, "skew_length": False, "mode_length": True}
+ON_OFF_COUNTERPARTS = (("bon", "offline_bon"), ("rwr", "offline_rwr"), ("online_dpo", "dpo"), ("online_ipo", "ipo"))
+
+
 def per_prompt(rows: list, key: str) -> list:
     """Mean of `key` over each prompt's samples, in prompt order."""
     sums = {}
@@ -175,37 +188,57 @@ def per_prompt(rows: list, key: str) -> list:
     return [mean(sums[i]) for i in sorted(sums)]
 
 
-def llm_claims(samples: dict, gold_reward: str) -> dict:
-    """Claims 1, 3, 4 and 8 on the default LLM task from each policy's held-out samples (data/eval/<name>.jsonl).
+def _average(values: dict, names: list) -> list:
+    return [mean(x) for x in zip(*[values[n] for n in names])]
 
-    With one training seed the intervals are over held-out prompts: they measure sampling noise, not
-    the variation between training runs; more seeds come from `dvc exp run --queue -S seed=...`."""
-    gold = {n: per_prompt(rows, "gold") for n, rows in samples.items()}
-    kl = {n: per_prompt(rows, "kl_k1") for n, rows in samples.items()}
-    over = f"held-out prompts, one training seed, gold reward {gold_reward}"
-    avg = lambda names: [mean(x) for x in zip(*[gold[n] for n in names])]
-    have = lambda *names: all(n in gold for n in names)
+
+def _on_off(gold: dict) -> tuple:
+    """(on-policy names, offline names, label) of the counterpart pairs present."""
+    pairs = [(a, b) for a, b in ON_OFF_COUNTERPARTS if a in gold and b in gold]
+    return [a for a, _ in pairs], [b for _, b in pairs], ", ".join(f"{a} vs {b}" for a, b in pairs)
+
+
+def llm_claims(gold: dict, kl: dict, reward: str, over: str) -> dict:
+    """Claims 1, 3, 4 and 8 on one LLM task: `gold[name]` / `kl[name]` = per-unit means of each policy."""
     claims = {}
-    pairs = [(on, off) for on, off in (("bon", "offline_bon"), ("rwr", "offline_rwr"), ("online_dpo", "dpo"),
-                                       ("online_ipo", "ipo")) if have(on, off)]
-    if pairs:
-        claims["1"] = [check("gold reward", "on-policy - offline counterpart (" + ", ".join(f"{a} vs {b}" for a, b in pairs) + ")",
-                             paired(avg([a for a, _ in pairs]), avg([b for _, b in pairs])), over=over)]
-    neg, ml = [n for n in ("dpo", "ipo") if have(n)], [n for n in ("pref_ft", "offline_bon", "offline_rwr") if have(n)]
-    if neg and ml:
-        claims["3"] = [check("gold reward", f"offline {'/'.join(neg)} - offline {'/'.join(ml)}", paired(avg(neg), avg(ml)), over=over)]
-    online = [n for n in ("online_dpo", "online_ipo") if have(n)]
+    peak_likely = PEAK_WHERE_SFT_IS_LIKELY[reward]
+    on, off, label = _on_off(gold)
+    if on and not peak_likely:
+        claims["1"] = [check("gold reward", f"on-policy - offline counterpart ({label})",
+                             paired(_average(gold, on), _average(gold, off)), over=over)]
+    neg = [n for n in ("dpo", "ipo") if n in gold]
+    ml = [n for n in ("pref_ft", "offline_bon", "offline_rwr") if n in gold]
+    if neg and ml and not peak_likely:
+        claims["3"] = [check("gold reward", f"offline {'/'.join(neg)} - offline {'/'.join(ml)}",
+                             paired(_average(gold, neg), _average(gold, ml)), over=over)]
+    online = [n for n in ("online_dpo", "online_ipo") if n in gold]
     rest = [n for n in gold if n not in online and n != "sft"]
     if online and rest:
         best_online = max(online, key=lambda n: mean(gold[n]))
         best_rest = max(rest, key=lambda n: mean(gold[n]))
         claims["4"] = [check("gold reward", f"best on-policy contrastive ({best_online}) - best other ({best_rest})",
                              paired(gold[best_online], gold[best_rest]), over=over)]
-    if have("hypo", "dpo"):
+    if "hypo" in gold and "dpo" in gold:
         claims["8"] = [check("reverse KL to SFT (k1)", "DPO - HyPO (HyPO lower)", paired(kl["dpo"], kl["hypo"]), over=over),
                        check("gold reward", "HyPO - DPO, equal or better within 1 (reward in tokens)",
                              paired(gold["hypo"], gold["dpo"]), over=over, margin=1.0)]
     return claims
+
+
+def llm_peak_claims(tasks: dict, over: str) -> dict:
+    """Claim 1's second half across gold rewards: the on-policy gain is larger where the peak is unlikely.
+    `tasks[reward] = gold` as for llm_claims; compares every unlikely-peak task with every likely-peak one."""
+    checks = []
+    for unlikely, g_u in tasks.items():
+        for likely, g_l in tasks.items():
+            if PEAK_WHERE_SFT_IS_LIKELY[unlikely] or not PEAK_WHERE_SFT_IS_LIKELY[likely]:
+                continue
+            on, off, label = _on_off({n: None for n in g_u if n in g_l})
+            if on:
+                gap = lambda g: paired(_average(g, on), _average(g, off))
+                checks.append(check("gold reward", f"(on-policy - offline: {label}) {unlikely} - {likely}",
+                                    paired(gap(g_u), gap(g_l)), over=over))
+    return {"1": checks} if checks else {}
 
 
 def dpo_likelihood_check(dpo_eval: dict) -> list:
@@ -216,9 +249,9 @@ def dpo_likelihood_check(dpo_eval: dict) -> list:
             for side in ("chosen", "rejected") if f"logp_{side}_change" in dpo_eval]
 
 
-def all_claims(bandit: dict = None, coverage: dict = None, llm: dict = None, dpo_eval: dict = None,
-               token_bandit: dict = None) -> dict:
-    """Every claim with its checks from whichever settings exist, and a combined verdict."""
+def all_claims(bandit: dict = None, coverage: dict = None, token_bandit: dict = None, llm_parts: list = ()) -> dict:
+    """Every claim with its checks from whichever settings exist, and a combined verdict.
+    `llm_parts`: (setting, claims) pairs from the LLM tasks."""
     parts = []
     if bandit:
         parts.append(("didactic bandit (Tajwar et al.)", bandit_claims(bandit)))
@@ -226,10 +259,7 @@ def all_claims(bandit: dict = None, coverage: dict = None, llm: dict = None, dpo
         parts.append(("token-level bandit (Tajwar et al.)", token_bandit_claims(token_bandit)))
     if coverage:
         parts.append(("coverage problems (Song et al.)", coverage_claims(coverage)))
-    if llm:
-        parts.append(("synthetic LLM task", llm))
-    if dpo_eval:
-        parts.append(("synthetic LLM task", {"3": dpo_likelihood_check(dpo_eval)}))
+    parts += list(llm_parts)
     out = {}
     for cid, text in CLAIM_TEXT.items():
         checks = [c | {"setting": setting} for setting, claims in parts for c in claims.get(cid, [])]

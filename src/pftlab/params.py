@@ -73,6 +73,8 @@ RULES = {
     "reward_model.lr": (_positive, "a number > 0"),
     "reward_model.eval_fraction": (_fraction, "a number in (0, 1)"),
     "algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of algorithm names"),
+    "variants.rewards": (_list_of(lambda v: v in GOLD_REWARDS), f"a non-empty list of gold rewards ({', '.join(GOLD_REWARDS)})"),
+    "variants.algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of algorithm names"),
     "policy.iterations": (_pos_int, "a positive integer"),
     "policy.batch_size": (_pos_int, "a positive integer"),
     "policy.minibatch_size": (_pos_int, "a positive integer"),
@@ -206,10 +208,11 @@ class Params:
             for key, (ok, want) in known.items():
                 if key.startswith(section + ".") and key not in items and not key.startswith("algos."):
                     raise ParamError(f"{self.path}: missing key '{key}'")
-        if "algorithms" in sections:
-            for name in self["algorithms"]:
-                if name not in ALGORITHMS:
-                    raise ParamError(f"{self.path}: 'algorithms' names unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+        for key in ("algorithms", "variants.algorithms"):
+            if key in sections or key.split(".")[0] in sections:
+                for name in self[key]:
+                    if name not in ALGORITHMS:
+                        raise ParamError(f"{self.path}: '{key}' names unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
         return self
 
 

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import claims as claims_lib  # noqa: E402
 from .algorithms import table_markdown  # noqa: E402
 from .io import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
+from .paths import Task  # noqa: E402
+from .seeds import load_seed_runs  # noqa: E402
 
 EVAL_COLUMNS = [("gold_reward", "gold reward"), ("proxy_reward", "proxy reward"), ("kl_k1", "KL k1"),
                 ("kl_k3", "KL k3"), ("win_rate_vs_sft", "win rate vs SFT"), ("response_length", "length"),
@@ -139,38 +141,108 @@ def claims_markdown(claims: dict) -> list:
     return lines
 
 
-def build_report(algorithms: list, metrics_dir="metrics", eval_dir="data/eval") -> str:
-    m = Path(metrics_dir)
+def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
+    """{gold reward: (Task, policy names)} of the main task and every variant that has results."""
+    main_reward = json.loads((root / Task().metrics("pairs")).read_text())["gold_reward"]
+    tasks = {main_reward: (Task(), ["sft"] + list(algorithms))}
+    for reward in variants.get("rewards", []):
+        if reward != main_reward:
+            tasks[reward] = (Task(reward), ["sft"] + list(variants["algorithms"]))
+    return tasks
+
+
+def llm_claim_parts(tasks: dict, seed: int, seed_runs: list, root: Path) -> tuple:
+    """The LLM tasks' claims, over training seeds when other seeds were collected, else over held-out prompts."""
+    gold, kl = {}, {}
+    if seed_runs:
+        seeds = [seed] + [r["seed"] for r in seed_runs]
+        over = f"training seeds ({', '.join(map(str, seeds))})"
+        for reward, (task, names) in tasks.items():
+            for n in names:
+                runs = [r["tasks"].get(reward, {}).get(n) for r in seed_runs]
+                if all(runs):
+                    own = json.loads((root / task.metrics("eval", n)).read_text())
+                    gold.setdefault(reward, {})[n] = [own["gold_reward"]] + [r["gold_reward"] for r in runs]
+                    kl.setdefault(reward, {})[n] = [own["kl_k1"]] + [r["kl_k1"] for r in runs]
+    else:
+        over = "held-out prompts, one training seed"
+        for reward, (task, names) in tasks.items():
+            for n in names:
+                rows = read_jsonl(root / task.eval_samples(n))
+                gold.setdefault(reward, {})[n] = claims_lib.per_prompt(rows, "gold")
+                kl.setdefault(reward, {})[n] = claims_lib.per_prompt(rows, "kl_k1")
+    parts = [(f"synthetic LLM task ({reward})", claims_lib.llm_claims(gold[reward], kl[reward], reward, over))
+             for reward in gold]
+    parts.append(("synthetic LLM task (across gold rewards)", claims_lib.llm_peak_claims(gold, over)))
+    return parts, over
+
+
+def seeds_table(tasks: dict, seed: int, seed_runs: list, root: Path) -> list:
+    lines = ["| gold reward | policy | gold reward, mean [95% CI] | KL k1, mean [95% CI] | seeds |", "|---|---|---|---|---|"]
+    for reward, (task, names) in tasks.items():
+        for n in names:
+            own = json.loads((root / task.metrics("eval", n)).read_text())
+            runs = [own] + [r["tasks"][reward][n] for r in seed_runs if n in r["tasks"].get(reward, {})]
+            g, k = (claims_lib.mean_ci([r[key] for r in runs]) for key in ("gold_reward", "kl_k1"))
+            lines.append(f"| {reward} | {n} | {g[0]:.2f} [{g[1]:.2f}, {g[2]:.2f}] | {k[0]:.2f} [{k[1]:.2f}, {k[2]:.2f}] | {len(runs)} |")
+    return lines
+
+
+def eval_table(evals: dict) -> list:
+    lines = ["| policy | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |", "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
+    for n, e in evals.items():
+        cells = [f"{e['gold_reward']:.2f} ± {e['gold_reward_ci95']:.2f}"] + [f"{e[k]:.3f}" for k, _ in EVAL_COLUMNS[1:]]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rm_sentence(path) -> str:
+    rm = json.loads(Path(path).read_text())
+    return (f"Reward model on held-out pairs: label accuracy {rm['held_out_label_accuracy']:.3f}, "
+            f"gold-order accuracy {rm['held_out_gold_order_accuracy']:.3f}, correlation with gold "
+            f"{rm['held_out_gold_correlation']:.3f}.")
+
+
+def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".") -> str:
+    """metrics/report.md, metrics/claims.json and the figures, from the files under `root`."""
+    root = Path(root)
+    m = root / "metrics"
     figures = m / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    names = ["sft"] + list(algorithms)
-    evals = {n: json.loads((m / "eval" / f"{n}.json").read_text()) for n in names}
-    gold_name = json.loads((m / "pairs.json").read_text())["gold_reward"]
-    bandit = json.loads((m / "didactic" / "bandit.json").read_text()) if (m / "didactic" / "bandit.json").exists() else None
-    coverage = json.loads((m / "didactic" / "coverage.json").read_text()) if (m / "didactic" / "coverage.json").exists() else None
-    token_path = m / "didactic" / "token_bandit.json"
-    token_bandit = json.loads(token_path.read_text()) if token_path.exists() else None
-    samples = {n: read_jsonl(Path(eval_dir) / f"{n}.jsonl") for n in names if (Path(eval_dir) / f"{n}.jsonl").exists()}
-    claims = claims_lib.all_claims(bandit, coverage, claims_lib.llm_claims(samples, gold_name), evals.get("dpo"),
-                                 token_bandit)
+    tasks = llm_tasks(algorithms, variants or {}, root)
+    (gold_name, (main_task, names)), *variant_tasks = tasks.items()
+    evals = {n: json.loads((root / main_task.metrics("eval", n)).read_text()) for n in names}
+    didactic = {}
+    for name in ("bandit", "coverage", "token_bandit"):
+        path = m / "didactic" / f"{name}.json"
+        didactic[name] = json.loads(path.read_text()) if path.exists() else None
+    bandit, coverage, token_bandit = didactic["bandit"], didactic["coverage"], didactic["token_bandit"]
+    seed_runs = load_seed_runs(m / "seeds")
+    llm_parts, over = llm_claim_parts(tasks, seed, seed_runs, root)
+    if "dpo" in evals:
+        llm_parts.append((f"synthetic LLM task ({gold_name})", {"3": claims_lib.dpo_likelihood_check(evals["dpo"])}))
+    claims = claims_lib.all_claims(bandit, coverage, token_bandit, llm_parts)
     atomic_write_json(m / "claims.json", claims)
     lines = ["# pftlab report", "", "## The papers' claims", "",
              "Verdicts are computed by `src/pftlab/claims.py` from the metrics of this run: *reproduced* when the 95% "
              "interval of the difference lies on the claimed side of zero, *not reproduced* when it lies on the other "
-             "side, *inconclusive* otherwise. Didactic settings vary the seed; the LLM task has one training seed, so "
-             "its intervals are over held-out prompts (sampling noise only).", ""]
+             "side, *inconclusive* otherwise. Didactic settings vary the seed; the LLM tasks' intervals are over "
+             f"{over}" + (" (sampling noise only: collect more training seeds with `python -m pftlab.seeds`, see README)"
+                          if not seed_runs else "") + ".", ""]
     lines += claims_markdown(claims)
     lines += ["", "## The synthetic LLM task", "", f"Gold reward: `{gold_name}`. "
               "Evaluation on held-out prompts; KL and win rate are against the SFT policy.", "",
-              "| policy | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |", "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
-    for n in names:
-        e = evals[n]
-        cells = [f"{e['gold_reward']:.2f} ± {e['gold_reward_ci95']:.2f}"] + [f"{e[k]:.3f}" for k, _ in EVAL_COLUMNS[1:]]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    rm = json.loads((m / "reward_model.json").read_text())
-    lines += ["", f"Reward model on held-out pairs: label accuracy {rm['held_out_label_accuracy']:.3f}, "
-              f"gold-order accuracy {rm['held_out_gold_order_accuracy']:.3f}, correlation with gold "
-              f"{rm['held_out_gold_correlation']:.3f}.", "", "## Algorithms", "", table_markdown(), "",
+             ] + eval_table(evals)
+    lines += ["", rm_sentence(root / main_task.metrics("reward_model"))]
+    for reward, (task, variant_names) in variant_tasks:
+        lines += ["", f"### The same task under the `{reward}` gold reward", "",
+                  "The same SFT samples relabelled; a reward model and policies trained on those labels.", ""]
+        lines += eval_table({n: json.loads((root / task.metrics("eval", n)).read_text()) for n in variant_names})
+        lines += ["", rm_sentence(root / task.metrics("reward_model"))]
+    if seed_runs:
+        lines += ["", "### Across training seeds", "", "Each seed's evaluation mean; interval over seeds.", ""]
+        lines += seeds_table(tasks, seed, seed_runs, root)
+    lines += ["", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
               "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]
     if bandit:
@@ -188,9 +260,11 @@ def build_report(algorithms: list, metrics_dir="metrics", eval_dir="data/eval") 
         lines += ["Mean over seeds:", "", "![coverage](figures/coverage.png)", ""]
     lines += ["## Stage times (seconds, wall clock, this machine)", "", "| stage | seconds |", "|---|---|"]
     stage_files = [("prepare", m / "prepare.json"), ("tokenizer", m / "tokenizer.json"), ("sft", m / "sft.json"),
-                   ("pairs", m / "pairs.json"), ("reward_model", m / "reward_model.json")]
-    stage_files += [(f"policy@{a}", m / "policy" / f"{a}.json") for a in algorithms]
-    stage_files += [(f"evaluate@{n}", m / "eval" / f"{n}.json") for n in names]
+                   ("sft_samples", m / "sft_samples.json")]
+    for _, (task, task_names) in tasks.items():
+        stage_files += [(task.stage(kind), root / task.metrics(kind)) for kind in ("pairs", "reward_model")]
+        stage_files += [(task.stage("policy", a), root / task.metrics("policy", a)) for a in task_names if a != "sft"]
+        stage_files += [(task.stage("evaluate", n), root / task.metrics("eval", n)) for n in task_names]
     stage_files += [(s, m / "didactic" / f"{s}.json") for s in ("bandit", "token_bandit", "coverage") if (m / "didactic" / f"{s}.json").exists()]
     total = 0.0
     for stage, path in stage_files:

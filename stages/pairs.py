@@ -1,18 +1,43 @@
 """Stage pairs (pairs_variant@<gold> with --variant <gold>): the SFT sample pairs labelled by a gold
-reward through Bradley-Terry (Tajwar et al.'s synthetic LLM problem). Writes <task>/pairs/{pairs.jsonl, gold.json}."""
+reward through Bradley-Terry (Tajwar et al.'s synthetic LLM problem), or with `pairs.source: human` the
+data's own labelled pairs, judged later by the reward model. Writes <task>/pairs/{pairs.jsonl, gold.json}."""
 import numpy as np
 
+from pftlab.errors import ParamError
 from pftlab.gold import gold_reward, label_pair, length_mode, response_length, skew_keep_mask
 from pftlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
-from pftlab.model import load_tokenizer
+from pftlab.model import encode_prompt, encode_response, load_tokenizer
 from pftlab.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
 from pftlab.stage import run_stage
 
 TASK = task_from_argv()
 
 
+def human_pairs(p, tok):
+    """The labelled training pairs of the data, tokenised; pairs the token caps make identical are dropped."""
+    mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
+    pairs, identical = [], 0
+    for r in read_jsonl("data/prepared/pairs_train.jsonl")[: p["pairs.max_prompts"]]:
+        chosen, rejected = encode_response(tok, r["chosen"], mr), encode_response(tok, r["rejected"], mr)
+        if chosen == rejected:
+            identical += 1
+            continue
+        pairs.append({"prompt_ids": encode_prompt(tok, r["prompt"], mp), "chosen_ids": chosen, "rejected_ids": rejected,
+                      "chosen_text": r["chosen"], "rejected_text": r["rejected"]})
+    with atomic_dir(TASK.pairs_dir) as out:
+        atomic_write_jsonl(out / "pairs.jsonl", pairs)
+        atomic_write_json(out / "gold.json", {"reward": "reward_model"})  # no gold: the RM judges
+    eos = tok.eos_token_id
+    return {"pairs": len(pairs), "gold_reward": "reward_model", "identical_after_truncation": identical,
+            "pair_mean_length": float(np.mean([response_length(x[k], eos) for x in pairs for k in ("chosen_ids", "rejected_ids")]))}
+
+
 def main(p, tracker):
     tok = load_tokenizer(SFT_MODEL)
+    if p.get("pairs.source") == "human":
+        if TASK.variant:
+            raise ParamError(f"{p.path}: 'variants.rewards' relabel SFT samples; with 'pairs.source: human' leave it empty")
+        return human_pairs(p, tok)
     eos = tok.eos_token_id
     rows = read_jsonl(SFT_SAMPLES)
     prompts = [r["prompt_ids"] for r in rows]
@@ -49,4 +74,5 @@ def main(p, tracker):
 
 if __name__ == "__main__":
     gold_keys = ["gold.skew_quantile", "gold.skew_keep"] if TASK.variant else ["gold"]
-    run_stage(TASK.stage("pairs"), ["seed", *gold_keys, "pairs.bt_scale"], main, TASK.metrics("pairs"))
+    run_stage(TASK.stage("pairs"), ["seed", *gold_keys, "pairs", "model.max_prompt_tokens", "model.max_response_tokens"],
+              main, TASK.metrics("pairs"))

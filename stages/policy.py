@@ -10,7 +10,7 @@ from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import load_tokenizer
 from pftlab.params import check_algorithm_params, check_batch
 from pftlab.paths import SFT_MODEL, task_from_argv
-from pftlab.reference import policy_and_reference, save_policy
+from pftlab.reference import policy_and_reference, save_policy, weight_copies
 from pftlab.reward_model import load_reward_model, score_sequences
 from pftlab.stage import run_stage
 from pftlab.trainer import HybridSource, MixedPairs, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
@@ -47,12 +47,14 @@ def main(p, tracker):
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
     policy, ref = policy_and_reference(SFT_MODEL, cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"])
+    copies = weight_copies(policy, ref)
     history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=TASK.stage("policy", NAME))
     with atomic_dir(TASK.policy(NAME)) as out:
         save_policy(policy, tok, out)
     write_csv(TASK.curve("policy", NAME), history)
     last = history[-1]
     return {"algorithm": NAME, "source": algorithm.source, "negative_gradient": algorithm.negative_gradient,
+            "weight_copies_in_memory": round(copies, 4),
             "steps": len(history), "final_loss": last["loss"], "samples": last["samples"],
             **{k: last[k] for k in ("proxy_reward", "kl_k1", "kl_k3", "margin", "pair_accuracy", "clip_fraction") if k in last}}
 

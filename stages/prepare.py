@@ -1,11 +1,16 @@
-"""Stage prepare: hh-rlhf rows -> SFT examples and train/eval prompts (data/prepared/)."""
+"""Stage prepare: preference rows (the shipped hh-rlhf file, or `data.source`: a Hugging Face dataset
+or local copy mapped by its layout) -> SFT examples, prompts and preference pairs per split (data/prepared/)."""
 from pftlab.data import prepare, read_preferences
+from pftlab.hub import load_preference_dataset
 from pftlab.io import atomic_dir, atomic_write_jsonl
 from pftlab.stage import run_stage
 
 
 def main(p, tracker):
-    rows, bad = read_preferences(p["data.raw"], p["data.max_bad_fraction"])
+    if p.get("data.source"):
+        rows, bad = load_preference_dataset(p["data.source"])
+    else:
+        rows, bad = read_preferences(p["data.raw"], p["data.max_bad_fraction"])
     splits = prepare(rows, p["data.eval_fraction"])
     with atomic_dir("data/prepared") as out:
         for name, records in splits.items():

@@ -1,6 +1,8 @@
-"""Stage sft: a GPT-2-style LM trained from scratch on prompt -> chosen reply (models/sft/)."""
+"""Stage sft: prompt -> chosen reply, on a GPT-2-style LM from scratch or on a pretrained model
+(`model.pretrained`, saved here in Hugging Face format) (models/sft/)."""
 from transformers.utils import logging as hf_logging
 
+from pftlab.hub import pretrained_model
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import encode_prompt, encode_response, load_tokenizer, new_policy
 from pftlab.params import check_batch
@@ -13,9 +15,14 @@ def main(p, tracker):
     tok = load_tokenizer("models/tokenizer")
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
     encode = lambda rows: [(encode_prompt(tok, r["prompt"], mp), encode_response(tok, r["response"], mr)) for r in rows]
-    train, held_out = encode(read_jsonl("data/prepared/sft_train.jsonl")), encode(read_jsonl("data/prepared/sft_eval.jsonl"))
+    limit = p.get("sft.max_examples")  # None: all
+    train = encode(read_jsonl("data/prepared/sft_train.jsonl")[:limit])
+    held_out = encode(read_jsonl("data/prepared/sft_eval.jsonl")[:limit])
     check_batch("sft.batch_size", p["sft.batch_size"], len(train), "SFT examples")
-    model = new_policy(tok, p["model.n_layer"], p["model.n_embd"], p["model.n_head"], mp + mr + 1)
+    if p.get("model.pretrained"):
+        model = pretrained_model(p["model.pretrained"], tok)
+    else:
+        model = new_policy(tok, p["model.n_layer"], p["model.n_embd"], p["model.n_head"], mp + mr + 1)
     history = train_sft(model, train, held_out, p["sft"], tok.pad_token_id, p["seed"], tracker)
     with atomic_dir("models/sft") as out:
         model.save_pretrained(out)

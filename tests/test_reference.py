@@ -3,7 +3,7 @@ policy and not the reference; the saved (merged) policy is the trained one."""
 import torch
 
 from pftlab.model import load_policy, pack, sequence_logprobs
-from pftlab.reference import AdapterDisabledReference, policy_and_reference, save_policy, trainable_parameters
+from pftlab.reference import AdapterDisabledReference, policy_and_reference, save_policy, trainable_parameters, weight_copies
 from pftlab.tokenizer import train_tokenizer
 from tests.test_model import PAD, tiny_model
 
@@ -13,6 +13,9 @@ def test_lora_reference_is_the_base_model_and_training_moves_only_the_policy(tmp
     base.save_pretrained(tmp_path / "base")
     policy, ref = policy_and_reference(tmp_path / "base", "lora", lora_rank=4, lora_alpha=8)
     assert isinstance(ref, AdapterDisabledReference)  # no second copy of the weights
+    adapter = sum(p.numel() for n, p in policy.named_parameters() if "lora_" in n)
+    base_size = sum(p.numel() for p in base.parameters())
+    assert weight_copies(policy, ref) == (base_size + adapter) / base_size
     seqs = pack([[3, 4], [5]], [[6, 7, 1], [8, 1]], PAD)
     base_logp = sequence_logprobs(base, seqs)
     assert torch.allclose(sequence_logprobs(ref, seqs), base_logp, atol=1e-6)
@@ -36,3 +39,4 @@ def test_frozen_copy_reference_has_no_gradient(tmp_path):
     policy, ref = policy_and_reference(tmp_path / "base", "frozen_copy")
     assert all(p.requires_grad for p in policy.parameters()) and not any(p.requires_grad for p in ref.parameters())
     assert policy is not ref and not ref.training
+    assert weight_copies(policy, ref) == 2.0

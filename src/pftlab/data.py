@@ -45,6 +45,8 @@ def _check_row(raw: bytes):
         return None, "chosen and rejected do not share a prompt"
     if not chosen[1].strip() or not rejected[1].strip():
         return None, "empty reply"
+    if chosen[1] == rejected[1]:
+        return None, "chosen and rejected are identical"  # no preference to learn from
     return {"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1]}, None
 
 
@@ -88,11 +90,12 @@ def is_eval_prompt(prompt: str, eval_fraction: float) -> bool:
 
 
 def prepare(rows, eval_fraction: float) -> dict:
-    """SFT examples (prompt, chosen reply) and the unique prompts, for each side of the split."""
-    out = {"sft_train": [], "sft_eval": [], "prompts_train": {}, "prompts_eval": {}}
+    """SFT examples (prompt, chosen reply), the unique prompts and the preference pairs, per side of the split."""
+    out = {"sft_train": [], "sft_eval": [], "prompts_train": {}, "prompts_eval": {}, "pairs_train": [], "pairs_eval": []}
     for row in rows:
         side = "eval" if is_eval_prompt(row["prompt"], eval_fraction) else "train"
         out[f"sft_{side}"].append({"prompt": row["prompt"], "response": row["chosen"]})
+        out[f"pairs_{side}"].append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
         out[f"prompts_{side}"].setdefault(row["prompt"], None)
     out["prompts_train"] = [{"prompt": p} for p in out["prompts_train"]]
     out["prompts_eval"] = [{"prompt": p} for p in out["prompts_eval"]]

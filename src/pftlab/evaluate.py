@@ -1,5 +1,6 @@
 """Held-out evaluation of a policy: gold and proxy reward, reverse KL to the SFT reference, win rate
-against SFT samples judged by the gold reward, and response length."""
+against SFT samples judged by the gold reward, and response length. With human-labelled data there is
+no gold reward (gold.json says "reward_model"): the reward model is the judge."""
 import math
 
 import numpy as np
@@ -36,8 +37,8 @@ def evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, referen
     eos = tokenizer.eos_token_id
     seqs = pack(repeated, responses, tokenizer.pad_token_id)
     lengths = np.array([response_length(r, eos) for r in responses])
-    gold = gold_reward(gold_spec, lengths)
     proxy = score_sequences(rm, seqs).numpy()
+    gold = proxy if gold_spec["reward"] == "reward_model" else gold_reward(gold_spec, lengths)
     with torch.no_grad():
         token_logp = batched(lambda s: token_logprobs(policy, s), seqs)
         token_ref = batched(lambda s: token_logprobs(ref, s), seqs)

@@ -166,40 +166,44 @@ def _plain_copy(model):
     return plain.eval()
 
 
-def export_pretrained(spec: dict, out_dir, key: str = "model.pretrained"):
-    """Load a pretrained causal LM (a GGUF file is de-quantised to fp32 by transformers) and save it,
-    with its tokenizer, in Hugging Face format (safetensors). A tokenizer without its own padding token
-    gets one: padding with EOS would hide the EOS that ends a response from masks and reward models."""
-    tokenizer, model = load_pretrained(model_location(spec), gguf_file=spec.get("gguf_file"),
-                                       trust_remote_code=spec.get("trust_remote_code", False), key=f"{key}.id")
-    if spec.get("gguf_file"):
-        model = _plain_copy(model)
+def pretrained_tokenizer(spec: dict, key: str = "model.pretrained"):
+    """The pretrained model's tokenizer, with a padding token of its own: padding with EOS would hide the
+    EOS that ends a response from masks and reward models."""
+    tokenizer = _from_pretrained("AutoTokenizer", spec, key)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def pretrained_model(spec: dict, tokenizer, key: str = "model.pretrained"):
+    """The pretrained causal LM (a GGUF file is de-quantised to fp32 by transformers), its embeddings
+    sized to `tokenizer` and its special ids taken from it. Dropout off, as for the model from scratch."""
+    model = _from_pretrained("AutoModelForCausalLM", spec, key)
+    if spec.get("gguf_file"):
+        model = _plain_copy(model)
+    if model.get_input_embeddings().num_embeddings != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return tokenizer, model
+    for config in (model.config, model.generation_config):
+        config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, 0.0)
+    return model
 
 
-def load_pretrained(model_id: str, *, gguf_file: str = None, auto_class: str = "AutoModelForCausalLM",
-                    trust_remote_code: bool = False, key: str = "model.pretrained.id", **kwargs):
-    """(tokenizer, model) from a local directory or a hub id. trust_remote_code only when a preset sets it."""
+def _from_pretrained(auto_class: str, spec: dict, key: str):
+    """transformers' Auto<class>.from_pretrained on the spec's files; offline and uncached, a clear error."""
     import transformers
 
-    local = Path(model_id).exists()
-    if not local and not hub_reachable():
+    location = model_location(spec)
+    if not Path(location).exists() and not hub_reachable():
         go_offline()
-    load = dict(gguf_file=gguf_file, trust_remote_code=trust_remote_code) if gguf_file else dict(trust_remote_code=trust_remote_code)
+    kwargs = {"trust_remote_code": bool(spec.get("trust_remote_code", False))}  # only when a preset sets it
+    if spec.get("gguf_file"):
+        kwargs["gguf_file"] = spec["gguf_file"]
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **load)
-        model = getattr(transformers, auto_class).from_pretrained(model_id, **load, **kwargs)
+        return getattr(transformers, auto_class).from_pretrained(location, **kwargs)
     except OSError as e:
-        if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise DataError(_offline_message("model", model_id, key)) from None
-        raise DataError(f"model '{model_id}'{f' ({gguf_file})' if gguf_file else ''} could not be loaded: {e}") from None
-    return tokenizer, model
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(location).exists():
+            raise DataError(_offline_message("model", spec["id"], f"{key}.id")) from None
+        raise DataError(f"model '{spec['id']}' could not be loaded from {location}: {e}") from None

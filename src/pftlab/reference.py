@@ -37,6 +37,16 @@ def policy_and_reference(path, reference: str = "frozen_copy", lora_rank: int = 
     return policy, AdapterDisabledReference(policy)
 
 
+def weight_copies(policy, ref) -> float:
+    """Parameters held by policy and reference together, in units of the base model: about 2 for a frozen
+    copy, about 1 (plus the adapter) for LoRA, whose reference is the same weights."""
+    base = sum(p.numel() for n, p in policy.named_parameters() if "lora_" not in n)
+    held = sum(p.numel() for p in policy.parameters())
+    if not isinstance(ref, AdapterDisabledReference):
+        held += sum(p.numel() for p in ref.parameters())
+    return held / base
+
+
 def trainable_parameters(policy):
     return [p for p in policy.parameters() if p.requires_grad]
 

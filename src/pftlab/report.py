@@ -154,6 +154,7 @@ def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
 def llm_claim_parts(tasks: dict, seed: int, seed_runs: list, root: Path) -> tuple:
     """The LLM tasks' claims, over training seeds when other seeds were collected, else over held-out prompts."""
     gold, kl = {}, {}
+    tasks = {r: t for r, t in tasks.items() if r in claims_lib.PEAK_WHERE_SFT_IS_LIKELY}  # a gold reward to judge by
     if seed_runs:
         seeds = [seed] + [r["seed"] for r in seed_runs]
         over = f"training seeds ({', '.join(map(str, seeds))})"
@@ -198,9 +199,11 @@ def eval_table(evals: dict) -> list:
 
 def rm_sentence(path) -> str:
     rm = json.loads(Path(path).read_text())
-    return (f"Reward model on held-out pairs: label accuracy {rm['held_out_label_accuracy']:.3f}, "
-            f"gold-order accuracy {rm['held_out_gold_order_accuracy']:.3f}, correlation with gold "
-            f"{rm['held_out_gold_correlation']:.3f}.")
+    text = f"Reward model on held-out pairs: label accuracy {rm['held_out_label_accuracy']:.3f}"
+    if "held_out_gold_correlation" not in rm:
+        return text + f" (untrained {rm['held_out_label_accuracy_untrained']:.3f})."
+    return text + (f", gold-order accuracy {rm['held_out_gold_order_accuracy']:.3f}, correlation with gold "
+                   f"{rm['held_out_gold_correlation']:.3f}.")
 
 
 def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".") -> str:
@@ -230,7 +233,9 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
              f"{over}" + (" (sampling noise only: collect more training seeds with `python -m pftlab.seeds`, see README)"
                           if not seed_runs else "") + ".", ""]
     lines += claims_markdown(claims)
-    lines += ["", "## The synthetic LLM task", "", f"Gold reward: `{gold_name}`. "
+    judge = ("Human-labelled pairs have no gold reward: the reward model judges (its score stands in the "
+             "gold reward column). " if gold_name == "reward_model" else f"Gold reward: `{gold_name}`. ")
+    lines += ["", "## The LLM task", "", judge +
               "Evaluation on held-out prompts; KL and win rate are against the SFT policy.", "",
              ] + eval_table(evals)
     lines += ["", rm_sentence(root / main_task.metrics("reward_model"))]

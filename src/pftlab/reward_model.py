@@ -44,6 +44,9 @@ def pair_sequences(pairs, pad_id):
 def evaluate_reward_model(rm, pairs, pad_id) -> dict:
     chosen, rejected = pair_sequences(pairs, pad_id)
     s_w, s_l = score_sequences(rm, chosen), score_sequences(rm, rejected)
+    out = {"label_accuracy": float((s_w > s_l).float().mean()), "pairs": len(pairs)}
+    if not pairs or "chosen_gold" not in pairs[0]:
+        return out  # human-labelled pairs: no gold reward to compare with
     scores = torch.cat([s_w, s_l]).numpy()
     gold = np.array([p["chosen_gold"] for p in pairs] + [p["rejected_gold"] for p in pairs])
     corr = float(np.corrcoef(scores, gold)[0, 1]) if scores.std() > 0 and gold.std() > 0 else 0.0
@@ -51,8 +54,7 @@ def evaluate_reward_model(rm, pairs, pad_id) -> dict:
     g_w, g_l = gold[: len(pairs)], gold[len(pairs) :]
     strict = g_w != g_l
     gold_acc = float(((s_w.numpy() > s_l.numpy()) == (g_w > g_l))[strict].mean()) if strict.any() else float("nan")
-    return {"label_accuracy": float((s_w > s_l).float().mean()), "gold_order_accuracy": gold_acc,
-            "gold_correlation": corr, "pairs": len(pairs)}
+    return out | {"gold_order_accuracy": gold_acc, "gold_correlation": corr}
 
 
 def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None):

@@ -152,10 +152,10 @@ def fingerprint(repo):
 
 
 def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
-    """The LLM path again in a fresh copy (every model stage; the variants, didactic stages and report are
-    left out for time): every metric and model file it writes is identical to the first run's."""
+    """The training path again in a fresh copy (every model stage up to the policies; evaluation, variants,
+    didactic stages and report are left out for time): every metric and model file is identical."""
     again = copy_repo(tmp_path)
-    dvc(again, "repro", *[f"evaluate@{a}" for a in ALGORITHMS], tracking=False)
+    dvc(again, "repro", *[f"policy@{a}" for a in ALGORITHMS], tracking=False)
     first, second = fingerprint(smoke_run), fingerprint(again)
     assert set(second) <= set(first) and len(second) > 15
     assert sum(k.endswith(".safetensors") for k in second) >= 2 + len(ALGORITHMS)  # sft, RM, every policy

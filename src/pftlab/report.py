@@ -151,7 +151,13 @@ def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
     return tasks
 
 
-def llm_claim_parts(tasks: dict, seed: int, seed_runs: list, root: Path) -> tuple:
+def load_evals(tasks: dict, root: Path) -> dict:
+    """{gold reward: {policy: its metrics/[variants/<gold>/]eval/<policy>.json}}, read once."""
+    return {reward: {n: json.loads((root / task.metrics("eval", n)).read_text()) for n in names}
+            for reward, (task, names) in tasks.items()}
+
+
+def llm_claim_parts(tasks: dict, evals: dict, seed: int, seed_runs: list, root: Path) -> tuple:
     """The LLM tasks' claims, over training seeds when other seeds were collected, else over held-out prompts."""
     gold, kl = {}, {}
     tasks = {r: t for r, t in tasks.items() if r in claims_lib.PEAK_WHERE_SFT_IS_LIKELY}  # a gold reward to judge by
@@ -162,7 +168,7 @@ def llm_claim_parts(tasks: dict, seed: int, seed_runs: list, root: Path) -> tupl
             for n in names:
                 runs = [r["tasks"].get(reward, {}).get(n) for r in seed_runs]
                 if all(runs):
-                    own = json.loads((root / task.metrics("eval", n)).read_text())
+                    own = evals[reward][n]
                     gold.setdefault(reward, {})[n] = [own["gold_reward"]] + [r["gold_reward"] for r in runs]
                     kl.setdefault(reward, {})[n] = [own["kl_k1"]] + [r["kl_k1"] for r in runs]
     else:
@@ -178,11 +184,10 @@ def llm_claim_parts(tasks: dict, seed: int, seed_runs: list, root: Path) -> tupl
     return parts, over
 
 
-def seeds_table(tasks: dict, seed: int, seed_runs: list, root: Path) -> list:
+def seeds_table(evals: dict, seed_runs: list) -> list:
     lines = ["| gold reward | policy | gold reward, mean [95% CI] | KL k1, mean [95% CI] | seeds |", "|---|---|---|---|---|"]
-    for reward, (task, names) in tasks.items():
-        for n in names:
-            own = json.loads((root / task.metrics("eval", n)).read_text())
+    for reward, policies in evals.items():
+        for n, own in policies.items():
             runs = [own] + [r["tasks"][reward][n] for r in seed_runs if n in r["tasks"].get(reward, {})]
             g, k = (claims_lib.mean_ci([r[key] for r in runs]) for key in ("gold_reward", "kl_k1"))
             lines.append(f"| {reward} | {n} | {g[0]:.2f} [{g[1]:.2f}, {g[2]:.2f}] | {k[0]:.2f} [{k[1]:.2f}, {k[2]:.2f}] | {len(runs)} |")
@@ -213,15 +218,16 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     figures = m / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     tasks = llm_tasks(algorithms, variants or {}, root)
-    (gold_name, (main_task, names)), *variant_tasks = tasks.items()
-    evals = {n: json.loads((root / main_task.metrics("eval", n)).read_text()) for n in names}
+    (gold_name, (main_task, _)), *variant_tasks = tasks.items()
+    evals_by_task = load_evals(tasks, root)
+    evals = evals_by_task[gold_name]
     didactic = {}
     for name in ("bandit", "coverage", "token_bandit"):
         path = m / "didactic" / f"{name}.json"
         didactic[name] = json.loads(path.read_text()) if path.exists() else None
     bandit, coverage, token_bandit = didactic["bandit"], didactic["coverage"], didactic["token_bandit"]
     seed_runs = load_seed_runs(m / "seeds")
-    llm_parts, over = llm_claim_parts(tasks, seed, seed_runs, root)
+    llm_parts, over = llm_claim_parts(tasks, evals_by_task, seed, seed_runs, root)
     if "dpo" in evals:
         llm_parts.append((f"synthetic LLM task ({gold_name})", {"3": claims_lib.dpo_likelihood_check(evals["dpo"])}))
     claims = claims_lib.all_claims(bandit, coverage, token_bandit, llm_parts)
@@ -239,14 +245,14 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
               "Evaluation on held-out prompts; KL and win rate are against the SFT policy.", "",
              ] + eval_table(evals)
     lines += ["", rm_sentence(root / main_task.metrics("reward_model"))]
-    for reward, (task, variant_names) in variant_tasks:
+    for reward, (task, _) in variant_tasks:
         lines += ["", f"### The same task under the `{reward}` gold reward", "",
                   "The same SFT samples relabelled; a reward model and policies trained on those labels.", ""]
-        lines += eval_table({n: json.loads((root / task.metrics("eval", n)).read_text()) for n in variant_names})
+        lines += eval_table(evals_by_task[reward])
         lines += ["", rm_sentence(root / task.metrics("reward_model"))]
     if seed_runs:
         lines += ["", "### Across training seeds", "", "Each seed's evaluation mean; interval over seeds.", ""]
-        lines += seeds_table(tasks, seed, seed_runs, root)
+        lines += seeds_table(evals_by_task, seed_runs)
     lines += ["", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
               "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]

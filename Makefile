@@ -27,11 +27,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 repro: setup
 	dvc repro
 
+# Two workers, one test file each at a time (--dist loadfile keeps a file's pipeline fixture in one worker):
+# the smoke pipeline runs beside the hh-smollm pipeline and the unit tests, using both cores.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV)

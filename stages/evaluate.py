@@ -11,6 +11,7 @@ from transformers.utils import logging as hf_logging
 from pftlab.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
 from pftlab.gold import gold_reward, response_length
 from pftlab.io import atomic_write_jsonl, read_json, read_jsonl
+from pftlab.judge import LLMJudge, judge_win_rate
 from pftlab.model import encode_prompt, load_policy, load_tokenizer, pack
 from pftlab.paths import EVAL_REFERENCE, SFT_MODEL, task_from_argv
 from pftlab.reward_model import load_reward_model, score_sequences
@@ -26,8 +27,8 @@ def main(p, tracker):
     cfg = {"max_new_tokens": p["model.max_response_tokens"], "temperature": p["eval.temperature"],
            "batch_size": p["generation.batch_size"]}
     n = p["eval.samples_per_prompt"]
-    prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
-               for r in read_jsonl("data/prepared/prompts_eval.jsonl")][: p["eval.num_prompts"]]
+    prompt_texts = [r["prompt"] for r in read_jsonl("data/prepared/prompts_eval.jsonl")][: p["eval.num_prompts"]]
+    prompts = [encode_prompt(tok, text, p["model.max_prompt_tokens"]) for text in prompt_texts]
     gold_spec = read_json(TASK.gold)
     ref, rm = load_policy(SFT_MODEL), load_reward_model(TASK.reward_model)
     policy = ref if NAME == "sft" else load_policy(TASK.policy(NAME))
@@ -36,22 +37,28 @@ def main(p, tracker):
         _, reference = sample_eval(ref, prompts, n, cfg, tok)
         ref_lengths = [response_length(r, tok.eos_token_id) for r in reference]
         atomic_write_jsonl(EVAL_REFERENCE, [{"response_ids": r, "length": l} for r, l in zip(reference, ref_lengths)])
-    reference_lengths = [r["length"] for r in read_jsonl(EVAL_REFERENCE)]
-    if len(reference_lengths) != len(prompts) * n:
+    reference_rows = read_jsonl(EVAL_REFERENCE)
+    if len(reference_rows) != len(prompts) * n:
         from pftlab.errors import DataError
 
         raise DataError(f"{EVAL_REFERENCE} does not match eval.num_prompts x eval.samples_per_prompt: rerun evaluate@sft")
+    reference = [r["response_ids"] for r in reference_rows]
     torch.manual_seed(p["eval.seed"])  # the same seed for every policy: common random numbers
     repeated, responses = sample_eval(policy, prompts, n, cfg, tok)
     if gold_spec["reward"] == "reward_model":  # no gold: the reference samples are judged by the RM too
-        reference = [r["response_ids"] for r in read_jsonl(EVAL_REFERENCE)]
         reference_gold = score_sequences(rm, pack(repeated, reference, tok.pad_token_id)).numpy()
     else:
-        reference_gold = gold_reward(gold_spec, np.array(reference_lengths))
+        reference_gold = gold_reward(gold_spec, np.array([r["length"] for r in reference_rows]))
     metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, reference_gold, tok)
     atomic_write_jsonl(TASK.eval_samples(NAME), rows)
     likelihood = pair_likelihood_change(policy, ref, read_jsonl(TASK.pairs)[: p["eval.likelihood_pairs"]],
                                         tok.pad_token_id)
+    if p.get("eval.judge") is not None:  # an LLM judge as well, on the texts (order randomised per pair)
+        del policy, ref, rm  # one model in memory at a time: the judge may be the largest
+        queries = [q for q in prompt_texts for _ in range(n)]
+        reference_texts = [tok.decode(r, skip_special_tokens=True) for r in reference]
+        metrics |= judge_win_rate(queries, [r["text"] for r in rows], reference_texts, LLMJudge(p["eval.judge"]),
+                                  p["eval.seed"])
     return {"policy": NAME, "prompts": len(prompts), **metrics, **likelihood}
 
 

@@ -8,11 +8,12 @@ from transformers.utils import logging as hf_logging
 from pftlab.algorithms import ALGORITHMS, samples_per_prompt
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import load_tokenizer
+from pftlab.optimization import full_weights, is_main_process, shard_reference
 from pftlab.params import check_algorithm_params, check_batch
 from pftlab.paths import SFT_MODEL, task_from_argv
 from pftlab.reference import policy_and_reference, save_policy, weight_copies
 from pftlab.reward_model import load_reward_model, score_sequences
-from pftlab.stage import run_stage
+from pftlab.stage import run_stage, stage_checkpointer
 from pftlab.trainer import HybridSource, MixedPairs, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -46,17 +47,25 @@ def main(p, tracker):
     monitor_prompts = prompts[: cfg["batch_size"]]
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
-    policy, ref = policy_and_reference(SFT_MODEL, cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"])
+    checkpointer = stage_checkpointer(p, [SFT_MODEL, TASK.pairs, TASK.reward_model])
+    policy, ref = policy_and_reference(SFT_MODEL, cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"],
+                                       cfg.get("gradient_checkpointing", False))
     copies = weight_copies(policy, ref)
-    history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=TASK.stage("policy", NAME))
-    with atomic_dir(TASK.policy(NAME)) as out:
-        save_policy(policy, tok, out)
-    write_csv(TASK.curve("policy", NAME), history)
+    if cfg.get("deepspeed") and cfg["reference"] == "frozen_copy":
+        ref = shard_reference(ref, cfg["deepspeed"])
+    history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=TASK.stage("policy", NAME),
+                           checkpointer=checkpointer)
+    with full_weights(policy):
+        if is_main_process():
+            with atomic_dir(TASK.policy(NAME)) as out:
+                save_policy(policy, tok, out)
+            write_csv(TASK.curve("policy", NAME), history)
     last = history[-1]
     return {"algorithm": NAME, "source": algorithm.source, "negative_gradient": algorithm.negative_gradient,
             "weight_copies_in_memory": round(copies, 4),
             "steps": len(history), "final_loss": last["loss"], "samples": last["samples"],
-            **{k: last[k] for k in ("proxy_reward", "kl_k1", "kl_k3", "margin", "pair_accuracy", "clip_fraction") if k in last}}
+            **{k: last[k] for k in ("proxy_reward", "kl_k1", "kl_k3", "margin", "pair_accuracy", "clip_fraction",
+                                    "skipped_steps", "zero_stage", "accumulation_steps") if k in last}}
 
 
 if __name__ == "__main__":

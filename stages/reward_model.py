@@ -5,10 +5,11 @@ from transformers.utils import logging as hf_logging
 
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import load_tokenizer
+from pftlab.optimization import full_weights, is_main_process
 from pftlab.params import check_batch
 from pftlab.paths import SFT_MODEL, task_from_argv
 from pftlab.reward_model import evaluate_reward_model, new_reward_model, train_reward_model
-from pftlab.stage import run_stage
+from pftlab.stage import run_stage, stage_checkpointer
 
 TASK = task_from_argv()
 
@@ -23,12 +24,15 @@ def main(p, tracker):
     check_batch("reward_model.batch_size", p["reward_model.batch_size"], len(train), "training pairs")
     rm = new_reward_model(SFT_MODEL)
     before = evaluate_reward_model(rm, held_out, tok.pad_token_id)
-    history = train_reward_model(rm, train, p["reward_model"], tok.pad_token_id, p["seed"], tracker)
+    checkpointer = stage_checkpointer(p, [SFT_MODEL, TASK.pairs])
+    history = train_reward_model(rm, train, p["reward_model"], tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
     after = evaluate_reward_model(rm, held_out, tok.pad_token_id)
-    with atomic_dir(TASK.reward_model) as out:
-        rm.save_pretrained(out)
-        tok.save_pretrained(out)
-    write_csv(TASK.curve("reward_model"), history)
+    with full_weights(rm):  # ZeRO-3: gathered on every process, written by rank 0
+        if is_main_process():
+            with atomic_dir(TASK.reward_model) as out:
+                rm.save_pretrained(out)
+                tok.save_pretrained(out)
+            write_csv(TASK.curve("reward_model"), history)
     return {"held_out_" + k: v for k, v in after.items()} | {"held_out_label_accuracy_untrained": before["label_accuracy"],
                                                              "train_pairs": len(train), "steps": len(history)}
 

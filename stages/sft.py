@@ -5,9 +5,10 @@ from transformers.utils import logging as hf_logging
 from pftlab.hub import pretrained_model
 from pftlab.io import atomic_dir, read_jsonl, write_csv
 from pftlab.model import encode_prompt, encode_response, load_tokenizer, new_policy
+from pftlab.optimization import full_weights, is_main_process
 from pftlab.params import check_batch
 from pftlab.sft import train_sft
-from pftlab.stage import run_stage
+from pftlab.stage import run_stage, stage_checkpointer
 
 
 def main(p, tracker):
@@ -23,13 +24,17 @@ def main(p, tracker):
         model = pretrained_model(p["model.pretrained"], tok)
     else:
         model = new_policy(tok, p["model.n_layer"], p["model.n_embd"], p["model.n_head"], mp + mr + 1)
-    history = train_sft(model, train, held_out, p["sft"], tok.pad_token_id, p["seed"], tracker)
-    with atomic_dir("models/sft") as out:
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-    write_csv("metrics/curves/sft.csv", history)
+    parameters = sum(x.numel() for x in model.parameters())  # before ZeRO-3 could partition them
+    checkpointer = stage_checkpointer(p, ["models/tokenizer", "data/prepared/sft_train.jsonl", "data/prepared/sft_eval.jsonl"])
+    history = train_sft(model, train, held_out, p["sft"], tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
+    with full_weights(model):  # ZeRO-3: gathered on every process, written by rank 0
+        if is_main_process():
+            with atomic_dir("models/sft") as out:
+                model.save_pretrained(out)
+                tok.save_pretrained(out)
+            write_csv("metrics/curves/sft.csv", history)
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    return {"parameters": sum(x.numel() for x in model.parameters()), "steps": len(history),
+    return {"parameters": parameters, "steps": len(history),
             "train_loss": history[-1]["train_loss"], "eval_loss": evals[-1], "eval_loss_initial": evals[0]}
 
 

@@ -8,7 +8,7 @@ import torch
 import pftlab.algorithms as algorithms
 from pftlab import losses
 from pftlab.algorithms import ALGORITHMS
-from pftlab.model import pack, target_mask
+from pftlab.model import pack, target_mask, token_logprobs
 from pftlab.trainer import HybridBatch, PairBatch, SampleBatch
 
 PAD = 0
@@ -71,7 +71,7 @@ def _batch(source, k=4, prompts=3):
 
 
 HP = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "kl_coef": 0.05, "baseline_decay": 0.9,
-      "min_reward_gap": 0.0, "lam": 0.5, "kl_estimator": "k1", "adaptive_kl": True, "kl_target": 1.0,
+      "min_reward_gap": 0.0, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1", "adaptive_kl": True, "kl_target": 1.0,
       "kl_horizon": 100, "clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "gae_lambda": 0.95}
 
 
@@ -121,7 +121,7 @@ def test_hypo_with_lambda_zero_is_dpo():
                                        embd_pdrop=0, attn_pdrop=0, pad_token_id=PAD, bos_token_id=1, eos_token_id=1))
     results = []
     for objective, hp in ((ALGORITHMS["dpo"].objective, {"beta": 0.1}),
-                          (ALGORITHMS["hypo"].objective, {"beta": 0.1, "lam": 0.0})):
+                          (ALGORITHMS["hypo"].objective, {"beta": 0.1, "lam": 0.0, "length_penalty": 0.0})):
         model.zero_grad()
         loss, _ = objective(model, batch if objective is ALGORITHMS["hypo"].objective else batch.pairs, hp, {})
         loss.backward()
@@ -335,3 +335,24 @@ def sequence_weights_of(algo, batch, monkeypatch):
     loss, _ = algo.objective(None, batch, HP | {"min_reward_gap": 10.0}, {})
     loss.backward()
     return torch.cat([-leaf.grad.sum(-1) for leaf in leaves])
+
+
+def test_hypo_length_penalty_pushes_down_the_longer_fresh_sample():
+    """Penalty per sample = KL + c * |y|: with k = 2 the leave-one-out coefficients change by
+    c * (|y_i| - |y_other|), so the objective changes by lam * c * mean((|y_i| - |y_other|) * log pi(y_i))."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=16, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0,
+                                       embd_pdrop=0, attn_pdrop=0, pad_token_id=PAD, bos_token_id=1, eos_token_id=1))
+    batch = _batch("hybrid", prompts=2)
+    seqs = pack([[3, 4]] * 4, [[5, 1], [5, 6, 7, 1], [6, 1], [7, 7, 7, 7, 1]], PAD)  # lengths 2, 4 | 2, 5
+    g = torch.Generator().manual_seed(1)
+    batch.samples = SampleBatch(seqs, torch.full((4,), float("nan")), torch.zeros(4, seqs.input_ids.shape[1] - 1),
+                                -torch.rand(4, seqs.input_ids.shape[1] - 1, generator=g) * target_mask(seqs), 2)
+    hp = {"beta": 0.1, "lam": 0.5, "length_penalty": 0.0}
+    base, _ = ALGORITHMS["hypo"].objective(model, batch, hp, {})
+    with_penalty, _ = ALGORITHMS["hypo"].objective(model, batch, hp | {"length_penalty": 0.3}, {})
+    logp = token_logprobs(model, seqs).sum(-1).detach()
+    expected = 0.5 * 0.3 * torch.mean(torch.tensor([-2.0, 2.0, -3.0, 3.0]) * logp)
+    assert (with_penalty - base).item() == pytest.approx(expected.item(), rel=1e-5)

@@ -127,3 +127,31 @@ def test_readme_algorithm_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- algorithm-table -->\n")[1].split("<!-- /algorithm-table -->")[0]
     assert block.strip() == table_markdown().strip()
+
+
+def test_a_locked_tracking_database_warns_once_and_the_stage_goes_on(tmp_path, monkeypatch):
+    """Another process holds sqlite's write lock on mlflow.db for the whole run: tracking gives up with one
+    warning and logging is a no-op from then on."""
+    import sqlite3
+    import warnings
+
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with Tracker("init", {}) as t:  # create the schema first, as an earlier stage would have
+        t.log_metrics({"x": 1.0})
+    lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Tracker("sft", {"sft": {"lr": 0.001}}) as t:
+                for step in range(3):
+                    t.log_metrics({"loss": 1.0}, step=step)
+                t.log_artifact(__file__)
+        mine = [w for w in caught if "MLflow tracking disabled" in str(w.message)]
+        assert len(mine) == 1 and "locked" in str(mine[0].message) and not t.enabled
+    finally:
+        lock.rollback()
+        lock.close()

@@ -4,9 +4,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,6 +164,50 @@ def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
     assert {k: first[k] for k in second} == second
 
 
+def test_a_stage_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result(smoke_run, tmp_path):
+    """SIGKILL to `dvc repro` and the PPO stage it runs, right after its first checkpoint (smoke: every 4 of 12
+    steps); the next `dvc repro` resumes there and ends with the metrics and model bytes of the full run."""
+    repo, stage = Path(shutil.copytree(smoke_run, tmp_path / "killed", symlinks=True)), "policy@ppo"
+    before = {k: v for k, v in fingerprint(smoke_run).items() if "ppo" in k}
+    marker = repo / "checkpoints" / stage / "meta.json"
+    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "-f", "-s", stage], cwd=repo,
+                           env=env(False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while not marker.exists() and run.poll() is None:
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL, "the stage finished before its first checkpoint"
+    assert json.loads(marker.read_text())["step"] == 4 and not (repo / "models" / "policy" / "ppo").exists()
+    # -f again: this stage has a dvc.lock entry from the full run, which plain `dvc repro` would just check
+    # out of the cache; a stage killed in its first run has none, and `dvc repro` runs it (and resumes).
+    out = dvc(repo, "repro", "-f", "-s", stage)
+    assert f"resuming stage '{stage}' from its checkpoint at step 4" in out
+    assert {k: v for k, v in fingerprint(repo).items() if "ppo" in k} == before and len(before) >= 4
+    assert not (repo / "checkpoints" / stage).exists()  # removed once the outputs were written
+    assert "up to date" in dvc(repo, "status", stage)  # (the report reads the stage's wall time: it would rerun)
+
+
+def test_deepspeed_zero2_with_accumulation_gives_the_plain_loops_losses(smoke_run, tmp_path):
+    """The DPO stage again, through `dvc repro` with policy.deepspeed: configs/deepspeed/zero2.json (one CPU
+    process, gloo) and 2 micro-batches per step: the losses and weights of the plain single-step run."""
+    from safetensors.torch import load_file
+
+    repo = Path(shutil.copytree(smoke_run, tmp_path / "ds", symlinks=True))
+    tree = yaml.safe_load((repo / "params.yaml").read_text())
+    tree["policy"] |= {"deepspeed": "configs/deepspeed/zero2.json", "micro_batch_size": 2}
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    dvc(repo, "repro", "-s", "policy@dpo")
+    ran = load(repo, "policy/dpo.json")
+    assert (ran["zero_stage"], ran["accumulation_steps"]) == (2, 2)  # read back from DeepSpeed's engine
+    curve = lambda r: list(csv.DictReader((r / "metrics" / "curves" / "policy_dpo.csv").open()))
+    plain, ds = curve(smoke_run), curve(repo)
+    assert len(plain) == len(ds) == 12
+    for a, b in zip(plain, ds):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), abs=1e-5)
+        assert float(b["grad_norm"]) == pytest.approx(float(a["grad_norm"]), rel=1e-4)
+    weights = [load_file(r / "models" / "policy" / "dpo" / "model.safetensors") for r in (smoke_run, repo)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5
+
+
 def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     """`python -m pftlab.seeds` reads `dvc exp show --json`: here the committed smoke run stands for another seed."""
     repo = smoke_run
@@ -200,48 +246,3 @@ def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry  # DVC's plan for `dvc repro`: no training stage
-
-
-# --- hh-smollm: a real pretrained policy on the human-labelled pairs, reduced -------------------------
-@pytest.fixture(scope="module")
-def hh_run(tmp_path_factory):
-    """params/presets/hh-smollm.yaml at toy size: SmolLM2-135M (GGUF) through every LLM stage for HyPO."""
-    tree = yaml.safe_load((ROOT / "params" / "presets" / "hh-smollm.yaml").read_text())
-    tree["model"] |= {"max_prompt_tokens": 24, "max_response_tokens": 12}
-    tree["sft"] |= {"max_examples": 4, "batch_size": 4}
-    tree["pairs"]["max_prompts"] = 16
-    tree["reward_model"]["batch_size"] = 4
-    tree["algorithms"] = ["hypo"]  # DPO on the human pairs plus the on-policy KL term: sampling, LoRA, both
-    tree["policy"] |= {"iterations": 2, "batch_size": 4, "minibatch_size": 4, "monitor_every": 1}
-    tree["eval"] |= {"num_prompts": 4, "likelihood_pairs": 4}
-    params = tmp_path_factory.mktemp("hh_params") / "params.yaml"
-    params.write_text(yaml.safe_dump(tree, sort_keys=False))
-    repo = copy_repo(tmp_path_factory.mktemp("hh"), params)
-    dvc(repo, "repro", "evaluate@hypo")
-    return repo
-
-
-def test_hh_smollm_runs_a_pretrained_policy_on_human_pairs(hh_run):
-    """SmolLM2-135M read from GGUF, saved in Hugging Face format with its own padding token, SFT, a reward
-    model on its backbone trained on the human labels, HyPO as a LoRA adapter merged at the end."""
-    from safetensors import safe_open
-
-    repo = hh_run
-    sft = load(repo, "sft.json")
-    assert 134e6 < sft["parameters"] < 136e6  # SmolLM2-135M, read from GGUF and saved in Hugging Face format
-    tokenizer = json.loads((repo / "models" / "sft" / "tokenizer_config.json").read_text())
-    assert tokenizer["pad_token"] == "<|pad|>" != tokenizer["eos_token"]
-    pairs = load(repo, "pairs.json")
-    assert pairs["gold_reward"] == "reward_model" and 12 <= pairs["pairs"] <= 16
-    first = json.loads((repo / "data" / "pairs" / "pairs.jsonl").read_text().splitlines()[0])
-    labelled = json.loads((repo / "data" / "prepared" / "pairs_train.jsonl").read_text().splitlines()[0])
-    assert (first["chosen_text"], first["rejected_text"]) == (labelled["chosen"], labelled["rejected"])  # the human labels
-    assert load(repo, "sft_samples.json")["prompts"] == 0  # nothing sampled for human pairs
-    policy = load(repo, "policy/hypo.json")
-    assert policy["steps"] == 2 and load(repo, "eval/sft.json")["kl_k1"] == 0
-    assert 1.0 < policy["weight_copies_in_memory"] < 1.05  # one copy of SmolLM2 plus the LoRA adapter (~2%)
-    ev = load(repo, "eval/hypo.json")
-    assert ev["kl_k3"] > 0  # the LoRA adapter moved the policy away from the reference
-    assert ev["gold_reward"] == pytest.approx(ev["proxy_reward"])  # no gold for human data: the RM judges
-    with safe_open(repo / "models" / "policy" / "hypo" / "model.safetensors", "pt") as f:
-        assert not [k for k in f.keys() if "lora_" in k]  # the adapter was merged before saving

@@ -155,11 +155,14 @@ def online_ipo_objective(policy, batch, hp, state):
 
 
 def hypo_objective(policy, batch, hp, state):
-    """DPO on the offline pairs + lambda * reverse KL on unlabelled fresh samples of the same prompts."""
+    """DPO on the offline pairs + lambda * reverse KL on unlabelled fresh samples of the same prompts. For
+    chat, Song et al. add a length penalty to the online term: each sample's penalty is then its KL plus
+    `length_penalty` per response token (our reading; the paper's formula is lost in its text)."""
     loss, stats = dpo_objective(policy, batch.pairs, hp, state)
     logp, more = _sample_logps(policy, batch.samples)
     kl = logp.detach() - batch.samples.ref_logp
-    kl_term = losses.hypo_kl_term(logp.view(-1, batch.samples.k), kl.view(-1, batch.samples.k))
+    penalty = kl + hp["length_penalty"] * target_mask(batch.samples.seqs).sum(-1)
+    kl_term = losses.hypo_kl_term(logp.view(-1, batch.samples.k), penalty.view(-1, batch.samples.k))
     return loss + hp["lam"] * kl_term, stats | more | {"online_kl_k1": kl.mean().item(), "dpo_loss": loss.item()}
 
 
@@ -216,7 +219,8 @@ HYPERPARAMETERS = {
     "ipo": {"beta": _BETA},
     "online_dpo": {"beta": _BETA, "min_reward_gap": _GAP, "offline_fraction": _FRACTION},
     "online_ipo": {"beta": _BETA, "min_reward_gap": _GAP, "offline_fraction": _FRACTION},
-    "hypo": {"beta": _BETA, "lam": (_nonneg, "a number >= 0"), "samples_per_prompt": _K},
+    "hypo": {"beta": _BETA, "lam": (_nonneg, "a number >= 0"), "samples_per_prompt": _K,
+             "length_penalty": (_nonneg, "a number >= 0")},
 }
 
 

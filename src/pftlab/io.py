@@ -1,15 +1,57 @@
-"""Atomic writes: a stage killed mid-write never leaves a half file that DVC could cache."""
+"""Atomic writes: a stage killed mid-write, or out of disk space, never leaves a half file that DVC could
+cache; a failed write is a one-line error naming the path."""
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import PftlabError
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EFBIG}
+# Libraries that write in native code report a full disk in their own exception types.
+_WRITE_MESSAGES = ("No space left", "StorageFull", "failed writing", "Disk quota")
+
+
+class OutputError(PftlabError):
+    """An output could not be written (disk full, read-only, not a directory); nothing was left behind."""
+
+
+def _write_failure(path, err: BaseException):
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+        return OutputError(f"cannot write {path}: {err.strerror}; nothing was written")
+    if any(m in str(err) for m in _WRITE_MESSAGES):
+        return OutputError(f"cannot write {path}: {str(err).splitlines()[0][:200]}; nothing was written")
+    return None
+
+
+def check_writable(path):
+    """Fail before any work if `path` cannot be written (read-only, a file in the way, disk full); creates nothing."""
+    path = Path(path).absolute()
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise (_write_failure(path, err) or err) from None
+
 
 def _tmp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except FileExistsError:
+        raise OutputError(f"cannot write {path}: a file is in the way of its folder; nothing was written") from None
+    except OSError as err:
+        raise (_write_failure(path, err) or err) from None
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -22,6 +64,8 @@ def atomic_write_text(path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        raise (_write_failure(path, err) or err) from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -50,7 +94,10 @@ def atomic_dir(path):
     path = Path(path)
     tmp = _tmp_sibling(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as err:
+            raise (_write_failure(path, err) or err) from None
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -117,7 +117,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden):
-        return self.linear(hidden.float()).squeeze(-1)
+        return self.linear(hidden.to(self.linear.weight.dtype)).float().squeeze(-1)  # bf16 under DeepSpeed
 
 
 def token_logprobs_and_values(model, value_head: ValueHead, seqs: Sequences):

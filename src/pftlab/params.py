@@ -48,6 +48,7 @@ _ACTION = (lambda v: _nonneg(v) and v <= 99, "an action in [0, 99]")
 
 RULES = {
     "seed": (_nonneg_int, "an integer >= 0"),
+    "launch": (lambda v: isinstance(v, str) and v.strip() != "", "the command that starts a training stage's python"),
     "data.raw": (lambda v: isinstance(v, str) and v, "a path"),
     "data.eval_fraction": (_fraction, "a number in (0, 1)"),
     "data.max_bad_fraction": (_fraction_closed, "a number in [0, 1]"),
@@ -145,6 +146,7 @@ RULES = {
     "eval.likelihood_pairs": (_pos_int, "a positive integer"),
 }
 _TEXT = (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+_DEEPSPEED = (_TEXT[0], "a DeepSpeed JSON config file, e.g. configs/deepspeed/zero2.json")
 # Keys a preset may set and the CPU default leaves out; absent, the stage does what the comment says.
 OPTIONAL = {
     "data.source.id": (_TEXT[0], "a Hugging Face dataset id or a local .jsonl/.parquet file or dataset directory"),
@@ -158,6 +160,19 @@ OPTIONAL = {
     "model.pretrained.gguf_file": _TEXT,    # a GGUF file in that folder, de-quantised on load
     "model.pretrained.trust_remote_code": (lambda v: isinstance(v, bool), "true or false"),  # absent: false
     "sft.max_examples": (_pos_int, "a positive integer"),   # absent: every SFT example (train and held out)
+    "eval.judge.id": (_TEXT[0], "a Hugging Face model id or local directory (an LLM judge)"),  # absent: no LLM judge
+    "eval.judge.package": _TEXT,
+    "eval.judge.gguf_file": _TEXT,
+    "eval.judge.trust_remote_code": (lambda v: isinstance(v, bool), "true or false"),
+    "checkpoint.every_steps": (_nonneg_int, "an integer >= 0 (0: only on SIGINT / SIGTERM)"),  # absent: 0
+    "policy.skip_nonfinite_steps": (_nonneg_int, "an integer >= 0"),  # absent: 0, a non-finite step stops the stage
+    "policy.micro_batch_size": (_pos_int, "a positive integer dividing policy.minibatch_size"),  # absent: no accumulation
+    "policy.gradient_checkpointing": (lambda v: isinstance(v, bool), "true or false"),  # absent: false
+    "policy.deepspeed": _DEEPSPEED,         # absent: plain PyTorch
+    "sft.micro_batch_size": (_pos_int, "a positive integer"),
+    "sft.deepspeed": _DEEPSPEED,
+    "reward_model.micro_batch_size": (_pos_int, "a positive integer"),
+    "reward_model.deepspeed": _DEEPSPEED,
     "pairs.source": (lambda v: v in ("sft_samples", "human"),  # absent: sft_samples
                      "sft_samples (two SFT samples labelled by the gold reward) or human (the data's own labels)"),
 }

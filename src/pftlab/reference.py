@@ -18,9 +18,13 @@ class AdapterDisabledReference:
             return self.peft_model(**inputs)
 
 
-def policy_and_reference(path, reference: str = "frozen_copy", lora_rank: int = 8, lora_alpha: float = 16.0):
-    """(trainable policy, frozen reference) from a saved Hugging Face causal LM."""
+def policy_and_reference(path, reference: str = "frozen_copy", lora_rank: int = 8, lora_alpha: float = 16.0,
+                         gradient_checkpointing: bool = False):
+    """(trainable policy, frozen reference) from a saved Hugging Face causal LM. Gradient checkpointing
+    recomputes activations in the backward pass (memory for time; numbers unchanged)."""
     policy = load_policy(path)
+    if gradient_checkpointing:  # non-reentrant: works with frozen inputs, as under LoRA
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if reference == "frozen_copy":
         ref = load_policy(path)
         ref.eval().requires_grad_(False)

@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, get_scheduler
+from transformers import AutoModelForSequenceClassification
 
 from .losses import bradley_terry_loss
 from .model import Sequences, batched, pack
+from .supervised import train_supervised
 
 
 def new_reward_model(sft_dir):
@@ -57,30 +57,12 @@ def evaluate_reward_model(rm, pairs, pad_id) -> dict:
     return out | {"gold_order_accuracy": gold_acc, "gold_correlation": corr}
 
 
-def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None):
-    steps_per_epoch = math.ceil(len(train_pairs) / cfg["batch_size"])
-    total = steps_per_epoch * cfg["epochs"]
-    optimizer = torch.optim.AdamW(rm.parameters(), lr=cfg["lr"], weight_decay=0.0)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=min(20, total // 10), num_training_steps=total)
-    generator = torch.Generator().manual_seed(seed)
-    history, step = [], 0
-    rm.train()
-    bar = tqdm(total=total, desc="reward model", disable=None)
-    for epoch in range(cfg["epochs"]):
-        order = torch.randperm(len(train_pairs), generator=generator).tolist()
-        for i in range(0, len(order), cfg["batch_size"]):
-            chosen, rejected = pair_sequences([train_pairs[j] for j in order[i : i + cfg["batch_size"]]], pad_id)
-            loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            row = {"step": step, "epoch": epoch, "train_loss": loss.item(), "train_accuracy": stats["accuracy"]}
-            history.append(row)
-            if tracker is not None:
-                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-            step += 1
-            bar.update(1)
-    bar.close()
-    return history
+def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None, checkpointer=None):
+    def batch_loss(chunk):
+        chosen, rejected = pair_sequences(chunk, pad_id)
+        loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
+        return loss, {"train_accuracy": stats["accuracy"]}
+
+    total = math.ceil(len(train_pairs) / cfg["batch_size"]) * cfg["epochs"]
+    return train_supervised(rm, train_pairs, cfg, seed, batch_loss, weight_decay=0.0, warmup_steps=min(20, total // 10),
+                            tracker=tracker, checkpointer=checkpointer, desc="reward model")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
+from . import checkpoint, optimization
 from .errors import PftlabError
 from .losses import kl_estimates
 from .model import Sequences, ValueHead, batched, concat_sequences, pack, target_mask, token_logprobs
@@ -94,6 +94,14 @@ class OfflinePairs:
             self.position += take
         return out
 
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position,
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        self.order, self.position, self.epoch = np.array(state["order"]), state["position"], state["epoch"]
+
     def collect(self, n: int, policy, ref) -> PairBatch:
         rows = [self.pairs[i] for i in self.next_indices(n)]
         chosen = pack([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], self.pad_id)
@@ -129,6 +137,12 @@ class OnPolicySamples:
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.rng = np.random.default_rng(seed)
 
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+
     def collect(self, n: int, policy, ref) -> SampleBatch:
         chosen = [self.prompts[i] for i in self.rng.choice(len(self.prompts), n, replace=False)]
         return sample_and_score(policy, ref, chosen, self.k, self.generation, self.reward_fn, self.eos_id, self.pad_id)
@@ -143,6 +157,13 @@ class MixedPairs:
 
     def __init__(self, online: OnPolicySamples, offline: OfflinePairs, fraction: float):
         self.online, self.offline, self.fraction = online, offline, fraction
+
+    def state_dict(self):
+        return {"online": self.online.state_dict(), "offline": self.offline.state_dict()}
+
+    def load_state_dict(self, state):
+        self.online.load_state_dict(state["online"])
+        self.offline.load_state_dict(state["offline"])
 
     def collect(self, n: int, policy, ref) -> SampleBatch:
         n_offline = round(self.fraction * n)
@@ -174,6 +195,12 @@ class HybridSource:
         self.offline, self.k, self.generation = offline, k, generation
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
+    def state_dict(self):
+        return self.offline.state_dict()
+
+    def load_state_dict(self, state):
+        self.offline.load_state_dict(state)
+
     def collect(self, n: int, policy, ref) -> HybridBatch:
         pairs = self.offline.collect(n, policy, ref)
         prompts = [row[mask.bool()].tolist() for row, mask in zip(pairs.chosen.input_ids, pairs.chosen.attention_mask
@@ -196,11 +223,15 @@ def fresh_sample_stats(batch: SampleBatch) -> dict:
     return stats
 
 
-def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=None, tracker=None, progress_desc="policy"):
+def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=None, tracker=None, progress_desc="policy",
+                 checkpointer=None):
     """Run the loop; returns the per-step history (list of dicts) for metrics and plots.
 
     `monitor(policy, ref) -> SampleBatch` draws fresh samples for sources that do not (offline ones),
     every `cfg["monitor_every"]` iterations, so every method logs the proxy reward and KL of its policy.
+    With a `checkpointer`, the loop resumes from its checkpoint and checkpoints after optimizer steps:
+    where it is (iteration, pass, minibatch, the collected batch) is `run`, saved with the weights,
+    optimizer, scheduler, algorithm state, sample source and every random stream.
     """
     minibatches = math.ceil(cfg["batch_size"] / cfg["minibatch_size"])
     total_steps = cfg["iterations"] * cfg["steps_per_batch"] * minibatches
@@ -209,51 +240,135 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
         state["value_head"] = ValueHead(policy.config.hidden_size)
     parameters = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapter only
     parameters += list(state["value_head"].parameters()) if algorithm.value_head else []
-    optimizer = torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=0.0)
-    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.get("lr_schedule", "cosine")]
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg["warmup_steps"], num_training_steps=total_steps)
+    micro = cfg.get("micro_batch_size") or cfg["minibatch_size"]
+    rank, world = optimization.rank(), optimization.world_size()
+    if cfg["minibatch_size"] % (micro * world):
+        raise PftlabError(f"params.yaml: 'policy.minibatch_size' ({cfg['minibatch_size']}) must be a multiple of "
+                          f"'policy.micro_batch_size' ({micro}) x {world} processes")
+    accumulation = cfg["minibatch_size"] // (micro * world)
+    modules = {k: v for k, v in state.items() if isinstance(v, torch.nn.Module)}
+    model = torch.nn.ModuleDict({"policy": policy, **modules}) if modules else policy  # what DeepSpeed wraps
+    updater = optimization.Updater(model, parameters, cfg, total_steps, accumulation, micro)
     shuffle = torch.Generator().manual_seed(cfg["seed"])
-    history, step, samples_seen, tokens_seen = [], 0, 0, 0
-    start = time.time()
-    for iteration in tqdm(range(cfg["iterations"]), desc=progress_desc, disable=None):
-        collect_start = time.time()
-        policy.eval()
-        batch = source.collect(cfg["batch_size"], policy, ref)
-        collect_seconds = time.time() - collect_start
-        extra = {}
-        fresh = batch if isinstance(batch, SampleBatch) else getattr(batch, "samples", None)
-        if fresh is not None:
-            samples_seen += len(fresh.seqs)
-            tokens_seen += int(target_mask(fresh.seqs).sum())
-        if isinstance(batch, SampleBatch):
-            extra = fresh_sample_stats(batch)
-        elif monitor is not None and (iteration % cfg["monitor_every"] == 0 or iteration == cfg["iterations"] - 1):
-            extra = fresh_sample_stats(monitor(policy, ref))
-            collect_seconds = time.time() - collect_start
-        if algorithm.prepare is not None:  # once per collected batch, e.g. PPO's values and GAE
-            with torch.no_grad():
-                batch, prepared = algorithm.prepare(policy, batch, hp, state)
-            extra |= prepared
+    max_skipped = cfg.get("skip_nonfinite_steps", 0)
+    run = {"iteration": 0, "pass": 0, "minibatch": 0, "order": None, "batch": None, "extra": {}, "collect_seconds": 0.0,
+           "samples": 0, "tokens": 0, "elapsed": 0.0, "step": 0, "skipped": 0, "history": []}
+    if checkpointer is not None:
+        updater.engine_dir = checkpoint.engine_dir(checkpointer.stage)
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        _restore(saved, run, policy, state, updater, shuffle, source)
+    history, start = run["history"], time.time() - run["elapsed"]
+
+    def snapshot():
+        run["elapsed"] = time.time() - start
+        return _snapshot(run, policy, state, updater, shuffle, source)
+
+    bar = tqdm(total=cfg["iterations"], initial=run["iteration"], desc=progress_desc, disable=None)
+    while run["iteration"] < cfg["iterations"]:
+        iteration = run["iteration"]
+        if run["batch"] is None:
+            run["batch"], run["extra"], run["collect_seconds"] = _collect(algorithm, hp, cfg, policy, ref, source, monitor,
+                                                                         state, run)
+        batch = run["batch"]
         policy.train()
-        for _ in range(cfg["steps_per_batch"]):
-            order = torch.randperm(len(batch), generator=shuffle)
-            for mb_start in range(0, len(batch), cfg["minibatch_size"]):
-                minibatch = batch.select(order[mb_start : mb_start + cfg["minibatch_size"]])
-                loss, stats = algorithm.objective(policy, minibatch, hp, state)
-                if not torch.isfinite(loss):
-                    raise PftlabError(f"non-finite loss {loss.item()} at step {step} (iteration {iteration})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, cfg["max_grad_norm"]).item()
-                optimizer.step()
-                scheduler.step()
+        while run["pass"] < cfg["steps_per_batch"]:
+            if run["order"] is None:
+                run["order"] = torch.randperm(len(batch), generator=shuffle)
+            while run["minibatch"] * cfg["minibatch_size"] < len(batch):
+                mb_start = run["minibatch"] * cfg["minibatch_size"]
+                # this process's share of the minibatch (all of it on one device), in micro-batches
+                rows = run["order"][mb_start : mb_start + cfg["minibatch_size"]][rank::world]
+                updater.zero_grad()
+                losses, parts_stats = [], []
+                parts = rows.split(micro)
+                for i, part in enumerate(parts):
+                    part_loss, part_stats = algorithm.objective(policy, batch.select(part), hp, state)
+                    if torch.isfinite(part_loss):
+                        updater.backward(part_loss, len(part) / len(rows), last=i == len(parts) - 1)
+                    losses.append(part_loss.item())
+                    parts_stats.append(part_stats)
+                finite = all(map(math.isfinite, losses))
+                loss, stats = sum(losses) / len(losses), parts_stats[0]
+                if len(parts_stats) > 1:  # the minibatch's stats: the mean over its micro-batches
+                    stats = {k: sum(s[k] for s in parts_stats) / len(parts_stats) for k in stats}
+                grad_norm = updater.step() if finite else float("nan")
+                step = run["step"]
+                if not math.isfinite(grad_norm):  # a non-finite loss or gradient: the update is skipped, or we stop
+                    run["skipped"] += 1
+                    if run["skipped"] > max_skipped:
+                        where = checkpointer.describe_last() if checkpointer is not None else "no checkpointing"
+                        raise PftlabError(f"non-finite {'loss' if not finite else 'gradient'} at step {step} "
+                                          f"(iteration {iteration}); {run['skipped']} non-finite step(s), "
+                                          f"policy.skip_nonfinite_steps allows {max_skipped}; {where}")
+                    if not finite:
+                        updater.skip()
                 elapsed = time.time() - start
-                row = {"step": step, "iteration": iteration, "loss": loss.item(), "grad_norm": grad_norm,
-                       "lr": scheduler.get_last_lr()[0], "samples": samples_seen,
-                       "samples_per_second": samples_seen / elapsed, "tokens_per_second": tokens_seen / elapsed,
-                       "collect_seconds": collect_seconds, **extra, **stats}
+                row = {"step": step, "iteration": iteration, "loss": loss, "grad_norm": grad_norm,
+                       "lr": updater.lr, "samples": run["samples"],
+                       "samples_per_second": run["samples"] / elapsed, "tokens_per_second": run["tokens"] / elapsed,
+                       "collect_seconds": run["collect_seconds"], **run["extra"], **stats}
+                if max_skipped:
+                    row["skipped_steps"] = run["skipped"]
+                if updater.engine is not None:  # what DeepSpeed really ran (read from its engine)
+                    row |= {"zero_stage": updater.engine.zero_optimization_stage(),
+                            "accumulation_steps": updater.engine.gradient_accumulation_steps()}
                 history.append(row)
                 if tracker is not None:
                     tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-                step += 1
+                run["step"], run["minibatch"] = step + 1, run["minibatch"] + 1
+                if checkpointer is not None:
+                    checkpointer.step_done(run["step"], snapshot)
+            run["pass"], run["order"], run["minibatch"] = run["pass"] + 1, None, 0
+        run["iteration"], run["pass"], run["batch"] = iteration + 1, 0, None
+        bar.update(1)
+    bar.close()
     return history
+
+
+def _collect(algorithm, hp, cfg, policy, ref, source, monitor, state, run):
+    """One collection: the batch, the per-iteration stats that go with it, and its wall time."""
+    iteration, collect_start = run["iteration"], time.time()
+    policy.eval()
+    batch = source.collect(cfg["batch_size"], policy, ref)
+    collect_seconds = time.time() - collect_start
+    extra = {}
+    fresh = batch if isinstance(batch, SampleBatch) else getattr(batch, "samples", None)
+    if fresh is not None:
+        run["samples"] += len(fresh.seqs)
+        run["tokens"] += int(target_mask(fresh.seqs).sum())
+    if isinstance(batch, SampleBatch):
+        extra = fresh_sample_stats(batch)
+    elif monitor is not None and (iteration % cfg["monitor_every"] == 0 or iteration == cfg["iterations"] - 1):
+        extra = fresh_sample_stats(monitor(policy, ref))
+        collect_seconds = time.time() - collect_start
+    if algorithm.prepare is not None:  # once per collected batch, e.g. PPO's values and GAE
+        with torch.no_grad():
+            batch, prepared = algorithm.prepare(policy, batch, hp, state)
+        extra |= prepared
+    return batch, extra, collect_seconds
+
+
+_BATCH_TYPES = {"PairBatch": PairBatch, "SampleBatch": SampleBatch, "HybridBatch": HybridBatch, "Sequences": Sequences}
+
+
+def _snapshot(run, policy, state, updater, shuffle, source) -> dict:
+    weights = checkpoint.trainable_state(policy) if updater.engine is None else {}  # DeepSpeed: in its checkpoint
+    return {"step": run["step"], "run": checkpoint.to_tree(run), "policy": weights,
+            "algorithm_state": {k: v.state_dict() if isinstance(v, torch.nn.Module) else v for k, v in state.items()
+                                if updater.engine is None or not isinstance(v, torch.nn.Module)},
+            "updater": updater.state_dict(), "rng": checkpoint.rng_state(shuffle), "source": source.state_dict()}
+
+
+def _restore(saved, run, policy, state, updater, shuffle, source):
+    run.update(checkpoint.from_tree(saved["run"], _BATCH_TYPES))
+    if saved["policy"]:
+        checkpoint.load_trainable_state(policy, saved["policy"])
+    for k, v in saved["algorithm_state"].items():
+        if isinstance(state.get(k), torch.nn.Module):
+            state[k].load_state_dict(v)
+        else:
+            state[k] = v
+    updater.load_state_dict(saved["updater"])
+    checkpoint.set_rng_state(saved["rng"], shuffle)
+    source.load_state_dict(saved["source"])

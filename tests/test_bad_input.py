@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pftlab.data import read_preferences
@@ -77,6 +77,7 @@ def _default():
 
 @SETTINGS
 @given(key=st.sampled_from(sorted(k for k in RULES if not k.startswith("data.raw"))), value=bad_values)
+@example(key="algorithms", value={})  # found by hypothesis: a mapping where a list belongs was let through
 def test_any_value_is_accepted_by_its_rule_or_refused_naming_the_key(key, value):
     tree = _default()
     node = tree

@@ -233,7 +233,8 @@ class Params:
                 known[f"algos.{name}.{hp}"] = rule
         for section in sections:
             value = self[section]
-            items = {f"{section}.{k}": v for k, v in flatten(value).items()} if isinstance(value, dict) else {section: value}
+            nested = isinstance(value, dict) and section not in known  # a mapping where one value belongs is refused below
+            items = {f"{section}.{k}": v for k, v in flatten(value).items()} if nested else {section: value}
             for key, v in items.items():
                 if key not in known:
                     close = difflib.get_close_matches(key, known, n=1)

@@ -136,6 +136,21 @@ def test_prepare_stage_refuses_a_bad_data_file_cleanly(tmp_path):
     assert not (tmp_path / "data" / "prepared").exists() and not (tmp_path / "metrics").exists()
 
 
+def test_a_stage_whose_output_folder_cannot_be_written_stops_before_any_work(tmp_path):
+    """`metrics` is a file, not a folder: the prepare stage says which output it cannot write, in one line,
+    before reading any data, and writes nothing."""
+    tree = _default()
+    tree["data"]["raw"] = str(ROOT / tree["data"]["raw"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    (tmp_path / "metrics").write_text("a file where the metrics folder should be")
+    env = {**os.environ, "PFTLAB_MLFLOW": "0"}
+    out = subprocess.run([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot write" in out.stderr and "metrics/prepare.json" in out.stderr and "Not a directory" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "params.yaml"]
+
+
 def test_stage_finishes_when_the_mlflow_server_refuses_connections(tmp_path):
     """A tracking URI nobody listens on: the stage warns once, finishes, and its metrics are on disk."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_default()))

@@ -1,4 +1,5 @@
 """What every stage entry point shares: params check, seeding, MLflow run, timing, clean errors, checkpoints."""
+import os
 import random
 import sys
 import time
@@ -6,7 +7,6 @@ import time
 from .checkpoint import Checkpointer, checkpoint_dir, fingerprint, remove_checkpoint
 from .errors import PftlabError
 from .io import atomic_write_json, check_writable
-from .optimization import is_main_process
 from .params import load_params
 from .tracking import Tracker
 
@@ -35,7 +35,9 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
         params = load_params(params_path).check(*sections)
         if seed_key is not None:  # None: the stage seeds each of its runs itself
             seed_everything(params[seed_key])
-        main_process = is_main_process()  # under a multi-process launcher, rank 0 tracks and writes
+        # Under a multi-process launcher, rank 0 tracks and writes. (Read here rather than from optimization.py,
+        # whose transformers imports would add seconds to every stage that does not train.)
+        main_process = int(os.environ.get("RANK", 0)) == 0
         with Tracker(name, params.section(*sections), enabled=main_process) as tracker:
             metrics = main(params, tracker)
             if not main_process:

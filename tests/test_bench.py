@@ -1,0 +1,21 @@
+"""The benchmark runs (at toy size) and its non-timing numbers hold: what it times is not tested."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_scale_knobs_bench_runs_and_its_memory_numbers_hold(tmp_path):
+    out = tmp_path / "knobs.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "scale_knobs.py"), "--rows", "4", "--prompt-tokens", "8",
+                          "--new-tokens", "8", "--repeats", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["weight_copies_frozen_reference"] == 2.0
+    assert 1.0 < result["weight_copies_lora_reference"] < 1.1  # the adapter only
+    assert result["gradient_checkpointing_saved_activations_ratio"] < 0.5  # layers' activations recomputed
+    assert all(result[k] > 0 for k in ("kv_cache_speedup", "gradient_checkpointing_time_ratio",
+                                       "four_micro_batches_time_ratio", "lora_reference_time_ratio"))

@@ -155,13 +155,21 @@ def fingerprint(repo):
 
 def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
     """The training path again in a fresh copy (every model stage up to the policies; evaluation, variants,
-    didactic stages and report are left out for time): every metric and model file is identical."""
+    didactic stages and report are left out for time): every metric and model file is identical; with
+    another seed, they are not."""
     again = copy_repo(tmp_path)
     dvc(again, "repro", *[f"policy@{a}" for a in ALGORITHMS], tracking=False)
     first, second = fingerprint(smoke_run), fingerprint(again)
     assert set(second) <= set(first) and len(second) > 15
     assert sum(k.endswith(".safetensors") for k in second) >= 2 + len(ALGORITHMS)  # sft, RM, every policy
     assert {k: first[k] for k in second} == second
+    # ...and another seed gives other numbers: the SFT stage again with the next seed (and the stages before it)
+    params = yaml.safe_load((again / "params.yaml").read_text())
+    (again / "params.yaml").write_text(yaml.safe_dump({**params, "seed": params["seed"] + 1}))
+    dvc(again, "repro", "sft", tracking=False)
+    reseeded = fingerprint(again)
+    assert reseeded["models/sft/model.safetensors"] != first["models/sft/model.safetensors"]
+    assert reseeded["metrics/sft.json"] != first["metrics/sft.json"]
 
 
 def test_a_stage_killed_mid_run_resumes_from_its_checkpoint_with_the_same_result(smoke_run, tmp_path):

@@ -216,6 +216,30 @@ def test_deepspeed_zero2_with_accumulation_gives_the_plain_loops_losses(smoke_ru
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5
 
 
+def test_two_processes_under_torchrun_train_the_single_process_policy(smoke_run, tmp_path):
+    """`launch: torchrun --standalone --nproc_per_node 2` and DeepSpeed ZeRO-2 on CPU (gloo): each process
+    trains on half of every minibatch (RLOO also samples on both), DeepSpeed averages the gradients, the
+    logged numbers are averaged over the processes, rank 0 writes. Losses and weights: the plain run's."""
+    from safetensors.torch import load_file
+
+    repo = Path(shutil.copytree(smoke_run, tmp_path / "ranks", symlinks=True))
+    tree = yaml.safe_load((repo / "params.yaml").read_text())
+    tree["launch"] = "torchrun --standalone --nproc_per_node 2"
+    tree["policy"] |= {"deepspeed": "configs/deepspeed/zero2.json"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    dvc(repo, "repro", "-s", "policy@dpo", "policy@rloo")
+    for name in ("dpo", "rloo"):
+        curve = lambda r: list(csv.DictReader((r / "metrics" / "curves" / f"policy_{name}.csv").open()))
+        plain, ranks = curve(smoke_run), curve(repo)
+        assert len(plain) == len(ranks) == 12
+        for a, b in zip(plain, ranks):
+            for key in ("loss", "grad_norm", "proxy_reward"):
+                if a[key]:
+                    assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-5), (name, key)
+        weights = [load_file(r / "models" / "policy" / name / "model.safetensors") for r in (smoke_run, repo)]
+        assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
+
+
 def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     """`python -m pftlab.seeds` reads `dvc exp show --json`: here the committed smoke run stands for another seed."""
     repo = smoke_run

@@ -110,6 +110,25 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process: all of them back-propagate a micro-batch or none does
+    (a process skipping alone would leave the others waiting in the gradient all-reduce)."""
+    finite = torch.tensor(float(torch.isfinite(loss).all()))
+    if world_size() > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def mean_over_processes(values: list, rows: int) -> list:
+    """Each process's per-row means, averaged over all processes weighted by their rows: what one process
+    holding the whole minibatch would log. Unchanged in a single process; a NaN anywhere is NaN everywhere."""
+    if world_size() == 1:
+        return values
+    sums = torch.tensor([v * rows for v in values] + [rows], dtype=torch.float64)
+    torch.distributed.all_reduce(sums)
+    return (sums[:-1] / sums[-1]).tolist()
+
+
 def deepspeed_engine(model, optimizer, scheduler, config_path, micro_batch_size, accumulation, max_grad_norm):
     path = Path(config_path)
     if not path.is_file():

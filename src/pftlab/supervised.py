@@ -54,13 +54,15 @@ def train_supervised(model, examples: list, cfg: dict, seed: int, batch_loss, *,
             for i in range(0, len(mine), micro):
                 part = mine[i : i + micro]
                 part_loss, part_stats = batch_loss(part)
-                if torch.isfinite(part_loss):
+                if optimization.all_finite(part_loss):
                     updater.backward(part_loss, len(part) / len(mine), last=i + micro >= len(mine))
                 losses.append(part_loss.item())
                 parts_stats.append(part_stats)
             loss, stats = sum(losses) / len(losses), parts_stats[0]
             if len(parts_stats) > 1:
                 stats = {k: sum(s[k] for s in parts_stats) / len(parts_stats) for k in stats}
+            loss, *means = optimization.mean_over_processes([loss, *stats.values()], len(mine))
+            stats = dict(zip(stats, means))
             grad_norm = updater.step() if math.isfinite(loss) else float("nan")
             if not math.isfinite(grad_norm):
                 where = checkpointer.describe_last() if checkpointer is not None else "no checkpointing"

@@ -240,8 +240,8 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
         state["value_head"] = ValueHead(policy.config.hidden_size)
     parameters = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapter only
     parameters += list(state["value_head"].parameters()) if algorithm.value_head else []
-    micro = cfg.get("micro_batch_size") or cfg["minibatch_size"]
     rank, world = optimization.rank(), optimization.world_size()
+    micro = cfg.get("micro_batch_size") or max(1, cfg["minibatch_size"] // world)  # default: no accumulation
     if cfg["minibatch_size"] % (micro * world):
         raise PftlabError(f"params.yaml: 'policy.minibatch_size' ({cfg['minibatch_size']}) must be a multiple of "
                           f"'policy.micro_batch_size' ({micro}) x {world} processes")
@@ -284,14 +284,15 @@ def train_policy(algorithm, hp: dict, cfg: dict, policy, ref, source, monitor=No
                 parts = rows.split(micro)
                 for i, part in enumerate(parts):
                     part_loss, part_stats = algorithm.objective(policy, batch.select(part), hp, state)
-                    if torch.isfinite(part_loss):
+                    if optimization.all_finite(part_loss):
                         updater.backward(part_loss, len(part) / len(rows), last=i == len(parts) - 1)
                     losses.append(part_loss.item())
                     parts_stats.append(part_stats)
-                finite = all(map(math.isfinite, losses))
                 loss, stats = sum(losses) / len(losses), parts_stats[0]
                 if len(parts_stats) > 1:  # the minibatch's stats: the mean over its micro-batches
                     stats = {k: sum(s[k] for s in parts_stats) / len(parts_stats) for k in stats}
+                loss, *means = optimization.mean_over_processes([loss, *stats.values()], len(rows))
+                stats, finite = dict(zip(stats, means)), math.isfinite(loss)
                 grad_norm = updater.step() if finite else float("nan")
                 step = run["step"]
                 if not math.isfinite(grad_norm):  # a non-finite loss or gradient: the update is skipped, or we stop

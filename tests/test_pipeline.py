@@ -216,7 +216,7 @@ def test_deepspeed_zero2_with_accumulation_gives_the_plain_loops_losses(smoke_ru
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5
 
 
-def test_two_processes_under_torchrun_train_the_single_process_policy(smoke_run, tmp_path):
+def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_policy(smoke_run, tmp_path):
     """`launch: torchrun --standalone --nproc_per_node 2` and DeepSpeed ZeRO-2 on CPU (gloo): each process
     trains on half of every minibatch (RLOO also samples on both), DeepSpeed averages the gradients, the
     logged numbers are averaged over the processes, rank 0 writes. Losses and weights: the plain run's."""
@@ -238,6 +238,14 @@ def test_two_processes_under_torchrun_train_the_single_process_policy(smoke_run,
                     assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-5), (name, key)
         weights = [load_file(r / "models" / "policy" / name / "model.safetensors") for r in (smoke_run, repo)]
         assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
+    # the same under accelerate's launcher (--multi_gpu: without it, on a machine with no GPU, it starts one process)
+    tree["launch"] = "accelerate launch --multi_gpu --num_processes 2 --main_process_port 0"
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    out = dvc(repo, "repro", "-s", "policy@dpo")
+    assert "accelerate launch" in out
+    weights = [load_file(r / "models" / "policy" / "dpo" / "model.safetensors") for r in (smoke_run, repo)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
+    assert load(repo, "policy/dpo.json")["final_loss"] == pytest.approx(load(smoke_run, "policy/dpo.json")["final_loss"], abs=1e-6)
 
 
 def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):

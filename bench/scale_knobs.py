@@ -6,13 +6,13 @@
 For each knob, the same work is timed both ways (best of `--repeats`, after one warm-up) and the
 ratio is reported, so the numbers mean something on any machine:
 - sampling with transformers' KV cache vs recomputing the whole prefix per token (what `generate` saves);
-- one DPO update (policy + reference log-probs, backward, AdamW step) with gradient checkpointing vs
-  without (time, and the activations autograd keeps from a forward pass), and with the minibatch split
-  into micro-batches vs in one piece;
+- one DPO update (policy + reference log-probs, backward, the policy loop's `Updater`: clipping, AdamW)
+  with gradient checkpointing vs without (time, and the activations autograd keeps from a forward
+  pass), and with the minibatch split into micro-batches vs in one piece;
 - the LoRA reference (adapter switched off, one copy of the weights) vs a frozen second copy: the time
   of the reference pass and the weights held in memory.
-Results go to stdout and `--out` (default `bench/results/scale_knobs.json`). Nothing here is a test: timings vary with
-load; the ratios are what to compare across machines and versions.
+Results go to stdout and `--out` (default `bench/results/scale_knobs.json`). Nothing here is a test:
+timings vary with load; the ratios are what to compare across machines and versions.
 """
 import argparse
 import json
@@ -28,7 +28,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pftlab.io import atomic_write_json
 from pftlab.losses import dpo_loss
 from pftlab.model import Sequences, load_policy, pack, sequence_logprobs
-from pftlab.reference import AdapterDisabledReference, weight_copies
+from pftlab.optimization import Updater
+from pftlab.reference import policy_and_reference, weight_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,18 +72,22 @@ def sampling(model, prompts, new_tokens: int, repeats: int) -> dict:
 
 
 def dpo_step_fn(policy, ref, chosen: Sequences, rejected: Sequences, micro_batches: int):
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
+    """One DPO optimizer step through the policy loop's `Updater` (AdamW, clipping, accumulation by rows)."""
+    parameters = [p for p in policy.parameters() if p.requires_grad]
+    knobs = {"lr": 1e-6, "warmup_steps": 0, "max_grad_norm": 1.0}
+    updater = Updater(policy, parameters, knobs, total_steps=10**6, accumulation=micro_batches)
     rows = len(chosen)
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        for part in torch.arange(rows).chunk(micro_batches):
+        updater.zero_grad()
+        parts = torch.arange(rows).chunk(micro_batches)
+        for i, part in enumerate(parts):
             c, r = chosen.select(part), rejected.select(part)
             with torch.no_grad():
                 ref_w, ref_l = sequence_logprobs(ref, c), sequence_logprobs(ref, r)
             loss, _ = dpo_loss(sequence_logprobs(policy, c), sequence_logprobs(policy, r), ref_w, ref_l, beta=0.1)
-            (loss * len(part) / rows).backward()
-        optimizer.step()
+            updater.backward(loss, len(part) / rows, last=i == len(parts) - 1)
+        updater.step()
 
     return step
 
@@ -93,16 +98,12 @@ def training(path, prompts, responses, repeats: int) -> dict:
     out = {}
 
     def timed(micro_batches=1, checkpointing=False):
-        policy, ref = load_policy(path).train(), load_policy(path).eval().requires_grad_(False)
-        if checkpointing:
-            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        return best_time(dpo_step_fn(policy, ref, chosen, rejected, micro_batches), repeats)
+        policy, ref = policy_and_reference(path, "frozen_copy", gradient_checkpointing=checkpointing)
+        return best_time(dpo_step_fn(policy.train(), ref, chosen, rejected, micro_batches), repeats)
 
     def saved_activations(checkpointing):
         """Elements autograd keeps from one policy forward for the backward pass (activation memory)."""
-        policy = load_policy(path).train()
-        if checkpointing:
-            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        policy, _ = policy_and_reference(path, "frozen_copy", gradient_checkpointing=checkpointing)
         kept = [0]
 
         def keep(t):
@@ -110,7 +111,7 @@ def training(path, prompts, responses, repeats: int) -> dict:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            sequence_logprobs(policy, chosen)
+            sequence_logprobs(policy.train(), chosen)
         return kept[0]
 
     out["gradient_checkpointing_saved_activations_ratio"] = saved_activations(True) / saved_activations(False)
@@ -119,17 +120,13 @@ def training(path, prompts, responses, repeats: int) -> dict:
     out["gradient_checkpointing_time_ratio"] = timed(checkpointing=True) / plain
     out["four_micro_batches_time_ratio"] = timed(micro_batches=4) / plain
 
-    from peft import LoraConfig, get_peft_model
-
-    frozen = load_policy(path).eval().requires_grad_(False)
-    lora = get_peft_model(load_policy(path), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                        target_modules="all-linear", task_type="CAUSAL_LM"))
-    adapter_off = AdapterDisabledReference(lora)
+    policy, frozen = policy_and_reference(path, "frozen_copy")
+    lora, adapter_off = policy_and_reference(path, "lora", lora_rank=8, lora_alpha=16)
     with torch.no_grad():
         t_frozen = best_time(lambda: sequence_logprobs(frozen, chosen), repeats)
         t_off = best_time(lambda: sequence_logprobs(adapter_off, chosen), repeats)
     out["lora_reference_time_ratio"] = t_off / t_frozen  # adapter switched off vs a plain second copy
-    out["weight_copies_frozen_reference"] = weight_copies(load_policy(path), frozen)
+    out["weight_copies_frozen_reference"] = weight_copies(policy, frozen)
     out["weight_copies_lora_reference"] = weight_copies(lora, adapter_off)
     return out
 

@@ -30,9 +30,11 @@ repro: setup
 # Two workers, one test file each at a time (--dist loadfile keeps a file's pipeline fixture in one worker):
 # the smoke pipeline runs beside the hh-smollm pipeline and the unit tests, using both cores.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:

@@ -15,7 +15,6 @@ Results go to stdout and `--out` (default `bench/results/scale_knobs.json`). Not
 timings vary with load; the ratios are what to compare across machines and versions.
 """
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -25,11 +24,12 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pftlab.io import atomic_write_json
-from pftlab.losses import dpo_loss
-from pftlab.model import Sequences, load_policy, pack, sequence_logprobs
-from pftlab.optimization import Updater
-from pftlab.reference import policy_and_reference, weight_copies
+from pftlab.algorithms.losses import dpo_loss
+from pftlab.core.io import atomic_write_json
+from pftlab.lm.model import Sequences, load_policy, pack, sequence_logprobs
+from pftlab.lm.reference import policy_and_reference, weight_copies
+from pftlab.training.config import OptimizerKnobs
+from pftlab.training.optimization import Updater
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def sampling(model, prompts, new_tokens: int, repeats: int) -> dict:
 def dpo_step_fn(policy, ref, chosen: Sequences, rejected: Sequences, micro_batches: int):
     """One DPO optimizer step through the policy loop's `Updater` (AdamW, clipping, accumulation by rows)."""
     parameters = [p for p in policy.parameters() if p.requires_grad]
-    knobs = {"lr": 1e-6, "warmup_steps": 0, "max_grad_norm": 1.0}
+    knobs = OptimizerKnobs(lr=1e-6, warmup_steps=0, max_grad_norm=1.0, lr_schedule="cosine")
     updater = Updater(policy, parameters, knobs, total_steps=10**6, accumulation=micro_batches)
     rows = len(chosen)
 

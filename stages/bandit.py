@@ -6,9 +6,9 @@ from statistics import mean
 import torch
 from tqdm.auto import tqdm
 
-from pftlab import bandit
-from pftlab.io import write_csv
-from pftlab.stage import run_stage
+from pftlab.core.io import write_csv
+from pftlab.core.stage import run_stage
+from pftlab.didactic import bandit
 
 
 def mean_curves(runs: dict, x: str) -> list:

@@ -5,9 +5,9 @@ from statistics import mean
 import torch
 from tqdm.auto import tqdm
 
-from pftlab import coverage
-from pftlab.io import write_csv
-from pftlab.stage import run_stage
+from pftlab.core.io import write_csv
+from pftlab.core.stage import run_stage
+from pftlab.didactic import coverage
 
 QUANTITIES = ("logp_preferred", "logp_best", "uncovered_mass", "kl", "reward")
 

@@ -8,14 +8,14 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from pftlab.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
-from pftlab.gold import gold_reward, response_length
-from pftlab.io import atomic_write_jsonl, read_json, read_jsonl
-from pftlab.judge import LLMJudge, judge_win_rate
-from pftlab.model import encode_prompt, load_policy, load_tokenizer, pack
-from pftlab.paths import EVAL_REFERENCE, SFT_MODEL, task_from_argv
-from pftlab.reward_model import load_reward_model, score_sequences
-from pftlab.stage import run_stage
+from pftlab.core.io import atomic_write_jsonl, read_json, read_jsonl
+from pftlab.core.paths import EVAL_REFERENCE, SFT_MODEL, task_from_argv
+from pftlab.core.stage import run_stage
+from pftlab.evaluation.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
+from pftlab.evaluation.judge import LLMJudge, judge_win_rate
+from pftlab.lm.gold import gold_reward, response_length
+from pftlab.lm.model import encode_prompt, load_policy, load_tokenizer, pack
+from pftlab.lm.reward_model import load_reward_model, score_sequences
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
 TASK = task_from_argv()
@@ -39,7 +39,7 @@ def main(p, tracker):
         atomic_write_jsonl(EVAL_REFERENCE, [{"response_ids": r, "length": l} for r, l in zip(reference, ref_lengths)])
     reference_rows = read_jsonl(EVAL_REFERENCE)
     if len(reference_rows) != len(prompts) * n:
-        from pftlab.errors import DataError
+        from pftlab.core.errors import DataError
 
         raise DataError(f"{EVAL_REFERENCE} does not match eval.num_prompts x eval.samples_per_prompt: rerun evaluate@sft")
     reference = [r["response_ids"] for r in reference_rows]

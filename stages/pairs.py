@@ -3,12 +3,12 @@ reward through Bradley-Terry (Tajwar et al.'s synthetic LLM problem), or with `p
 data's own labelled pairs, judged later by the reward model. Writes <task>/pairs/{pairs.jsonl, gold.json}."""
 import numpy as np
 
-from pftlab.errors import ParamError
-from pftlab.gold import gold_reward, label_pair, length_mode, response_length, skew_keep_mask
-from pftlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
-from pftlab.model import encode_prompt, encode_response, load_tokenizer
-from pftlab.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
-from pftlab.stage import run_stage
+from pftlab.core.errors import ParamError
+from pftlab.core.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
+from pftlab.core.stage import run_stage
+from pftlab.lm.gold import ends_with_eos, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
+from pftlab.lm.model import encode_prompt, encode_response, load_tokenizer
 
 TASK = task_from_argv()
 
@@ -43,7 +43,7 @@ def main(p, tracker):
     prompts = [r["prompt_ids"] for r in rows]
     responses = [y for r in rows for y in r["responses"]]  # response 2i and 2i+1 answer prompt i
     lengths = np.array([response_length(r, eos) for r in responses])
-    completed = [bool(r) and r[-1] == eos for r in responses]
+    completed = [ends_with_eos(r, eos) for r in responses]
     gold_spec = {"reward": TASK.variant or p["gold.reward"], "mode": length_mode(lengths.tolist(), completed)}
     gold = gold_reward(gold_spec, lengths)
     rng = np.random.default_rng(p["seed"])

@@ -5,16 +5,18 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
-from pftlab.algorithms import ALGORITHMS, samples_per_prompt
-from pftlab.io import atomic_dir, read_jsonl, write_csv
-from pftlab.model import load_tokenizer
-from pftlab.optimization import full_weights, is_main_process, shard_reference
-from pftlab.params import check_algorithm_params, check_batch
-from pftlab.paths import SFT_MODEL, task_from_argv
-from pftlab.reference import policy_and_reference, save_policy, weight_copies
-from pftlab.reward_model import load_reward_model, score_sequences
-from pftlab.stage import run_stage, stage_checkpointer
-from pftlab.trainer import HybridSource, MixedPairs, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
+from pftlab.algorithms.table import ALGORITHMS
+from pftlab.core.distributed import is_main_process
+from pftlab.core.io import atomic_dir, read_jsonl, write_csv
+from pftlab.core.params import check_algorithm_params
+from pftlab.core.paths import SFT_MODEL, task_from_argv
+from pftlab.core.stage import run_stage, stage_checkpointer
+from pftlab.lm.model import load_tokenizer
+from pftlab.lm.reference import policy_and_reference, save_policy, weight_copies
+from pftlab.lm.reward_model import load_reward_model, score_sequences
+from pftlab.training.loop import train_policy
+from pftlab.training.optimization import full_weights, shard_reference
+from pftlab.training.sources import make_source, sample_and_score
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
 TASK = task_from_argv()
@@ -24,7 +26,7 @@ def main(p, tracker):
     hf_logging.set_verbosity_error()
     hp = check_algorithm_params(p, NAME)
     algorithm = ALGORITHMS[NAME]
-    cfg = {**p["policy"], "seed": p["seed"]}
+    cfg = p.config("policy")
     generation = {**p["generation"], "max_new_tokens": p["model.max_response_tokens"]}
     tok = load_tokenizer(SFT_MODEL)
     pairs = read_jsonl(TASK.pairs)
@@ -32,29 +34,19 @@ def main(p, tracker):
     prompts = [list(x) for x in prompts]
     rm = load_reward_model(TASK.reward_model)
     reward_fn = lambda s: score_sequences(rm, s)
-    k = samples_per_prompt(NAME, hp)
-    if algorithm.source == "on_policy":
-        check_batch("policy.batch_size", cfg["batch_size"], len(prompts), "training prompts")
-        source = OnPolicySamples(prompts, k, generation, reward_fn, tok, p["seed"])
-        if hp.get("offline_fraction", 0) > 0:  # on-policy DPO / IPO with some offline pairs in each batch
-            check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
-            source = MixedPairs(source, OfflinePairs(pairs, tok.pad_token_id, p["seed"]), hp["offline_fraction"])
-    else:
-        check_batch("policy.batch_size", cfg["batch_size"], len(pairs), "preference pairs")
-        source = OfflinePairs(pairs, tok.pad_token_id, p["seed"], reward_fn if algorithm.needs_reward_model else None)
-        if algorithm.source == "hybrid":
-            source = HybridSource(source, k, generation, tok)
-    monitor_prompts = prompts[: cfg["batch_size"]]
+    source = make_source(algorithm, hp, pairs=pairs, prompts=prompts, generation=generation, reward_fn=reward_fn,
+                         tokenizer=tok, seed=p["seed"], batch_size=cfg.batch_size)
+    monitor_prompts = prompts[: cfg.batch_size]
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
     checkpointer = stage_checkpointer(p, [SFT_MODEL, TASK.pairs, TASK.reward_model])
-    policy, ref = policy_and_reference(SFT_MODEL, cfg["reference"], cfg["lora_rank"], cfg["lora_alpha"],
-                                       cfg.get("gradient_checkpointing", False))
+    policy, ref = policy_and_reference(SFT_MODEL, cfg.reference, cfg.lora_rank, cfg.lora_alpha,
+                                       bool(cfg.gradient_checkpointing))
     copies = weight_copies(policy, ref)
-    if cfg.get("deepspeed") and cfg["reference"] == "frozen_copy":
-        ref = shard_reference(ref, cfg["deepspeed"])
-    history = train_policy(algorithm, hp, cfg, policy, ref, source, monitor, tracker, progress_desc=TASK.stage("policy", NAME),
-                           checkpointer=checkpointer)
+    if cfg.deepspeed and cfg.reference == "frozen_copy":
+        ref = shard_reference(ref, cfg.deepspeed)
+    history = train_policy(algorithm, hp, cfg, p["seed"], policy, ref, source, monitor, tracker,
+                           progress_desc=TASK.stage("policy", NAME), checkpointer=checkpointer)
     with full_weights(policy):
         if is_main_process():
             with atomic_dir(TASK.policy(NAME)) as out:

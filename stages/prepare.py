@@ -1,9 +1,9 @@
 """Stage prepare: preference rows (the shipped hh-rlhf file, or `data.source`: a Hugging Face dataset
 or local copy mapped by its layout) -> SFT examples, prompts and preference pairs per split (data/prepared/)."""
-from pftlab.data import prepare, read_preferences
-from pftlab.hub import load_preference_dataset
-from pftlab.io import atomic_dir, atomic_write_jsonl
-from pftlab.stage import run_stage
+from pftlab.core.io import atomic_dir, atomic_write_jsonl
+from pftlab.core.stage import run_stage
+from pftlab.lm.data import prepare, read_preferences
+from pftlab.lm.hub import load_preference_dataset
 
 
 def main(p, tracker):

@@ -1,7 +1,7 @@
 """Stage report: metrics/report.md and metrics/claims.json: the claims with verdicts, the LLM tasks' tables
 (over training seeds when metrics/seeds/ holds other seeds' runs), figures and stage times."""
-from pftlab.report import build_report
-from pftlab.stage import run_stage
+from pftlab.core.stage import run_stage
+from pftlab.reporting.report import build_report
 
 
 def main(p, tracker):

@@ -3,13 +3,14 @@ with Bradley-Terry on the task's pairs (<task>/reward_model/)."""
 import numpy as np
 from transformers.utils import logging as hf_logging
 
-from pftlab.io import atomic_dir, read_jsonl, write_csv
-from pftlab.model import load_tokenizer
-from pftlab.optimization import full_weights, is_main_process
-from pftlab.params import check_batch
-from pftlab.paths import SFT_MODEL, task_from_argv
-from pftlab.reward_model import evaluate_reward_model, new_reward_model, train_reward_model
-from pftlab.stage import run_stage, stage_checkpointer
+from pftlab.core.distributed import is_main_process
+from pftlab.core.io import atomic_dir, read_jsonl, write_csv
+from pftlab.core.params import check_batch
+from pftlab.core.paths import SFT_MODEL, task_from_argv
+from pftlab.core.stage import run_stage, stage_checkpointer
+from pftlab.lm.model import load_tokenizer
+from pftlab.lm.reward_model import evaluate_reward_model, new_reward_model, train_reward_model
+from pftlab.training.optimization import full_weights
 
 TASK = task_from_argv()
 
@@ -19,13 +20,14 @@ def main(p, tracker):
     tok = load_tokenizer(SFT_MODEL)
     pairs = read_jsonl(TASK.pairs)
     order = np.random.default_rng(p["seed"]).permutation(len(pairs))
-    n_eval = max(1, int(round(len(pairs) * p["reward_model.eval_fraction"])))
+    cfg = p.config("reward_model")
+    n_eval = max(1, int(round(len(pairs) * cfg.eval_fraction)))
     held_out, train = [pairs[i] for i in order[:n_eval]], [pairs[i] for i in order[n_eval:]]
-    check_batch("reward_model.batch_size", p["reward_model.batch_size"], len(train), "training pairs")
+    check_batch("reward_model.batch_size", cfg.batch_size, len(train), "training pairs")
     rm = new_reward_model(SFT_MODEL)
     before = evaluate_reward_model(rm, held_out, tok.pad_token_id)
     checkpointer = stage_checkpointer(p, [SFT_MODEL, TASK.pairs])
-    history = train_reward_model(rm, train, p["reward_model"], tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
+    history = train_reward_model(rm, train, cfg, tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
     after = evaluate_reward_model(rm, held_out, tok.pad_token_id)
     with full_weights(rm):  # ZeRO-3: gathered on every process, written by rank 0
         if is_main_process():

@@ -2,13 +2,14 @@
 (`model.pretrained`, saved here in Hugging Face format) (models/sft/)."""
 from transformers.utils import logging as hf_logging
 
-from pftlab.hub import pretrained_model
-from pftlab.io import atomic_dir, read_jsonl, write_csv
-from pftlab.model import encode_prompt, encode_response, load_tokenizer, new_policy
-from pftlab.optimization import full_weights, is_main_process
-from pftlab.params import check_batch
-from pftlab.sft import train_sft
-from pftlab.stage import run_stage, stage_checkpointer
+from pftlab.core.distributed import is_main_process
+from pftlab.core.io import atomic_dir, read_jsonl, write_csv
+from pftlab.core.params import check_batch
+from pftlab.core.stage import run_stage, stage_checkpointer
+from pftlab.lm.hub import pretrained_model
+from pftlab.lm.model import encode_prompt, encode_response, load_tokenizer, new_policy
+from pftlab.lm.sft import train_sft
+from pftlab.training.optimization import full_weights
 
 
 def main(p, tracker):
@@ -16,17 +17,18 @@ def main(p, tracker):
     tok = load_tokenizer("models/tokenizer")
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
     encode = lambda rows: [(encode_prompt(tok, r["prompt"], mp), encode_response(tok, r["response"], mr)) for r in rows]
-    limit = p.get("sft.max_examples")  # None: all
+    cfg = p.config("sft")
+    limit = cfg.max_examples  # None: all
     train = encode(read_jsonl("data/prepared/sft_train.jsonl")[:limit])
     held_out = encode(read_jsonl("data/prepared/sft_eval.jsonl")[:limit])
-    check_batch("sft.batch_size", p["sft.batch_size"], len(train), "SFT examples")
+    check_batch("sft.batch_size", cfg.batch_size, len(train), "SFT examples")
     if p.get("model.pretrained"):
         model = pretrained_model(p["model.pretrained"], tok)
     else:
         model = new_policy(tok, p["model.n_layer"], p["model.n_embd"], p["model.n_head"], mp + mr + 1)
     parameters = sum(x.numel() for x in model.parameters())  # before ZeRO-3 could partition them
     checkpointer = stage_checkpointer(p, ["models/tokenizer", "data/prepared/sft_train.jsonl", "data/prepared/sft_eval.jsonl"])
-    history = train_sft(model, train, held_out, p["sft"], tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
+    history = train_sft(model, train, held_out, cfg, tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
     with full_weights(model):  # ZeRO-3: gathered on every process, written by rank 0
         if is_main_process():
             with atomic_dir("models/sft") as out:

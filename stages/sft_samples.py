@@ -3,12 +3,12 @@ reward of the LLM task (stages pairs, pairs_variant@<gold>) labels these same re
 import numpy as np
 from transformers.utils import logging as hf_logging
 
-from pftlab.gold import response_length
-from pftlab.io import atomic_write_jsonl, read_jsonl
-from pftlab.model import encode_prompt, load_policy, load_tokenizer
-from pftlab.paths import SFT_MODEL, SFT_SAMPLES
-from pftlab.sampling import sample_responses
-from pftlab.stage import run_stage
+from pftlab.core.io import atomic_write_jsonl, read_jsonl
+from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES
+from pftlab.core.stage import run_stage
+from pftlab.lm.gold import ends_with_eos, response_length
+from pftlab.lm.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.lm.sampling import sample_responses
 
 
 def main(p, tracker):
@@ -27,7 +27,7 @@ def main(p, tracker):
     atomic_write_jsonl(SFT_SAMPLES, rows)
     lengths = [response_length(r, eos) for r in responses]
     return {"prompts": len(prompts), "mean_length": float(np.mean(lengths)),
-            "eos_fraction": float(np.mean([bool(r) and r[-1] == eos for r in responses]))}
+            "eos_fraction": float(np.mean([ends_with_eos(r, eos) for r in responses]))}
 
 
 if __name__ == "__main__":

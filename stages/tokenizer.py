@@ -1,9 +1,9 @@
 """Stage tokenizer: a byte-level BPE trained on the SFT training text, or a pretrained model's own
 tokenizer (`model.pretrained`, with a padding token of its own) (models/tokenizer/)."""
-from pftlab.hub import pretrained_tokenizer
-from pftlab.io import atomic_dir, read_jsonl
-from pftlab.stage import run_stage
-from pftlab.tokenizer import train_tokenizer
+from pftlab.core.io import atomic_dir, read_jsonl
+from pftlab.core.stage import run_stage
+from pftlab.lm.hub import pretrained_tokenizer
+from pftlab.lm.tokenizer import train_tokenizer
 
 
 def main(p, tracker):

@@ -5,11 +5,11 @@ import itertools
 import pytest
 import torch
 
-import pftlab.algorithms as algorithms
-from pftlab import losses
-from pftlab.algorithms import ALGORITHMS
-from pftlab.model import pack, target_mask, token_logprobs
-from pftlab.trainer import HybridBatch, PairBatch, SampleBatch
+import pftlab.algorithms.table as algorithms
+from pftlab.algorithms import losses
+from pftlab.algorithms.table import ALGORITHMS
+from pftlab.lm.model import pack, target_mask, token_logprobs
+from pftlab.training.batches import HybridBatch, PairBatch, SampleBatch
 
 PAD = 0
 
@@ -97,6 +97,8 @@ def sequence_weights(name, monkeypatch):
     if algo.prepare is not None:
         batch, _ = algo.prepare(None, batch, hp, state)
         leaves.clear()  # what prepare scored is data, not part of the loss
+    if algo.begin_step is not None:
+        algo.begin_step(batch, hp, state)
     loss, _ = algo.objective(None, batch, hp, state)
     loss.backward()
     assert all(leaf.grad is not None for leaf in leaves), "an objective scored sequences it does not train on"
@@ -258,7 +260,8 @@ def test_reinforce_with_moving_average_baseline_reaches_pi_star():
     for _ in range(1500):
         logp = torch.log_softmax(logits, 0)
         actions = torch.multinomial(logp.exp().detach(), 256, replacement=True, generator=g)
-        shaped = losses.kl_penalised_rewards(R[actions], logp[actions].detach(), REF[actions], beta)
+        shaped = R[actions] - beta * losses.sequence_kl_penalty(logp[actions].detach()[:, None], REF[actions][:, None],
+                                                                  torch.ones(len(actions), 1), "k1")
         baseline = shaped.mean().item() if baseline is None else baseline
         loss, _ = losses.policy_gradient_loss(logp[actions], shaped - baseline)
         baseline = 0.9 * baseline + 0.1 * shaped.mean().item()
@@ -304,7 +307,7 @@ def test_ppo_with_kl_penalty_reaches_pi_star_and_clips_when_reusing_samples():
 def test_online_dpo_with_an_offline_fraction_ranks_offline_pairs_by_their_labels(monkeypatch):
     from types import SimpleNamespace
 
-    from pftlab.trainer import MixedPairs, OfflinePairs, OnPolicySamples, fresh_sample_stats
+    from pftlab.training.sources import MixedPairs, OfflinePairs, OnPolicySamples, fresh_sample_stats
     from tests.test_model import EOS, tiny_model
 
     policy, ref = tiny_model(seed=1), tiny_model(seed=1)
@@ -332,7 +335,9 @@ def sequence_weights_of(algo, batch, monkeypatch):
         return (leaf, torch.ones_like(leaf)) if with_entropy else leaf
 
     monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
-    loss, _ = algo.objective(None, batch, HP | {"min_reward_gap": 10.0}, {})
+    hp, state = HP | {"min_reward_gap": 10.0}, {}
+    algo.begin_step(batch, hp, state)
+    loss, _ = algo.objective(None, batch, hp, state)
     loss.backward()
     return torch.cat([-leaf.grad.sum(-1) for leaf in leaves])
 

@@ -13,9 +13,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pftlab.data import read_preferences
-from pftlab.errors import DataError, ParamError
-from pftlab.params import RULES, Params
+from pftlab.core.errors import DataError, ParamError
+from pftlab.core.params import RULES, Params
+from pftlab.lm.data import read_preferences
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Bye."}
@@ -115,8 +115,8 @@ def test_a_misspelt_key_is_named_with_a_suggestion(key, position, char):
 
 
 def test_huge_and_empty_strings_and_a_prompt_longer_than_the_context():
-    from pftlab.model import encode_prompt
-    from pftlab.tokenizer import train_tokenizer
+    from pftlab.lm.model import encode_prompt
+    from pftlab.lm.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["Human: hello there\n\nAssistant: hi"] * 20, vocab_size=300)
     long_prompt = "\n\nHuman: " + "word " * 20_000 + "\n\nAssistant:"
@@ -156,7 +156,7 @@ def test_stage_finishes_when_the_mlflow_server_refuses_connections(tmp_path):
     """A tracking URI nobody listens on: the stage warns once, finishes, and its metrics are on disk."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_default()))
     env = {**os.environ, "PFTLAB_MLFLOW": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
-    code = ("from pftlab.stage import run_stage\n"
+    code = ("from pftlab.core.stage import run_stage\n"
             "run_stage('probe', ['seed'], lambda p, t: (t.log_metrics({'x': 1.0}), {'seed': p['seed']})[1], 'metrics/probe.json')")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -2,11 +2,11 @@
 bit; SIGTERM saves and stops; a stale checkpoint is not resumed; non-finite steps stop (or are skipped,
 counted); a write that fails (disk full, not a folder) leaves nothing behind."""
 import errno
-from dataclasses import replace
 import math
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,19 +14,22 @@ import pytest
 import torch
 import yaml
 
-from pftlab import io
-from pftlab.algorithms import ALGORITHMS, samples_per_prompt
-from pftlab.checkpoint import Checkpointer, Interrupted, checkpoint_dir
-from pftlab.errors import PftlabError
-from pftlab.sft import train_sft
-from pftlab.stage import seed_everything
-from pftlab.trainer import HybridSource, OfflinePairs, OnPolicySamples, sample_and_score, train_policy
+from pftlab.algorithms.table import ALGORITHMS
+from pftlab.core import io
+from pftlab.core.checkpoint import Checkpointer, Interrupted, checkpoint_dir
+from pftlab.core.errors import PftlabError
+from pftlab.core.stage import seed_everything
+from pftlab.lm.config import SftConfig
+from pftlab.lm.sft import train_sft
+from pftlab.training.config import PolicyConfig
+from pftlab.training.loop import train_policy
+from pftlab.training.sources import make_source, sample_and_score
 from tests.test_model import EOS, PAD, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HP = yaml.safe_load((ROOT / "params.yaml").read_text())["algos"]
 CFG = {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "steps_per_batch": 2, "lr": 1e-2, "warmup_steps": 1,
-       "max_grad_norm": 1.0, "monitor_every": 1, "lr_schedule": "cosine", "seed": 0}
+       "max_grad_norm": 1.0, "monitor_every": 1, "lr_schedule": "cosine"}
 TIMES = ("samples_per_second", "tokens_per_second", "collect_seconds")
 GENERATION = {"max_new_tokens": 5, "temperature": 1.0, "batch_size": 16}
 TOKENIZER = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
@@ -62,6 +65,11 @@ def reward_fn(seqs):
     return (seqs.input_ids == 7).float().sum(-1)  # how often token 7 appears
 
 
+def loop_config(cfg: dict) -> PolicyConfig:
+    """A test's dict of loop knobs as the typed section the loop takes."""
+    return PolicyConfig(**{"reference": "frozen_copy", "lora_rank": 4, "lora_alpha": 8} | cfg)
+
+
 def run_policy(name, tracker=None, every=2, cfg=None):
     """A fresh process's worth of objects: seeded model, reference, sample source, optimizer."""
     seed_everything(0)
@@ -69,16 +77,12 @@ def run_policy(name, tracker=None, every=2, cfg=None):
     policy, ref = tiny_model(seed=1).train(), tiny_model(seed=1).requires_grad_(False)
     pairs = [{"prompt_ids": [3 + i % 5], "chosen_ids": [7, 8, EOS], "rejected_ids": [9, EOS]} for i in range(6)]
     prompts = [[3 + i] for i in range(5)]
-    k = samples_per_prompt(name, hp)
-    if algorithm.source == "on_policy":
-        source = OnPolicySamples(prompts, k, GENERATION, reward_fn, TOKENIZER, seed=0)
-    else:
-        source = OfflinePairs(pairs, PAD, seed=0, reward_fn=reward_fn if algorithm.needs_reward_model else None)
-        if algorithm.source == "hybrid":
-            source = HybridSource(source, k, GENERATION, TOKENIZER)
+    source = make_source(algorithm, hp, pairs=pairs, prompts=prompts, generation=GENERATION, reward_fn=reward_fn,
+                         tokenizer=TOKENIZER, seed=0, batch_size=(cfg or CFG)["batch_size"])
     monitor = lambda p, r: sample_and_score(p, r, prompts[:2], 1, GENERATION, reward_fn, EOS, PAD)
     checkpointer = Checkpointer(f"policy@{name}", "fingerprint", every)
-    history = train_policy(algorithm, hp, cfg or CFG, policy, ref, source, monitor, tracker, checkpointer=checkpointer)
+    history = train_policy(algorithm, hp, loop_config(cfg or CFG), 0, policy, ref, source, monitor, tracker,
+                           checkpointer=checkpointer)
     return [{k: v for k, v in row.items() if k not in TIMES} for row in history], policy
 
 
@@ -122,8 +126,9 @@ def test_a_checkpoint_of_other_params_or_code_is_not_resumed(capsys):
 
 def test_a_non_finite_loss_stops_naming_the_step_and_the_last_checkpoint(monkeypatch):
     objective = ALGORITHMS["dpo"].objective
+    calls = [0]
 
-    def nan_at_step_5(policy, batch, hp, state, calls=[0]):
+    def nan_at_step_5(policy, batch, hp, state):
         calls[0] += 1
         loss, stats = objective(policy, batch, hp, state)
         return (loss * float("nan") if calls[0] == 6 else loss), stats
@@ -153,7 +158,8 @@ def test_non_finite_steps_can_be_skipped_and_are_counted(monkeypatch):
 
 def test_sft_killed_and_resumed_equals_the_uninterrupted_run():
     examples = [([3 + i % 4], [7, 8, 9][: 1 + i % 3] + [EOS]) for i in range(10)]
-    cfg = {"epochs": 2, "batch_size": 3, "lr": 1e-2, "warmup_steps": 1}
+    cfg = SftConfig(epochs=2, batch_size=3, lr=1e-2, warmup_steps=1, lr_schedule="cosine", max_grad_norm=1.0,
+                    weight_decay=0.01)
 
     def run(tracker=None):
         model = tiny_model(seed=2).train()
@@ -195,7 +201,7 @@ def test_a_full_disk_or_a_file_in_the_way_leaves_nothing_behind(tmp_path, monkey
 
 
 def test_every_torch_load_is_weights_only_and_remote_code_only_from_params():
-    for path in [*(ROOT / "src" / "pftlab").glob("*.py"), *(ROOT / "stages").glob("*.py")]:
+    for path in [*(ROOT / "src" / "pftlab").rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
         text = path.read_text()
         for call in text.split("torch.load(")[1:]:
             assert "weights_only=True" in call.split(")")[0], path

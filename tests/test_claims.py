@@ -1,8 +1,8 @@
 """The LLM tasks' claims and the seed collection, on synthetic metric values."""
 import json
 
-from pftlab import claims, seeds
-from pftlab.paths import Task
+from pftlab.core.paths import Task
+from pftlab.reporting import claims, seeds
 
 
 def _gold(**means):

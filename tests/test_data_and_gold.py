@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pftlab.data import is_eval_prompt, prepare, read_preferences, split_dialogue
-from pftlab.errors import DataError
-from pftlab.gold import bradley_terry_prob, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
+from pftlab.core.errors import DataError
+from pftlab.lm.data import is_eval_prompt, prepare, read_preferences, split_dialogue
+from pftlab.lm.gold import bradley_terry_prob, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
 
 GOOD = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: fine", "rejected":
         "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: bad"}

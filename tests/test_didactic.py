@@ -1,10 +1,12 @@
-"""The didactic environments against their specification (SETUPS.md) and the claims' verdict logic."""
+"""The didactic environments against their specification (docs/SETUPS.md) and the claims' verdict logic."""
 import math
 
 import pytest
 import torch
 
-from pftlab import bandit, claims, coverage
+from pftlab.didactic import bandit, coverage
+from pftlab.didactic.config import BANDIT_METHODS, TokenBanditConfig
+from pftlab.reporting import claims
 
 
 # --- Tajwar et al.'s bandit -------------------------------------------------------------------------
@@ -78,8 +80,8 @@ def test_check_verdicts_on_synthetic_values():
     assert claims.check("q", "c", [-1.0, -1.2, -0.9])["verdict"] == claims.NOT_REPRODUCED
     assert claims.check("q", "c", [1.0, -1.0, 0.5, -0.2])["verdict"] == claims.INCONCLUSIVE
     assert claims.check("q", "c", [3.0])["verdict"] == claims.INCONCLUSIVE  # one seed: no interval
-    m, low, high = claims.mean_ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and high - m == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    interval = claims.check("q", "c", [1.0, 2.0, 3.0])
+    assert interval["mean"] == 2.0 and interval["ci95"][1] - 2.0 == pytest.approx(4.302653 * 1.0 / math.sqrt(3))
     rep, no, inc = ({"verdict": v} for v in (claims.REPRODUCED, claims.NOT_REPRODUCED, claims.INCONCLUSIVE))
     assert claims.combine([rep, rep]) == claims.REPRODUCED
     assert claims.combine([rep, inc]) == claims.INCONCLUSIVE
@@ -88,9 +90,9 @@ def test_check_verdicts_on_synthetic_values():
 
 def _fake_bandit(on_policy_better: bool):
     runs = {}
-    for seed_shift in range(1):
+    for _ in range(1):
         for reward, gap in (("misaligned", 0.4), ("aligned", 0.02)):
-            for method in bandit.METHODS:
+            for method in BANDIT_METHODS:
                 base = 0.3 + (0.2 if method in ("dpo", "ipo") else 0.0)
                 on = [base + (gap if on_policy_better else -gap) + 0.01 * s for s in range(5)]
                 off = [base + 0.005 * s for s in range(5)]
@@ -110,13 +112,13 @@ def test_bandit_claims_follow_the_metrics():
 
 # --- the token-level bandit, through the LLM trainer -----------------------------------------------
 def test_token_bandit_policy_fits_pi_ref_and_rloo_climbs_through_the_llm_trainer():
-    from pftlab import token_bandit
+    from pftlab.didactic import token_bandit
 
     train, evaluation = token_bandit.prompts_for(0, 4, 4)
     assert len({t for p in train + evaluation for t in p}) == 8  # distinct single-token prompts
     policy = token_bandit.fit_reference_policy(0, train, steps=150)
     torch.manual_seed(0)
-    from pftlab.sampling import sample_responses
+    from pftlab.lm.sampling import sample_responses
 
     responses = sample_responses(policy, train * 50, token_bandit.RESPONSE_TOKENS, 1.0, 200, None, token_bandit.PAD)
     assert all(len(r) == token_bandit.RESPONSE_TOKENS for r in responses)  # no EOS: always 9 tokens
@@ -126,8 +128,10 @@ def test_token_bandit_policy_fits_pi_ref_and_rloo_climbs_through_the_llm_trainer
     reward_fn = token_bandit.token_reward_fn(reward)
     seqs = token_bandit.pack([[5], [6]], [[70] * 9, [70] * 8 + [80]], token_bandit.PAD)
     assert reward_fn(seqs).tolist() == pytest.approx([1.0, (8 + math.exp(-1)) / 9])
-    cfg = {"iterations": 8, "batch_size": 4, "minibatch_size": 4, "steps_per_batch": 2, "lr": 3e-3, "warmup_steps": 0,
-           "max_grad_norm": 1.0, "monitor_every": 2, "lr_schedule": "constant", "offline_pairs_per_prompt": 2, "eval_samples": 64}
+    cfg = TokenBanditConfig(iterations=8, batch_size=4, minibatch_size=4, steps_per_batch=2, lr=3e-3, warmup_steps=0,
+                            max_grad_norm=1.0, monitor_every=2, lr_schedule="constant", offline_pairs_per_prompt=2,
+                            eval_samples=64, seeds=[0], algorithms=["rloo"], rewards=None, reward_width=10,
+                            train_prompts=len(train), eval_prompts=len(evaluation), fit_steps=0, hp=None)
     hp = {"samples_per_prompt": 4, "kl_coef": 0.0, "kl_estimator": "k1"}
     out = token_bandit.run("rloo", reward, 0, cfg, hp, policy.state_dict(), train, evaluation)
     assert out["final_reward"] > out["start_reward"] + 0.02

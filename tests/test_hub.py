@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from pftlab import hub
-from pftlab.errors import DataError
+from pftlab.core.errors import DataError
+from pftlab.lm import hub
 
 HH = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello there.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}
 ULTRAFEEDBACK = {"prompt": "Name a prime.", "prompt_id": "x",

@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 
-from pftlab.judge import PROMPT, judge_win_rate
+from pftlab.evaluation.judge import PROMPT, judge_win_rate
 
 
 def responses(prompt):

@@ -2,10 +2,9 @@
 import math
 
 import pytest
-
 import torch
 
-from pftlab import losses
+from pftlab.algorithms import losses
 
 
 def test_dpo_loss_hand_worked():
@@ -41,7 +40,9 @@ def test_leave_one_out_advantages_hand_worked():
 
 
 def test_kl_penalised_rewards_and_policy_gradient_loss():
-    shaped = losses.kl_penalised_rewards(torch.tensor([1.0, 0.0]), torch.tensor([-2.0, -5.0]), torch.tensor([-3.0, -4.0]), 0.5)
+    """The shaped reward r - kl_coef * k1 that RLOO and REINFORCE use (algorithms/table.py _shaped_rewards)."""
+    penalty = losses.sequence_kl_penalty(torch.tensor([[-2.0], [-5.0]]), torch.tensor([[-3.0], [-4.0]]), torch.ones(2, 1), "k1")
+    shaped = torch.tensor([1.0, 0.0]) - 0.5 * penalty
     assert torch.allclose(shaped, torch.tensor([1.0 - 0.5 * 1.0, 0.0 - 0.5 * -1.0]))
     logp = torch.tensor([-2.0, -5.0], requires_grad=True)
     advantages = torch.tensor([2.0, -1.0], requires_grad=True)
@@ -86,7 +87,8 @@ def test_rloo_with_kl_penalty_reaches_the_analytic_optimum():
         log_pi = torch.log_softmax(logits, 0)
         actions = torch.multinomial(log_pi.exp().detach(), prompts * k, replacement=True)
         logp = log_pi[actions]
-        shaped = losses.kl_penalised_rewards(r[actions], logp.detach(), log_ref[actions], beta)
+        shaped = r[actions] - beta * losses.sequence_kl_penalty(logp.detach()[:, None], log_ref[actions][:, None],
+                                                                  torch.ones(len(actions), 1), "k1")
         adv = losses.leave_one_out_advantages(shaped.view(prompts, k)).view(-1)
         loss, _ = losses.policy_gradient_loss(logp, adv)
         opt.zero_grad()

@@ -2,8 +2,8 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pftlab.model import pack, sequence_logprobs, target_mask, token_logprobs
-from pftlab.sampling import cut_at_eos, left_pad, sample_responses
+from pftlab.lm.model import pack, sequence_logprobs, target_mask, token_logprobs
+from pftlab.lm.sampling import cut_at_eos, left_pad, sample_responses
 
 PAD, EOS = 0, 1
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pftlab.errors import ParamError
-from pftlab.io import atomic_dir, atomic_write_json
-from pftlab.params import Params, check_algorithm_params, check_batch, load_params
-from pftlab.tracking import Tracker
+from pftlab.core.errors import ParamError
+from pftlab.core.io import atomic_dir, atomic_write_json
+from pftlab.core.params import Params, check_algorithm_params, check_batch, load_params
+from pftlab.core.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def test_tracking_logs_params_metrics_and_tags(tmp_path, monkeypatch):
 
 
 def test_readme_algorithm_table_is_the_generated_one():
-    from pftlab.algorithms import table_markdown
+    from pftlab.algorithms.table import table_markdown
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- algorithm-table -->\n")[1].split("<!-- /algorithm-table -->")[0]

@@ -3,6 +3,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pftlab import seeds
-from pftlab.report import build_report
+from pftlab.core.params import load_params
+from pftlab.reporting import seeds
+from pftlab.reporting.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["dpo", "rloo", "hypo", "ppo"]  # smoke.yaml; trained as LoRA adapters (policy.reference: lora)
@@ -249,7 +251,7 @@ def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_pol
 
 
 def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
-    """`python -m pftlab.seeds` reads `dvc exp show --json`: here the committed smoke run stands for another seed."""
+    """`python -m pftlab.reporting.seeds` reads `dvc exp show --json`: here the committed smoke run stands for another seed."""
     repo = smoke_run
     git = ["git", "-c", "user.email=test@pftlab", "-c", "user.name=test"]
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
@@ -286,3 +288,18 @@ def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry  # DVC's plan for `dvc repro`: no training stage
+
+
+def test_dvc_exp_run_sets_small_floats_lists_and_nested_keys(smoke_run):
+    """Runs last. `dvc exp run -S` writes params.yaml back as YAML 1.2 (`lr: 2e-05`, which YAML 1.1 reads as
+    a string); the stages read it as the number it is, and lists and nested keys arrive as set."""
+    repo = smoke_run
+    dvc(repo, "exp", "run", "-S", "policy.lr=2e-5", "-S", "algos.dpo.beta=0.25", "-S", "algorithms=[dpo]",
+        "-S", "variants.algorithms=[dpo]")
+    written = (repo / "params.yaml").read_text()
+    assert re.search(r"^  lr: 2e-0?5$", written, re.M), "DVC no longer writes the YAML 1.2 form this test is about"
+    p = load_params(repo / "params.yaml")
+    assert p["policy.lr"] == 2e-5 and p["algos.dpo.beta"] == 0.25 and p["algorithms"] == ["dpo"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["policy@dpo"]["params"]["params.yaml"]
+    assert float(lock["policy"]["lr"]) == 2e-5 and lock["algos.dpo"]["beta"] == 0.25
+    assert load(repo, "policy/dpo.json")["steps"] > 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pftlab.params import check_algorithm_params, load_params
+from pftlab.core.params import check_algorithm_params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "params" / "presets").glob("*.yaml"))

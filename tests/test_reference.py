@@ -2,9 +2,9 @@
 policy and not the reference; the saved (merged) policy is the trained one."""
 import torch
 
-from pftlab.model import load_policy, pack, sequence_logprobs
-from pftlab.reference import AdapterDisabledReference, policy_and_reference, save_policy, trainable_parameters, weight_copies
-from pftlab.tokenizer import train_tokenizer
+from pftlab.lm.model import load_policy, pack, sequence_logprobs
+from pftlab.lm.reference import AdapterDisabledReference, policy_and_reference, save_policy, weight_copies
+from pftlab.lm.tokenizer import train_tokenizer
 from tests.test_model import PAD, tiny_model
 
 
@@ -21,7 +21,7 @@ def test_lora_reference_is_the_base_model_and_training_moves_only_the_policy(tmp
     assert torch.allclose(sequence_logprobs(ref, seqs), base_logp, atol=1e-6)
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)  # only the adapter trains
-    opt = torch.optim.SGD(trainable_parameters(policy), lr=0.5)
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
     for _ in range(5):
         loss = -sequence_logprobs(policy, seqs).mean()
         opt.zero_grad()

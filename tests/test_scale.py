@@ -8,16 +8,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from pftlab.checkpoint import Checkpointer
-from pftlab.errors import ParamError
-from pftlab.model import load_policy
-from pftlab.optimization import full_weights, shard_reference
-from pftlab.reference import policy_and_reference, save_policy
-from pftlab.tokenizer import train_tokenizer
-from pftlab.algorithms import ALGORITHMS
-from pftlab.stage import seed_everything
-from pftlab.trainer import OfflinePairs, train_policy
-from tests.test_checkpoint import CFG, EOS, HP, PAD, Crash, CrashAt, in_tmp_and_signals_restored, run_policy  # noqa: F401
+from pftlab.algorithms.table import ALGORITHMS
+from pftlab.core.checkpoint import Checkpointer
+from pftlab.core.errors import ParamError
+from pftlab.core.stage import seed_everything
+from pftlab.lm.model import load_policy
+from pftlab.lm.reference import policy_and_reference, save_policy
+from pftlab.lm.tokenizer import train_tokenizer
+from pftlab.training.loop import train_policy
+from pftlab.training.optimization import full_weights, shard_reference
+from pftlab.training.sources import OfflinePairs
+from tests.test_checkpoint import (
+    CFG,
+    EOS,
+    HP,
+    PAD,
+    Crash,
+    CrashAt,
+    in_tmp_and_signals_restored,  # noqa: F401 - an autouse fixture, found by name
+    loop_config,
+    run_policy,
+)
 from tests.test_model import tiny_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
@@ -42,11 +53,12 @@ def dpo_run(tmp_path, cfg, reference="frozen_copy", checkpointer=None, tracker=N
     if not (tmp_path / name).exists():
         tiny_model(seed=1).save_pretrained(tmp_path / name)
     seed_everything(0)  # after: tiny_model seeds the global generator, and LoRA's init draws from it
-    policy, ref = policy_and_reference(tmp_path / name, reference, 4, 8, cfg.get("gradient_checkpointing", False))
-    if cfg.get("deepspeed") and reference == "frozen_copy":
-        ref = shard_reference(ref, cfg["deepspeed"])
+    cfg = loop_config(cfg)
+    policy, ref = policy_and_reference(tmp_path / name, reference, 4, 8, bool(cfg.gradient_checkpointing))
+    if cfg.deepspeed and reference == "frozen_copy":
+        ref = shard_reference(ref, cfg.deepspeed)
     pairs = [{"prompt_ids": [3 + i % 5], "chosen_ids": [7, 8, EOS], "rejected_ids": [9, EOS]} for i in range(6)]
-    history = train_policy(ALGORITHMS["dpo"], HP["dpo"], cfg, policy, ref, OfflinePairs(pairs, PAD, 0), None, tracker,
+    history = train_policy(ALGORITHMS["dpo"], HP["dpo"], cfg, 0, policy, ref, OfflinePairs(pairs, PAD, 0), None, tracker,
                            checkpointer=checkpointer)
     return history, policy
 

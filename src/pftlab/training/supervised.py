@@ -1,0 +1,69 @@
+"""The minibatch loop that SFT and the reward model share: a seeded shuffle per epoch, then one
+`step.training_step` per minibatch (AdamW with the section's warmup, schedule and clipping through
+`optimization.Updater`, plain or DeepSpeed, micro-batches; a non-finite step skipped up to the section's
+`skip_nonfinite_steps`, else the stage stops), checkpoint and resume."""
+import torch
+from tqdm.auto import tqdm
+
+from pftlab.core import checkpoint, distributed
+from pftlab.training import optimization
+from pftlab.training.config import SupervisedConfig
+from pftlab.training.step import NonFiniteSteps, micro_batching, training_step
+
+
+def train_supervised(model, examples: list, cfg: SupervisedConfig, seed: int, batch_loss, *, section: str,
+                     evaluate=None, eval_every: int = 25, tracker=None, checkpointer=None, desc="train"):
+    """`batch_loss(list of examples) -> (loss, stats dict)`; `evaluate() -> dict` every `eval_every` steps and
+    at the last. `cfg`: the params section (`sft`, `reward_model`) with its optimiser knobs. Returns the
+    per-step history."""
+    steps_per_epoch = -(-len(examples) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    rank, world = distributed.rank(), distributed.world_size()
+    micro = micro_batching(f"{section}.batch_size", cfg.batch_size, cfg.micro_batch_size, world)
+    updater = optimization.Updater(model, list(model.parameters()), cfg, total, micro.accumulation, micro.size,
+                                   cfg.weight_decay, cfg.deepspeed)
+    nonfinite = NonFiniteSteps(cfg.skip_nonfinite_steps or 0, f"{section}.skip_nonfinite_steps", checkpointer)
+    generator = torch.Generator().manual_seed(seed)
+    run = {"epoch": 0, "order": None, "position": 0, "step": 0, "skipped": 0, "history": []}
+    if checkpointer is not None:
+        updater.engine_dir = checkpoint.engine_dir(checkpointer.stage)
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        run.update(saved["run"])
+        if saved["model"]:  # DeepSpeed: the weights are in its own checkpoint
+            checkpoint.load_trainable_state(model, saved["model"])
+        updater.load_state_dict(saved["updater"])
+        checkpoint.set_rng_state(saved["rng"], generator)
+    nonfinite.count = run["skipped"]
+
+    def snapshot():
+        run["skipped"] = nonfinite.count
+        weights = checkpoint.trainable_state(model) if updater.engine is None else {}
+        return {"step": run["step"], "run": run, "model": weights,
+                "updater": updater.state_dict(), "rng": checkpoint.rng_state(generator)}
+
+    model.train()
+    bar = tqdm(total=total, initial=run["step"], desc=desc, disable=None)
+    while run["epoch"] < cfg.epochs:
+        if run["order"] is None:
+            run["order"], run["position"] = torch.randperm(len(examples), generator=generator).tolist(), 0
+        while run["position"] < len(examples):
+            step = run["step"]
+            chunk = [examples[j] for j in run["order"][run["position"] : run["position"] + cfg.batch_size]]
+            mine = chunk[rank::world]  # this process's share of the batch (all of it on one device)
+            loss, stats, _ = training_step(updater, mine, batch_loss, micro.size, nonfinite, step,
+                                           f"{desc}, epoch {run['epoch']}")
+            row = {"step": step, "epoch": run["epoch"], "train_loss": loss, **stats}
+            if evaluate is not None and (step % eval_every == 0 or step == total - 1):
+                row |= evaluate()
+                model.train()
+            run["history"].append(row)
+            if tracker is not None:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            run["step"], run["position"] = step + 1, run["position"] + cfg.batch_size
+            bar.update(1)
+            if checkpointer is not None:
+                checkpointer.step_done(run["step"], snapshot)
+        run["epoch"], run["order"] = run["epoch"] + 1, None
+    bar.close()
+    return run["history"]

@@ -1,0 +1,166 @@
+"""DVC deps that cannot drift: every stage declares each project module its script imports, transitively.
+
+The closure of a stage is computed with `ast` (pftlab.core.deps) from the script in its cmd. The
+dvc.yaml test is the one that guards edits; the dvc.lock test checks what DVC actually recorded, and
+passes once the lock has been refreshed (`dvc commit` / `dvc repro`) after the deps changed.
+Fix a failure with: python -m pftlab.core.deps --write
+"""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pftlab.core import deps
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = "run `python -m pftlab.core.deps --write` (then `dvc commit` for dvc.lock)"
+
+
+def _yaml_stages():
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def dvc_stages():
+    """The pipeline as DVC expands it (foreach/matrix items, ${...} resolved), by DVC's own reader."""
+    pytest.importorskip("dvc")
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return list(repo.index.stages)
+
+
+def _lock_entries(dvc_stages):
+    """dvc.lock's entries for the stages the pipeline has now (DVC keeps entries of removed ones)."""
+    current = {s.addressing for s in dvc_stages}
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    return {name: entry for name, entry in lock.items() if name in current}
+
+
+def _spec(stage: dict) -> dict:
+    return stage["do"] if "do" in stage else stage  # foreach keeps cmd and deps under do; matrix does not
+
+
+def _cmd(cmd) -> str:
+    return " && ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def _missing_report(missing: dict[str, list[str]], where: str) -> str:
+    lines = [f"{where}: stages do not declare project modules their scripts import ({FIX}):"]
+    lines += [f"  {stage}: {', '.join(mods)}" for stage, mods in sorted(missing.items())]
+    return "\n".join(lines)
+
+
+def test_every_imported_module_is_a_dep_in_dvc_yaml():
+    missing, checked = {}, 0
+    for name, stage in _yaml_stages().items():
+        spec = _spec(stage)
+        scripts, closure = deps.stage_closure(_cmd(spec["cmd"]), ROOT)
+        if not scripts:
+            continue
+        checked += 1
+        for script in scripts:  # guard against a closure that silently comes back empty
+            if "pftlab" in (ROOT / script).read_text():
+                assert "src/pftlab/__init__.py" in closure, f"{name}: closure of {script} misses the package"
+        declared = set(spec.get("deps") or [])
+        lost = [m for m in scripts + closure if m not in declared]
+        if lost:
+            missing[name] = lost
+    assert checked, "no stage in dvc.yaml runs a python script: the check checked nothing"
+    assert not missing, _missing_report(missing, "dvc.yaml")
+
+
+def test_every_imported_module_is_a_dep_in_dvc_lock(dvc_stages):
+    """dvc.lock holds the expanded stages (policy@dpo, ...) with the deps DVC hashed for each run."""
+    missing, checked = {}, 0
+    for name, entry in _lock_entries(dvc_stages).items():
+        scripts, closure = deps.stage_closure(_cmd(entry["cmd"]), ROOT)
+        if not scripts:
+            continue
+        checked += 1
+        recorded = {d["path"] for d in entry.get("deps") or []}
+        lost = [m for m in scripts + closure if m not in recorded]
+        if lost:
+            missing[name] = lost
+    assert checked, "no stage in dvc.lock runs a python script: the check checked nothing"
+    assert not missing, _missing_report(missing, "dvc.lock")
+
+
+def test_closure_follows_transitive_function_level_and_from_package_imports(tmp_path):
+    files = {
+        "stages/run.py": "import os\nimport torch\nfrom mypkg import sub, VALUE\nimport mypkg.a as a\nimport helper\n",
+        "stages/helper.py": "X = 1\n",  # a sibling of the script: sys.path[0] when run as `python stages/run.py`
+        "src/mypkg/__init__.py": "VALUE = 1\n",
+        "src/mypkg/sub.py": "def f():\n    from mypkg.deep.leaf import thing\n    return thing\n",
+        "src/mypkg/deep/__init__.py": "from . import rel\n",
+        "src/mypkg/deep/leaf.py": "thing = 1\n",
+        "src/mypkg/deep/rel.py": "try:\n    import numpy\nexcept ImportError:\n    pass\n",
+        "src/mypkg/a.py": "from .b import x\n",
+        "src/mypkg/b.py": "x = 1\n",
+        "src/mypkg/unused.py": "import mypkg.sub\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert deps.import_closure("stages/run.py", tmp_path) == [
+        "src/mypkg/__init__.py", "src/mypkg/a.py", "src/mypkg/b.py", "src/mypkg/deep/__init__.py",
+        "src/mypkg/deep/leaf.py", "src/mypkg/deep/rel.py", "src/mypkg/sub.py", "stages/helper.py"]
+    # `from package import name` where name is not a module adds only the package
+    (tmp_path / "stages/two.py").write_text("from mypkg import VALUE\n")
+    assert deps.import_closure(tmp_path / "stages/two.py", tmp_path) == ["src/mypkg/__init__.py"]
+
+
+def test_write_makes_code_deps_the_closure_and_keeps_the_rest(tmp_path):
+    (tmp_path / "src/pkg").mkdir(parents=True)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "src/pkg/__init__.py").write_text("")
+    (tmp_path / "src/pkg/used.py").write_text("from pkg import more\n")
+    (tmp_path / "src/pkg/more.py").write_text("")
+    (tmp_path / "src/pkg/gone.py").write_text("")
+    (tmp_path / "stages/s.py").write_text("def main():\n    from pkg.used import x\n")
+    text = ("# top comment\nstages:\n  one:\n    foreach: ${things}\n    do:\n      cmd: python stages/s.py ${item}\n"
+            "      deps:\n        - stages/s.py\n        # data comes next\n        - src/pkg/gone.py\n"
+            "        - data/in/${item}.txt\n        - src/pkg/used.py  # why\n      outs:\n        - out/${item}\n"
+            "  two:\n    cmd: ${launch} stages/s.py\n    deps:\n    - data/x\n    - src/pkg/keep.py  # deps: keep\n"
+            "    outs:\n    - y\n")
+    (tmp_path / "dvc.yaml").write_text(text)
+    assert deps.main(["--check", "--root", str(tmp_path)]) == 1
+    assert deps.main(["--write", "--root", str(tmp_path)]) == 0
+    new = (tmp_path / "dvc.yaml").read_text()
+    assert deps.main(["--check", "--root", str(tmp_path)]) == 0
+    assert deps.main(["--write", "--root", str(tmp_path)]) == 0 and (tmp_path / "dvc.yaml").read_text() == new
+    doc = yaml.safe_load(new)
+    closure = ["src/pkg/__init__.py", "src/pkg/more.py", "src/pkg/used.py"]
+    assert doc["stages"]["one"]["do"]["deps"] == ["stages/s.py", *closure, "data/in/${item}.txt"]
+    assert doc["stages"]["two"]["deps"] == ["stages/s.py", *closure, "data/x", "src/pkg/keep.py"]
+    assert doc["stages"]["one"]["do"]["outs"] == ["out/${item}"] and doc["stages"]["two"]["outs"] == ["y"]
+    assert "# top comment" in new and "# data comes next" in new and "src/pkg/used.py  # why" in new
+
+
+def test_no_dep_points_at_a_missing_file(dvc_stages):
+    """After a move, a dep left at the old path is a file that no stage makes and that does not exist.
+    Code deps must exist; any other dep must exist or be an output of some stage (or lie inside one)."""
+    from dvc.dependency.param import ParamsDependency
+
+    stages = dvc_stages
+    outs = {o.def_path.rstrip("/") for s in stages for o in s.outs}
+
+    def made(path: str) -> bool:
+        return any(path == o or path.startswith(o + "/") or o.startswith(path + "/") for o in outs)
+
+    stale = []
+    for s in stages:
+        for d in s.deps:
+            if isinstance(d, ParamsDependency):
+                continue
+            path = d.def_path.rstrip("/")
+            if (ROOT / path).exists() or (not path.endswith(".py") and made(path)):
+                continue
+            stale.append(f"{s.addressing}: {path}")
+    assert stages and not stale, "deps that point at nothing:\n  " + "\n  ".join(stale)
+
+
+def test_code_deps_in_dvc_lock_exist(dvc_stages):
+    stale = [f"{name}: {d['path']}" for name, entry in _lock_entries(dvc_stages).items()
+             for d in entry.get("deps") or [] if d["path"].endswith(".py") and not (ROOT / d["path"]).exists()]
+    assert not stale, f"dvc.lock records code deps that no longer exist ({FIX}):\n  " + "\n  ".join(stale[:40])

@@ -9,8 +9,9 @@ from pftlab.core.params import check_batch
 from pftlab.core.paths import SFT_MODEL, task_from_argv
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.model import load_tokenizer
-from pftlab.lm.reward_model import evaluate_reward_model, new_reward_model, train_reward_model
+from pftlab.lm.reward_model import evaluate_reward_model, new_reward_model
 from pftlab.training.optimization import full_weights
+from pftlab.training.supervised import train_reward_model
 
 TASK = task_from_argv()
 

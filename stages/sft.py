@@ -8,8 +8,8 @@ from pftlab.core.params import check_batch
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.hub import pretrained_model
 from pftlab.lm.model import encode_prompt, encode_response, load_tokenizer, new_policy
-from pftlab.lm.sft import train_sft
 from pftlab.training.optimization import full_weights
+from pftlab.training.supervised import train_sft
 
 
 def main(p, tracker):

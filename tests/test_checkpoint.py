@@ -19,11 +19,10 @@ from pftlab.core import io
 from pftlab.core.checkpoint import Checkpointer, Interrupted, checkpoint_dir
 from pftlab.core.errors import PftlabError
 from pftlab.core.stage import seed_everything
-from pftlab.lm.config import SftConfig
-from pftlab.lm.sft import train_sft
-from pftlab.training.config import PolicyConfig
+from pftlab.training.config import PolicyConfig, SftConfig
 from pftlab.training.loop import train_policy
 from pftlab.training.sources import make_source, sample_and_score
+from pftlab.training.supervised import train_sft
 from tests.test_model import EOS, PAD, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,12 +20,10 @@ from pftlab.lm.config import (
     GoldConfig,
     ModelConfig,
     PairsConfig,
-    RewardModelConfig,
-    SftConfig,
     TokenizerConfig,
     VariantsConfig,
 )
-from pftlab.training.config import CheckpointConfig, PolicyConfig
+from pftlab.training.config import CheckpointConfig, PolicyConfig, RewardModelConfig, SftConfig
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "sft": SftConfig,
             "generation": GenerationConfig, "gold": GoldConfig, "pairs": PairsConfig,

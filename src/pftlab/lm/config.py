@@ -1,9 +1,8 @@
 """The LLM task's params sections, each with its rules (see core/config.py): data, tokenizer, model,
-SFT, generation, gold reward, pairs, reward model, evaluation and the gold-reward variants."""
+generation, gold reward, pairs, evaluation and the gold-reward variants."""
 from dataclasses import dataclass
 
 from pftlab.core.config import fraction_closed, fraction_open, is_bool, knob, list_of, nonneg_int, one_of, pos_int, positive, text
-from pftlab.training.config import SupervisedConfig
 
 GOLD_REWARDS = ("min_length", "mode_length", "skew_length")
 DATASET_LAYOUTS = ("hh_rlhf", "prompt_chosen_rejected", "alpaca_farm")  # hub.LAYOUTS maps each to our columns
@@ -51,11 +50,6 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SftConfig(SupervisedConfig):
-    max_examples: int = knob(pos_int, "a positive integer", None)  # absent: every SFT example
-
-
-@dataclass(frozen=True, kw_only=True)
 class GenerationConfig:
     temperature: float = knob(positive, "a number > 0")
     batch_size: int = knob(pos_int, "a positive integer")
@@ -74,11 +68,6 @@ class PairsConfig:
     bt_scale: float = knob(positive, "a number > 0")
     source: str = knob(one_of(PAIR_SOURCES), "sft_samples (two SFT samples labelled by the gold reward) or human "
                        "(the data's own labels)", None)  # absent: sft_samples
-
-
-@dataclass(frozen=True, kw_only=True)
-class RewardModelConfig(SupervisedConfig):
-    eval_fraction: float = knob(fraction_open, "a number in (0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,9 +8,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from pftlab.algorithms.losses import bradley_terry_loss
 from pftlab.lm.model import Sequences, batched, pack_pairs
-from pftlab.training.supervised import train_supervised
 
 
 def new_reward_model(sft_dir):
@@ -48,13 +46,3 @@ def evaluate_reward_model(rm, pairs, pad_id) -> dict:
     strict = g_w != g_l
     gold_acc = float(((s_w.numpy() > s_l.numpy()) == (g_w > g_l))[strict].mean()) if strict.any() else float("nan")
     return out | {"gold_order_accuracy": gold_acc, "gold_correlation": corr}
-
-
-def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None, checkpointer=None):
-    def batch_loss(chunk):
-        chosen, rejected = pack_pairs(chunk, pad_id)
-        loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
-        return loss, {"train_accuracy": stats["accuracy"]}
-
-    return train_supervised(rm, train_pairs, cfg, seed, batch_loss, section="reward_model", tracker=tracker,
-                            checkpointer=checkpointer, desc="reward model")

@@ -1,9 +1,7 @@
-"""Supervised fine-tuning: next-token loss on reply tokens only."""
+"""SFT's held-out loss: mean negative log-likelihood per reply token (training is training/supervised.train_sft)."""
 import torch
 
-from pftlab.algorithms.losses import sft_loss
 from pftlab.lm.model import pack, target_mask, token_logprobs
-from pftlab.training.supervised import train_supervised
 
 
 @torch.no_grad()
@@ -18,16 +16,3 @@ def eval_loss(model, examples, pad_id, batch_size=64):
         count += mask.sum().item()
     model.train()
     return total / max(count, 1)
-
-
-def train_sft(model, train, held_out, cfg, pad_id, seed, tracker=None, eval_every=25, checkpointer=None):
-    """`train`/`held_out`: lists of (prompt_ids, response_ids). Returns per-step history."""
-
-    def batch_loss(chunk):
-        seqs = pack([c[0] for c in chunk], [c[1] for c in chunk], pad_id)
-        loss, _ = sft_loss(token_logprobs(model, seqs), target_mask(seqs))
-        return loss, {}
-
-    return train_supervised(model, train, cfg, seed, batch_loss, section="sft",
-                            evaluate=lambda: {"eval_loss": eval_loss(model, held_out, pad_id)}, eval_every=eval_every,
-                            tracker=tracker, checkpointer=checkpointer, desc="sft")

@@ -1,8 +1,8 @@
-"""The training loops' params: the optimiser knobs every loop reads (`sft`, `reward_model`, `policy`,
-`token_bandit`) and the policy loop's own, each with its rule (see core/config.py)."""
+"""The training loops' params, each with its rule (see core/config.py): the optimiser knobs every loop reads
+(`sft`, `reward_model`, `policy`, `token_bandit`), the supervised sections and the policy loop's own."""
 from dataclasses import dataclass
 
-from pftlab.core.config import is_bool, knob, nonneg, nonneg_int, one_of, pos_int, positive, text
+from pftlab.core.config import fraction_open, is_bool, knob, nonneg, nonneg_int, one_of, pos_int, positive, text
 
 LR_SCHEDULES = ("cosine", "linear", "constant")  # after warmup; optimization.py maps them to transformers' names
 REFERENCES = ("frozen_copy", "lora")
@@ -31,6 +31,18 @@ class SupervisedConfig(OptimizerKnobs, ScaleKnobs):
     epochs: int = knob(pos_int, "a positive integer")
     batch_size: int = knob(pos_int, "a positive integer")
     weight_decay: float = knob(nonneg, "a number >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SftConfig(SupervisedConfig):
+    """`sft`: prompt -> chosen reply."""
+    max_examples: int = knob(pos_int, "a positive integer", None)  # absent: every SFT example
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardModelConfig(SupervisedConfig):
+    """`reward_model`: Bradley-Terry on the task's pairs."""
+    eval_fraction: float = knob(fraction_open, "a number in (0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)

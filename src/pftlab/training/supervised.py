@@ -1,11 +1,15 @@
-"""The minibatch loop that SFT and the reward model share: a seeded shuffle per epoch, then one
+"""The minibatch loop that SFT and the reward model share (`train_sft`, `train_reward_model`): a seeded shuffle per epoch, then one
 `step.training_step` per minibatch (AdamW with the section's warmup, schedule and clipping through
 `optimization.Updater`, plain or DeepSpeed, micro-batches; a non-finite step skipped up to the section's
 `skip_nonfinite_steps`, else the stage stops), checkpoint and resume."""
 import torch
 from tqdm.auto import tqdm
 
+from pftlab.algorithms.losses import bradley_terry_loss, sft_loss
 from pftlab.core import checkpoint, distributed
+from pftlab.lm.model import pack, pack_pairs, target_mask, token_logprobs
+from pftlab.lm.reward_model import score
+from pftlab.lm.sft import eval_loss
 from pftlab.training import optimization
 from pftlab.training.config import SupervisedConfig
 from pftlab.training.step import NonFiniteSteps, micro_batching, training_step
@@ -67,3 +71,28 @@ def train_supervised(model, examples: list, cfg: SupervisedConfig, seed: int, ba
         run["epoch"], run["order"] = run["epoch"] + 1, None
     bar.close()
     return run["history"]
+
+
+# --- the two supervised trainings of the pipeline ----------------------------------------------------
+def train_sft(model, train, held_out, cfg, pad_id, seed, tracker=None, eval_every=25, checkpointer=None):
+    """`train`/`held_out`: lists of (prompt_ids, response_ids). Returns per-step history."""
+
+    def batch_loss(chunk):
+        seqs = pack([c[0] for c in chunk], [c[1] for c in chunk], pad_id)
+        loss, _ = sft_loss(token_logprobs(model, seqs), target_mask(seqs))
+        return loss, {}
+
+    return train_supervised(model, train, cfg, seed, batch_loss, section="sft",
+                            evaluate=lambda: {"eval_loss": eval_loss(model, held_out, pad_id)}, eval_every=eval_every,
+                            tracker=tracker, checkpointer=checkpointer, desc="sft")
+
+
+def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None, checkpointer=None):
+    """Bradley-Terry on preference pairs (dicts of prompt_ids / chosen_ids / rejected_ids)."""
+    def batch_loss(chunk):
+        chosen, rejected = pack_pairs(chunk, pad_id)
+        loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
+        return loss, {"train_accuracy": stats["accuracy"]}
+
+    return train_supervised(rm, train_pairs, cfg, seed, batch_loss, section="reward_model", tracker=tracker,
+                            checkpointer=checkpointer, desc="reward model")

@@ -257,6 +257,7 @@ class Stage:
     items: list[DepItem] = field(default_factory=list)
     item_indent: int | None = None
     wdir: str | None = None
+    params: list[str] = field(default_factory=list)  # the stage's params keys (params.yaml), as written
 
     @property
     def paths(self) -> list[str]:
@@ -289,6 +290,12 @@ def read_stages(text: str) -> list[Stage]:
             m = _KEY.match(lines[body["wdir"][0]].rstrip())
             wdir = _scalar(m.group(5) or "") if m else None
         st = Stage(name, cmd, None, None, wdir=wdir)
+        if "params" in body:
+            p0, p1 = body["params"]
+            for i in range(p0 + 1, p1):
+                im = _ITEM.match(lines[i])
+                if im is not None and not _is_blank(lines[i]):
+                    st.params.append(_scalar(im.group(2)).rstrip(":"))
         if "deps" in body:
             k0, k1 = body["deps"]
             m = _KEY.match(lines[k0].rstrip())
@@ -361,6 +368,23 @@ def stage_closure(cmd: str, root: str | os.PathLike) -> tuple[list[str], list[st
     return scripts, sorted(mods - set(scripts))
 
 
+def params_closure(keys: list[str], root: str | os.PathLike) -> list[str]:
+    """The modules that checking these params keys imports: core/params.py loads each section's dataclass
+    only when that section is checked, so a stage depends on the config modules of its own sections only."""
+    registry = Path(root) / "src" / "pftlab" / "core" / "params.py"
+    if not keys or not registry.exists():
+        return []
+    from pftlab.core.params import section_modules  # torch-free
+
+    mods = set()
+    for key in keys:
+        for module in section_modules(key.replace("${item}", "x")):
+            path = Path(root) / "src" / (module.replace(".", "/") + ".py")
+            mods.add(path.relative_to(root).as_posix())
+            mods.update(import_closure(path, root, search=[Path(root) / "src"], module=module))
+    return sorted(mods)
+
+
 def is_code_dep(path: str, scripts: list[str]) -> bool:
     return path.endswith(".py") and path.startswith(CODE_DIRS) and path not in scripts
 
@@ -380,6 +404,7 @@ def plan(text: str, root: str | os.PathLike) -> list[Plan]:
         if st.wdir not in (None, ".", "./"):
             raise ValueError(f"dvc.yaml, stage {st.name}: wdir {st.wdir!r} is not supported")
         scripts, closure = stage_closure(st.cmd, root)
+        closure = sorted(set(closure) | set(params_closure(st.params, root)))
         if not scripts and not closure:
             plans.append(Plan(st, [], [], [], []))
             continue

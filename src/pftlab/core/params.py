@@ -4,32 +4,28 @@ Each section's keys and rules are a dataclass beside the code that reads it (see
 module maps section names to them, reads the file (YAML 1.2 numbers: `2e-05`, as `dvc exp run -S` writes
 them, is a number), refuses unknown keys (suggesting the closest) and builds typed sections. Torch-free.
 """
+import difflib
+import importlib
 import re
 from pathlib import Path
 
 import yaml
 
-from pftlab.algorithms.hyperparameters import ALGORITHM_NAMES, HYPERPARAMETERS
 from pftlab.core import config
 from pftlab.core.errors import ParamError
-from pftlab.didactic.config import BanditConfig, CoverageConfig, TokenBanditConfig
-from pftlab.lm.config import (
-    DataConfig,
-    EvalConfig,
-    GenerationConfig,
-    GoldConfig,
-    ModelConfig,
-    PairsConfig,
-    TokenizerConfig,
-    VariantsConfig,
-)
-from pftlab.training.config import CheckpointConfig, PolicyConfig, RewardModelConfig, SftConfig
 
-SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "sft": SftConfig,
-            "generation": GenerationConfig, "gold": GoldConfig, "pairs": PairsConfig,
-            "reward_model": RewardModelConfig, "variants": VariantsConfig, "policy": PolicyConfig,
-            "checkpoint": CheckpointConfig, "bandit": BanditConfig, "token_bandit": TokenBanditConfig,
-            "coverage": CoverageConfig, "eval": EvalConfig}
+# Each section's dataclass, imported only when that section is checked: a stage imports (and, through
+# `python -m pftlab.core.deps`, declares as DVC deps) the config modules of the sections it reads only.
+SECTIONS = {"data": "pftlab.lm.config.DataConfig", "tokenizer": "pftlab.lm.config.TokenizerConfig",
+            "model": "pftlab.lm.config.ModelConfig", "generation": "pftlab.lm.config.GenerationConfig",
+            "gold": "pftlab.lm.config.GoldConfig", "pairs": "pftlab.lm.config.PairsConfig",
+            "eval": "pftlab.lm.config.EvalConfig", "variants": "pftlab.lm.config.VariantsConfig",
+            "sft": "pftlab.training.config.SftConfig", "reward_model": "pftlab.training.config.RewardModelConfig",
+            "policy": "pftlab.training.config.PolicyConfig", "checkpoint": "pftlab.training.config.CheckpointConfig",
+            "bandit": "pftlab.didactic.config.BanditConfig", "token_bandit": "pftlab.didactic.config.TokenBanditConfig",
+            "coverage": "pftlab.didactic.config.CoverageConfig",
+            "algos": "pftlab.algorithms.hyperparameters.HYPERPARAMETERS",  # algos.<name>: that algorithm's dataclass
+            "algorithms": "pftlab.algorithms.hyperparameters.ALGORITHM_NAMES"}
 TOP_LEVEL = {
     "seed": (config.nonneg_int, "an integer >= 0", True),
     "launch": (config.text, "the command that starts a training stage's python", True),
@@ -39,15 +35,54 @@ TOP_LEVEL = {
 REPLACED_BY = {"data.raw": "data.source", "model.n_layer": "model.pretrained", "model.n_embd": "model.pretrained",
                "model.n_head": "model.pretrained"}
 
-KNOWN = dict(TOP_LEVEL)
-for _name, _cls in SECTIONS.items():
-    KNOWN |= config.rules(_cls, _name)
-for _name, _cls in HYPERPARAMETERS.items():
-    KNOWN |= config.rules(_cls, f"algos.{_name}")
-KNOWN["checkpoint.every_steps"] = KNOWN["checkpoint.every_steps"][:2] + (False,)
-# {key: (rule, what it allows)}: the keys every params file has, and those a preset may add.
-RULES = {k: (rule, want) for k, (rule, want, required) in KNOWN.items() if required is True and not k.startswith("algos.")}
-OPTIONAL = {k: (rule, want) for k, (rule, want, required) in KNOWN.items() if required is not True}
+
+def _load(dotted: str):
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def section_modules(section: str) -> list:
+    """The modules that checking a params section imports: what a stage declaring it depends on."""
+    head = section.split(".")[0]
+    names = [SECTIONS[head]] if head in SECTIONS else []
+    if head in ("algorithms", "variants"):  # both name algorithms
+        names.append(SECTIONS["algorithms"])
+    return sorted({name.rsplit(".", 1)[0] for name in names})
+
+
+def algorithm_names() -> tuple:
+    return _load(SECTIONS["algorithms"])
+
+
+def known_rules(section: str) -> dict:
+    """`{dotted key: (rule, want, required)}` for the keys under one section (or a top-level key)."""
+    head = section.split(".")[0]
+    if head == "algos":
+        hyperparameters = _load(SECTIONS["algos"])
+        names = [section.split(".")[1]] if "." in section else list(hyperparameters)
+        return {k: v for name in names if name in hyperparameters
+                for k, v in config.rules(hyperparameters[name], f"algos.{name}").items()}
+    if head in TOP_LEVEL:
+        return {head: TOP_LEVEL[head]}
+    if head not in SECTIONS:
+        return {}
+    out = config.rules(_load(SECTIONS[head]), head)
+    if head == "checkpoint":  # read by training stages, a DVC param of none: never required
+        out = {k: v[:2] + (False,) for k, v in out.items()}
+    return out
+
+
+def __getattr__(name):
+    """RULES / OPTIONAL, `{key: (rule, what it allows)}` of every section: the keys every params file has,
+    and those a preset may add (computed on first use: they import every section's dataclass)."""
+    if name not in ("RULES", "OPTIONAL"):
+        raise AttributeError(name)
+    known = {}
+    for section in [*TOP_LEVEL, *[s for s in SECTIONS if s not in TOP_LEVEL and "." not in s]]:
+        known |= known_rules(section)
+    required = name == "RULES"
+    return {k: (rule, want) for k, (rule, want, req) in known.items()
+            if (req is True) == required and not (required and k.startswith("algos."))}
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -92,19 +127,24 @@ class Params:
     def check(self, *sections):
         """Validate every known key under the given sections; reject unknown keys there."""
         for section in sections:
-            config.check_tree(self[section], KNOWN, section, self.path, REPLACED_BY, lambda k: self.get(k) is not None)
+            head = section.split(".")[0]
+            if head not in SECTIONS and head not in TOP_LEVEL:
+                close = difflib.get_close_matches(head, [*SECTIONS, *TOP_LEVEL], n=1)
+                raise ParamError(f"{self.path}: unknown section '{head}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            known = known_rules(section)
+            config.check_tree(self[section], known, section, self.path, REPLACED_BY, lambda k: self.get(k) is not None)
         for key in ("algorithms", "variants.algorithms"):
             if key in sections or key.split(".")[0] in sections:
                 for name in self[key]:
-                    if name not in ALGORITHM_NAMES:
+                    if name not in algorithm_names():
                         raise ParamError(f"{self.path}: '{key}' names unknown algorithm {name!r}; "
-                                         f"known: {', '.join(ALGORITHM_NAMES)}")
+                                         f"known: {', '.join(algorithm_names())}")
         return self
 
     def config(self, section: str):
         """The typed, checked section (e.g. `PolicyConfig`); `algos.<name>` gives the algorithm's hyperparameters."""
         self.check(section)
-        cls = HYPERPARAMETERS[section.split(".")[1]] if section.startswith("algos.") else SECTIONS[section]
+        cls = _load(SECTIONS["algos"])[section.split(".")[1]] if section.startswith("algos.") else _load(SECTIONS[section])
         return config.build(cls, self[section], section, self.path)
 
 
@@ -123,8 +163,8 @@ def load_params(path="params.yaml") -> Params:
 
 def check_algorithm_params(p: Params, name: str) -> dict:
     """The hyperparameters of one algorithm: every required one present and in range."""
-    if name not in ALGORITHM_NAMES:
-        raise ParamError(f"{p.path}: unknown algorithm {name!r}; known: {', '.join(ALGORITHM_NAMES)}")
+    if name not in algorithm_names():
+        raise ParamError(f"{p.path}: unknown algorithm {name!r}; known: {', '.join(algorithm_names())}")
     p.check(f"algos.{name}")
     return dict(p[f"algos.{name}"])
 

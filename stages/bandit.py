@@ -1,9 +1,9 @@
-"""Stage bandit: Tajwar et al.'s didactic bandit, every method offline and on-policy on the aligned and
-misaligned rewards over several seeds, and the sample-reuse ablation (metrics/didactic/bandit.json,
-mean curves in metrics/curves/bandit_<reward>.csv and bandit_reuse.csv)."""
+"""Stage bandit: Tajwar et al.'s didactic bandit as the authors ran it: every method offline and on-policy
+on the aligned and misaligned rewards, every seed of a cell in one batched run, and the sample-reuse
+ablation (metrics/didactic/bandit.json; curves, mean and min / max over seeds, in
+metrics/curves/bandit_<reward>_<offline|on_policy>.csv and bandit_reuse.csv)."""
 from statistics import mean
 
-import torch
 from tqdm.auto import tqdm
 
 from pftlab.core.io import write_csv
@@ -11,54 +11,48 @@ from pftlab.core.stage import run_stage
 from pftlab.didactic import bandit
 
 
-def mean_curves(runs: dict, x: str) -> list:
-    """Wide table: one row per logged step; per run label, the eval reward and the samples drawn so far,
-    averaged over seeds."""
-    labels = list(runs)
+def wide_curves(curves: dict) -> list:
+    """One row per logged step; per label its eval reward averaged over seeds, the seeds' min and max, and
+    the samples drawn so far."""
+    labels = list(curves)
     rows = []
-    for i, point in enumerate(runs[labels[0]][0]):
-        row = {x: point[x]}
+    for i, point in enumerate(curves[labels[0]]):
+        row = {"step": point["step"]}
         for label in labels:
-            row[label] = mean(seed_curve[i]["reward"] for seed_curve in runs[label])
-            row[f"{label}_samples"] = mean(seed_curve[i]["samples"] for seed_curve in runs[label])
+            rewards = curves[label][i]["reward"]
+            row |= {label: mean(rewards), f"{label}_min": min(rewards), f"{label}_max": max(rewards),
+                    f"{label}_samples": curves[label][i]["samples"]}
         rows.append(row)
     return rows
 
 
 def main(p, tracker):
-    torch.set_num_threads(1)  # tensors of a few thousand numbers: threads cost more than they give
+
+    cfg = p.config("bandit")
     b = p["bandit"]
-    hp = {k: b[k] for k in ("train_contexts", "eval_contexts", "fit_steps", "lr", "beta", "min_reward_gap", "clip",
-                            "kl_coef", "entropy_coef", "rwr_temperature", "rwr_max_weight")}
-    jobs = [(r, m, s, seed) for r in b["rewards"] for m in b["methods"] for s in ("offline", "on_policy") for seed in b["seeds"]]
-    jobs += [("misaligned", m, f"reuse_{t}", seed) for m in b["reuse_methods"] for t in b["reuse_values"] for seed in b["seeds"]]
+    jobs = [(r, m, s) for r in b["rewards"] for m in cfg.methods for s in ("offline", "on_policy")]
+    jobs += [("misaligned", m, f"reuse_{t}") for m in cfg.reuse.methods for t in cfg.reuse.values]
     results, curves = {}, {}
-    for reward_name, method, sampling, seed in tqdm(jobs, desc="bandit runs", disable=None):
-        reward = bandit.peaked_reward(b["rewards"][reward_name], b["reward_width"])
-        if sampling.startswith("reuse_"):  # N*T samples per collection, steps/T collections: totals fixed
-            t = int(sampling.split("_")[1])
-            curve = bandit.run(method, reward, "on_policy", hp, seed, b["steps"], t, b["samples_per_context"] * t,
-                               group_size=b["samples_per_context"])
-        else:
-            curve = bandit.run(method, reward, sampling, hp, seed, b["steps"], b["reuse"], b["samples_per_context"])
+    for reward_name, method, sampling in tqdm(jobs, desc="bandit cells (all seeds at once)", disable=None):
+        reward = bandit.peaked_reward(b["rewards"][reward_name], cfg.reward_width)
+        hp = bandit.method_hyperparameters(cfg, method, sampling)
+        out = bandit.run(method, reward, hp, cfg.seeds, **bandit.cell_schedule(cfg, method, sampling))
         key = f"{reward_name}/{method}/{sampling}"
-        curves.setdefault(key, []).append(curve)
-        results.setdefault(key, {"final_reward": [], "final_kl": [], "mean_reward": [], "samples": []})
-        results[key]["final_reward"].append(curve[-1]["reward"])
-        results[key]["final_kl"].append(curve[-1]["kl"])
-        results[key]["mean_reward"].append(mean(row["reward"] for row in curve))  # area under the curve: speed
-        results[key]["samples"].append(curve[-1]["samples"])
+        results[key] = {k: out[k] for k in ("final_reward", "final_kl", "mean_reward", "samples")}
+        curves[key] = out["curve"]
     for reward_name in b["rewards"]:
-        runs = {f"{m}_{s}": curves[f"{reward_name}/{m}/{s}"] for m in b["methods"] for s in ("offline", "on_policy")}
-        write_csv(f"metrics/curves/bandit_{reward_name}.csv", mean_curves(runs, "step"))
-    reuse_runs = {f"{m}_T{t}": curves[f"misaligned/{m}/reuse_{t}"] for m in b["reuse_methods"] for t in b["reuse_values"]}
-    write_csv("metrics/curves/bandit_reuse.csv", mean_curves(reuse_runs, "step"))
+        for sampling in ("offline", "on_policy"):
+            cells = {m: curves[f"{reward_name}/{m}/{sampling}"] for m in cfg.methods}
+            write_csv(f"metrics/curves/bandit_{reward_name}_{sampling}.csv", wide_curves(cells))
+    reuse = {f"{m}_T{t}": curves[f"misaligned/{m}/reuse_{t}"] for m in cfg.reuse.methods for t in cfg.reuse.values}
+    write_csv("metrics/curves/bandit_reuse.csv", wide_curves(reuse))
     ref = bandit.reference_distribution()
     summary = {"reference": {"mode_interior": int(ref[5:95].argmax()) + 5, "mass_10_30": float(ref[10:31].sum()),
                              "mass_60_80": float(ref[60:81].sum())},
-               "expected_reward_under_ref": {name: float((ref * bandit.peaked_reward(peak, b["reward_width"])).sum())
+               "expected_reward_under_ref": {name: float((ref * bandit.peaked_reward(peak, cfg.reward_width)).sum())
                                              for name, peak in b["rewards"].items()},
-               "seeds": b["seeds"], "runs": results}
+               "seeds": cfg.seeds, "statistic": "final_reward: mean exact eval reward over the last 5 steps, per seed",
+               "runs": results}
     tracker.log_metrics({f"{key.replace('/', '.')}.final_reward": mean(v["final_reward"]) for key, v in results.items()})
     return summary
 

@@ -19,3 +19,12 @@ def test_scale_knobs_bench_runs_and_its_memory_numbers_hold(tmp_path):
     assert result["gradient_checkpointing_saved_activations_ratio"] < 0.5  # layers' activations recomputed
     assert all(result[k] > 0 for k in ("kv_cache_speedup", "gradient_checkpointing_time_ratio",
                                        "four_micro_batches_time_ratio", "lora_reference_time_ratio"))
+
+
+def test_bandit_seeds_bench_runs(tmp_path):
+    out = tmp_path / "seeds.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bandit_seeds.py"), "--seeds", "2", "--collections", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["seeds"] == 2 and result["speedup"] > 0

@@ -29,25 +29,11 @@ def test_peaked_rewards_and_their_value_under_the_reference():
     assert (ref * misaligned).sum().item() == pytest.approx(0.04, abs=0.01)
 
 
-def test_policy_fitted_to_the_reference_and_offline_data_rarely_covers_the_misaligned_peak():
-    torch.manual_seed(0)
-    contexts = torch.rand(10, bandit.CONTEXT_DIM)
-    log_ref = bandit.reference_distribution().log().clamp(min=-30)
-    policy = bandit.fit_to_reference(bandit.MLPPolicy(), contexts, log_ref, steps=100)
-    with torch.no_grad():
-        logp = policy(contexts)
-    assert (logp.exp() * (logp - log_ref)).sum(-1).mean().item() < 0.1
+def test_offline_data_from_pi_ref_rarely_covers_the_misaligned_peak():
+    log_ref = bandit.log_reference()
     actions = torch.multinomial(log_ref.exp().expand(1000, -1), 10, replacement=True, generator=torch.Generator().manual_seed(0))
     near = lambda peak: ((actions - peak).abs() <= 10).float().mean().item()
-    assert near(70) < 0.08 < 0.4 < near(20)  # offline samples from pi_ref: the misaligned peak is rarely seen
-
-
-def test_on_policy_ppo_climbs_toward_the_misaligned_peak():
-    hp = {"train_contexts": 5, "eval_contexts": 20, "fit_steps": 50, "lr": 1e-3, "beta": 0.1, "min_reward_gap": 0.01,
-          "clip": 0.2, "kl_coef": 0.0, "entropy_coef": 0.0, "rwr_temperature": 0.1, "rwr_max_weight": 100.0}
-    curve = bandit.run("ppo", bandit.peaked_reward(70), "on_policy", hp, seed=0, steps=150, reuse=5, samples_per_context=10)
-    assert curve[-1]["reward"] > curve[0]["reward"] + 0.1
-    assert curve[-1]["samples"] == 150 // 5 * 5 * 10  # a collection of N per context every T steps
+    assert near(70) < 0.08 < 0.4 < near(20)
 
 
 # --- Song et al.'s coverage problems ----------------------------------------------------------------

@@ -1,21 +1,25 @@
-"""Tajwar et al.'s didactic contextual bandit (docs/SETUPS.md): 100 actions, 100-dim contexts, pi_ref the
-histogram of tanh(Cauchy(-0.7, 0.4)), a reward peaked where pi_ref is likely (aligned, peak 20) or
-unlikely (misaligned, peak 70), an MLP policy fitted to pi_ref, N samples per context per collection.
+"""Tajwar et al.'s didactic contextual bandit, as the authors ran it (docs/SETUPS.md, "Didactic bandit"):
+100 actions, 100-dim uniform contexts, pi_ref the histogram of tanh(Cauchy(-0.7, 0.4)), a reward peaked
+where pi_ref is likely (aligned, peak 20) or unlikely (misaligned, peak 70), an MLP policy initialised
+xavier-uniform with a small gain and fitted to pi_ref, N samples per context per collection.
 
-Offline = one collection from pi_ref, then every gradient step on it; on-policy = a fresh collection
-from the current policy every T steps (T = sample reuse). The objectives are losses.py's, the same
-functions the LLM trainer uses. Evaluation is exact: E_pi[r] and KL(pi || pi_ref) summed over actions.
+Every run is `collections` collections of N samples per train context, each followed by
+`steps_per_collection` full-batch Adam steps on it; the first collection comes from pi_ref itself, the
+later ones from the current policy (offline = one collection). The seeds of a cell run as one batched
+program: every weight has a leading seed dimension and the loss is the sum of the seeds' losses, so one
+Adam over the stacked weights updates each seed exactly as its own Adam would. Evaluation is exact
+(E_pi[r] and KL(pi || pi_ref) summed over actions on the eval contexts).
 """
-import functools
+import math
 
 import numpy as np
 import torch
-from torch import nn
 
 from pftlab.algorithms import losses
 
 ACTIONS = 100
 CONTEXT_DIM = 100
+WIDTHS = (CONTEXT_DIM, 50, 256, 256, ACTIONS)  # 100 -> 50, LayerNorm, ReLU, 256, ReLU, 256, ReLU -> 100 logits
 
 
 def reference_distribution(samples: int = 10_000, seed: int = 0) -> torch.Tensor:
@@ -26,133 +30,188 @@ def reference_distribution(samples: int = 10_000, seed: int = 0) -> torch.Tensor
     return torch.tensor(counts / counts.sum(), dtype=torch.float32)
 
 
+def log_reference() -> torch.Tensor:
+    return reference_distribution().log().clamp(min=-30.0)  # empty bins: pi_ref = 0
+
+
 def peaked_reward(peak: float, width: float = 10.0) -> torch.Tensor:
     """r(a) = exp(-((a - peak) / width)^2) for a = 0..99."""
     a = torch.arange(ACTIONS, dtype=torch.float32)
     return torch.exp(-(((a - peak) / width) ** 2))
 
 
-class MLPPolicy(nn.Module):
-    """100 -> 50, LayerNorm, ReLU, 256, 256 -> 100 logits (the authors' bandit policy)."""
+# --- the policy: one MLP per seed, stacked -----------------------------------------------------------
+def init_policy(seeds: list, gain: float) -> list:
+    """Stacked weights [(W, b) per linear layer] + LayerNorm (gamma, beta), leading dimension = seed.
+    Each seed's weights are xavier-uniform with `gain` from its own generator, biases zero (the authors'
+    init: a policy that starts almost uniform whatever the context)."""
+    params = []
+    for fan_in, fan_out in zip(WIDTHS[:-1], WIDTHS[1:]):
+        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        weights = []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed * 1000 + fan_in * 7 + fan_out)
+            weights.append((torch.rand(fan_in, fan_out, generator=g) * 2 - 1) * bound)
+        params += [torch.stack(weights), torch.zeros(len(seeds), 1, fan_out)]
+    params += [torch.ones(len(seeds), 1, WIDTHS[1]), torch.zeros(len(seeds), 1, WIDTHS[1])]  # LayerNorm gamma, beta
+    return [p.requires_grad_(True) for p in params]
 
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(CONTEXT_DIM, 50), nn.LayerNorm(50), nn.ReLU(), nn.Linear(50, 256), nn.ReLU(),
-                                 nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, ACTIONS))
 
-    def forward(self, contexts):
-        return torch.log_softmax(self.net(contexts), -1)
+def policy_logp(params: list, contexts: torch.Tensor) -> torch.Tensor:
+    """log pi(. | context) for every seed: contexts (S, C, 100) -> (S, C, 100)."""
+    w1, b1, w2, b2, w3, b3, w4, b4, gamma, beta = params
+    h = torch.baddbmm(b1, contexts, w1)
+    h = torch.nn.functional.layer_norm(h, (h.shape[-1],)) * gamma + beta
+    h = torch.relu(torch.baddbmm(b2, torch.relu(h), w2))
+    h = torch.relu(torch.baddbmm(b3, h, w3))
+    return torch.log_softmax(torch.baddbmm(b4, h, w4), -1)
 
 
-def fit_to_reference(policy, contexts, log_ref, steps: int = 100, lr: float = 1e-3):
-    """Minimise KL(pi || pi_ref) on the contexts: the starting point of every method."""
-    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+def fit_to_reference(params: list, contexts, log_ref, steps: int, lr: float):
+    """Minimise KL(pi || pi_ref) on the train contexts (full batch, Adam): where every method starts."""
+    opt = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel over the stacked weights: 10x faster here
     for _ in range(steps):
-        logp = policy(contexts)
-        loss = (logp.exp() * (logp - log_ref)).sum(-1).mean()
+        logp = policy_logp(params, contexts)
+        loss = (logp.exp() * (logp - log_ref)).sum(-1).mean(-1).sum()  # per seed: mean over contexts
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return policy
 
 
-def exact_metrics(policy, contexts, log_ref, reward) -> dict:
+def exact_metrics(params, contexts, log_ref, reward) -> dict:
+    """Per seed (tensors of shape (S,)): E_pi[r], KL(pi || pi_ref) and entropy, averaged over contexts."""
     with torch.no_grad():
-        logp = policy(contexts)
+        logp = policy_logp(params, contexts)
         p = logp.exp()
-        return {"reward": (p * reward).sum(-1).mean().item(), "kl": (p * (logp - log_ref)).sum(-1).mean().item(),
-                "entropy": -(p * logp).sum(-1).mean().item()}
+        return {"reward": (p * reward).sum(-1).mean(-1), "kl": (p * (logp - log_ref)).sum(-1).mean(-1),
+                "entropy": -(p * logp).sum(-1).mean(-1)}
 
 
+# --- the methods: a loss per seed on one collection --------------------------------------------------
 def _pairs(actions, rewards, min_gap):
-    """All pairs of a context's N samples ordered by reward, pairs closer than min_gap skipped."""
-    i, j = torch.triu_indices(actions.shape[1], actions.shape[1], 1)
-    ri, rj = rewards[:, i], rewards[:, j]
-    keep = (ri - rj).abs() > min_gap
-    rows = torch.arange(actions.shape[0]).unsqueeze(-1).expand_as(ri)[keep]
-    first = (ri >= rj)[keep]
-    ai, aj = actions[:, i][keep], actions[:, j][keep]
-    return rows, torch.where(first, ai, aj), torch.where(first, aj, ai)
+    """All pairs of a context's samples ordered by reward: (winner, loser) actions and a keep mask
+    (pairs whose rewards differ by less than min_gap are left out)."""
+    i, j = torch.triu_indices(actions.shape[-1], actions.shape[-1], 1)
+    ri, rj = rewards[..., i], rewards[..., j]
+    first = ri >= rj
+    ai, aj = actions[..., i], actions[..., j]
+    return torch.where(first, ai, aj), torch.where(first, aj, ai), (ri - rj).abs() >= min_gap
 
 
-def objective(method: str, hp: dict, logp_all, batch, log_ref, state):
-    """One method's loss on a collected batch: actions (C, N), rewards, behaviour log-probs."""
+def seed_losses(method: str, hp: dict, logp_all, batch: dict, log_ref) -> torch.Tensor:
+    """One method's loss for each seed, shape (S,): logp_all (S, C, A), a collection of actions (S, C, N)
+    with their rewards and behaviour log-probs."""
     actions, rewards, old_logp = batch["actions"], batch["rewards"], batch["old_logp"]
-    if method in ("best_of_n", "dpo", "ipo"):  # groups of N: with reuse T a collection holds T groups per context
-        n = hp["group_size"]
-        actions, rewards, old_logp = (x.reshape(-1, n) for x in (actions, rewards, old_logp))
-        logp_all = logp_all.repeat_interleave(actions.shape[0] // logp_all.shape[0], 0)
     logp = logp_all.gather(-1, actions)
-    ref = log_ref.expand_as(logp_all).gather(-1, actions)
-    if method == "best_of_n":
-        return losses.weighted_nll(logp, losses.best_of_n_weights(rewards, 1))[0]
+    if method == "best_of_n":  # likelihood of each context's best sample, averaged over contexts
+        best = rewards.argmax(-1, keepdim=True)
+        return -logp.gather(-1, best).squeeze(-1).mean(-1)
     if method == "rwr":
-        return losses.weighted_nll(logp, losses.rwr_weights(rewards, hp["rwr_temperature"], hp["rwr_max_weight"]))[0]
-    if method == "reinforce":  # normalised reward, entropy bonus (the authors' variant)
-        adv = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
-        entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-        return losses.policy_gradient_loss(logp, adv)[0] - hp["entropy_coef"] * entropy
+        weights = losses.rwr_weights(rewards, hp["rwr_temperature"], hp["rwr_max_weight"])
+        return -(weights * logp).mean((-2, -1))
+    if method == "reinforce":  # reward normalised over the collection, exact entropy bonus
+        flat = rewards.flatten(1)
+        adv = ((rewards - flat.mean(-1)[:, None, None]) / (flat.std(-1)[:, None, None] + 1e-8)).detach()
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
+        return -(adv * logp).mean((-2, -1)) - hp["entropy_coef"] * entropy
     if method == "ppo":  # one-step episodes: the KL-penalised reward minus the context's mean as advantage
-        shaped = rewards - hp["kl_coef"] * (old_logp - ref)
-        adv = shaped - shaped.mean(-1, keepdim=True)
-        loss, stats = losses.ppo_policy_loss(logp, old_logp, adv, torch.ones_like(logp), hp["clip"])
-        state["clip_fraction"] = stats["clip_fraction"]
-        return loss
-    rows, w, l = _pairs(actions, rewards, hp["min_reward_gap"])
-    if len(rows) == 0:
-        return logp.sum() * 0.0
+        shaped = rewards - hp["kl_coef"] * (old_logp - log_ref[actions])
+        adv = (shaped - shaped.mean(-1, keepdim=True)).detach()
+        ratio = torch.exp(logp - old_logp)
+        surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - hp["clip"], 1 + hp["clip"]))
+        return surrogate.mean((-2, -1))
+    w, l, keep = _pairs(actions, rewards, hp["min_reward_gap"])
+    logp_w, logp_l = logp_all.gather(-1, w), logp_all.gather(-1, l)
     pair_loss = losses.dpo_loss if method == "dpo" else losses.ipo_loss
-    return pair_loss(logp_all[rows, w], logp_all[rows, l], log_ref[w], log_ref[l], hp["beta"])[0]
+    out = []
+    for s in range(len(actions)):  # the kept pairs differ in number between seeds
+        k = keep[s]
+        out.append(pair_loss(logp_w[s][k], logp_l[s][k], log_ref[w[s][k]], log_ref[l[s][k]], hp["beta"])[0] if k.any()
+                   else logp_all[s].sum() * 0.0)
+    return torch.stack(out)
 
 
-@functools.lru_cache(maxsize=16)
-def _start(seed: int, train_contexts: int, eval_contexts: int, fit_steps: int):
-    """Contexts and the policy fitted to pi_ref for one seed, shared by every method run on that seed."""
-    g = torch.Generator().manual_seed(seed)
-    train = torch.rand(train_contexts, CONTEXT_DIM, generator=g)
-    evaluation = torch.rand(eval_contexts, CONTEXT_DIM, generator=g)
-    torch.manual_seed(seed)
-    policy = fit_to_reference(MLPPolicy(), train, _log_ref(), fit_steps)
-    return train, evaluation, {k: v.clone() for k, v in policy.state_dict().items()}
-
-
-@functools.lru_cache(maxsize=1)
-def _log_ref():
-    return reference_distribution().log().clamp(min=-30.0)  # empty bins: pi_ref = 0
-
-
-def run(method: str, reward, sampling: str, hp: dict, seed: int, steps: int, reuse: int, samples_per_context: int,
-        log_every: int = 10, group_size: int = None) -> list:
-    """Train one method; returns the curve [{step, samples, reward, kl, entropy}] on the eval contexts.
-
-    `sampling` is "offline" (one collection of `samples_per_context` from pi_ref, all `steps` on it) or
-    "on_policy" (a collection from the current policy every `reuse` steps). Best-of-N and the pairs of
-    DPO / IPO are formed within groups of `group_size` samples of one context (default: all of them)."""
-    log_ref = _log_ref()
-    train_contexts, eval_contexts, start = _start(seed, hp["train_contexts"], hp["eval_contexts"], hp["fit_steps"])
-    policy = MLPPolicy()
-    policy.load_state_dict(start)
-    g = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.Adam(policy.parameters(), lr=hp["lr"])
-    hp = {**hp, "group_size": group_size or samples_per_context}  # best-of-N and pairs are formed within groups
-    curve, samples, batch, state = [], 0, None, {}
-
-    def collect(dist_logits):
-        actions = torch.multinomial(dist_logits.exp(), samples_per_context, replacement=True, generator=g)
-        return {"actions": actions, "rewards": reward[actions], "old_logp": dist_logits.gather(-1, actions)}
-
+# --- one cell: a method, a setting, a reward, every seed at once -----------------------------------------
+def run(method: str, reward, hp: dict, seeds: list, *, train_contexts: int, eval_contexts: int, collections: int,
+        steps_per_collection: int, samples_per_context: int, lr: float, log_every: int = 10) -> dict:
+    """Train one method on one reward for every seed at once. Returns per-seed results: the curve (exact
+    eval reward and KL per seed, samples drawn, every `log_every` steps), and per seed the final reward
+    (the mean of the evaluations after each of the last 5 steps), final KL, mean reward over the curve
+    (speed) and samples drawn."""
+    log_ref = log_reference()
+    train, evaluation, params = start(seeds, train_contexts, eval_contexts, hp)
+    generators = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
+    opt = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel over the stacked weights: 10x faster here
+    steps = collections * steps_per_collection
+    last, curve, samples = [], [], 0
     for step in range(steps + 1):
-        if step % log_every == 0 or step == steps:
-            curve.append({"step": step, "samples": samples, **exact_metrics(policy, eval_contexts, log_ref, reward)})
+        if step % log_every == 0 or step >= steps - 4:  # the curve, and the last 5 evaluations
+            metrics = exact_metrics(params, evaluation, log_ref, reward)
+            if step >= steps - 4:
+                last.append(metrics["reward"])
+            if step % log_every == 0 or step == steps:
+                curve.append({"step": step, "samples": samples, "reward": metrics["reward"].tolist(),
+                              "kl": metrics["kl"].tolist()})
         if step == steps:
             break
-        if batch is None or (sampling == "on_policy" and step % reuse == 0):
+        if step % steps_per_collection == 0:  # the first collection from pi_ref, the later from the policy
             with torch.no_grad():
-                source = policy(train_contexts) if sampling == "on_policy" else log_ref.expand(len(train_contexts), -1)
-                batch = collect(source)
-            samples += batch["actions"].numel()
-        loss = objective(method, hp, policy(train_contexts), batch, log_ref, state)
+                source = log_ref.expand(len(seeds), train_contexts, -1) if step == 0 else policy_logp(params, train)
+            batch = collect(source, samples_per_context, generators, reward)
+            samples += train_contexts * samples_per_context
+        loss = seed_losses(method, hp, policy_logp(params, train), batch, log_ref).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return curve
+    along = torch.tensor([point["reward"] for point in curve])  # (points, S)
+    return {"curve": curve, "final_reward": torch.stack(last).mean(0).tolist(), "final_kl": curve[-1]["kl"],
+            "mean_reward": along.mean(0).tolist(), "samples": [samples] * len(seeds)}
+
+
+def start(seeds: list, train_contexts: int, eval_contexts: int, hp: dict):
+    """Each seed's train and eval contexts and its policy fitted to pi_ref (stacked)."""
+    train, evaluation = [], []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        train.append(torch.rand(train_contexts, CONTEXT_DIM, generator=g))
+        evaluation.append(torch.rand(eval_contexts, CONTEXT_DIM, generator=g))
+    train, evaluation = torch.stack(train), torch.stack(evaluation)
+    params = init_policy(seeds, hp["init_gain"])
+    fit_to_reference(params, train, log_reference(), hp["fit_steps"], hp["fit_lr"])
+    return train, evaluation, params
+
+
+def collect(logp, n: int, generators: list, reward) -> dict:
+    """n samples per context for each seed from its own generator: actions (S, C, n), rewards, log-probs."""
+    probs = logp.exp()
+    actions = torch.stack([torch.multinomial(probs[s], n, replacement=True, generator=g) for s, g in enumerate(generators)])
+    return {"actions": actions, "rewards": reward[actions], "old_logp": logp.gather(-1, actions)}
+
+
+# --- the cells the stage runs (params `bandit`, the authors' scripts: docs/SETUPS.md) ----------------
+def method_hyperparameters(cfg, method: str, sampling: str) -> dict:
+    """The loss and start knobs of one cell: shared ones, with the authors' IPO scripts' own pair filter."""
+    hp = {k: getattr(cfg, k) for k in ("init_gain", "fit_steps", "fit_lr", "beta", "min_reward_gap", "clip", "kl_coef",
+                                       "entropy_coef", "rwr_temperature", "rwr_max_weight")}
+    own = _ipo_setting(cfg, method, sampling)
+    if own is not None and own.min_reward_gap is not None:
+        hp["min_reward_gap"] = own.min_reward_gap
+    return hp
+
+
+def cell_schedule(cfg, method: str, sampling: str) -> dict:
+    """Contexts, collections, steps, samples and learning rate of one cell. `reuse_<T>`: the ablation at a
+    fixed budget of samples and steps, N*T samples per context in each of steps/T collections."""
+    if sampling.startswith("reuse_"):
+        t, r = int(sampling.split("_")[1]), cfg.reuse
+        return {"train_contexts": r.train_contexts, "eval_contexts": cfg.eval_contexts, "collections": r.steps // t,
+                "steps_per_collection": t, "samples_per_context": cfg.samples_per_context * t, "lr": r.lr}
+    setting, own = getattr(cfg, sampling), _ipo_setting(cfg, method, sampling)
+    pick = lambda name: getattr(own, name) if own is not None and getattr(own, name) is not None else getattr(setting, name)
+    return {"train_contexts": pick("train_contexts"), "eval_contexts": cfg.eval_contexts, "collections": setting.collections,
+            "steps_per_collection": setting.steps_per_collection, "samples_per_context": cfg.samples_per_context,
+            "lr": pick("lr")}
+
+
+def _ipo_setting(cfg, method, sampling):
+    return getattr(cfg.ipo, sampling) if method == "ipo" and cfg.ipo is not None else None

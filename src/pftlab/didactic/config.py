@@ -19,18 +19,52 @@ class RewardPeaks:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BanditSetting:
+    """One sampling setting of the authors' scripts: collections of N samples per context, steps on each."""
+    train_contexts: int = knob(pos_int, "a positive integer")
+    collections: int = knob(pos_int, "a positive integer")
+    steps_per_collection: int = knob(pos_int, "a positive integer")
+    lr: float = knob(positive, "a number > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IpoSetting:
+    """What the authors' IPO scripts set differently from best-of-N's (absent: the setting's value)."""
+    train_contexts: int = knob(pos_int, "a positive integer", None)
+    lr: float = knob(positive, "a number > 0", None)
+    min_reward_gap: float = knob(nonneg, "a number >= 0", None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IpoSettings:
+    offline: IpoSetting = None
+    on_policy: IpoSetting = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BanditReuse:
+    """The sample-reuse ablation: T steps on each collection of N*T samples per context, steps/T collections."""
+    methods: list = knob(*_METHODS)
+    values: list = knob(list_of(pos_int), "a non-empty list of positive integers (T)")
+    steps: int = knob(pos_int, "a positive integer (a multiple of every T)")
+    train_contexts: int = knob(pos_int, "a positive integer")
+    lr: float = knob(positive, "a number > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class BanditConfig:
     seeds: list = knob(*_SEEDS)
-    train_contexts: int = knob(pos_int, "a positive integer")
     eval_contexts: int = knob(pos_int, "a positive integer")
-    fit_steps: int = knob(nonneg_int, "an integer >= 0")
     samples_per_context: int = knob(lambda v: pos_int(v) and v >= 2, "an integer >= 2")
-    steps: int = knob(pos_int, "a positive integer")
-    reuse: int = knob(pos_int, "a positive integer")
-    lr: float = knob(positive, "a number > 0")
+    init_gain: float = knob(positive, "a number > 0")
+    fit_steps: int = knob(nonneg_int, "an integer >= 0")
+    fit_lr: float = knob(positive, "a number > 0")
     rewards: RewardPeaks
     reward_width: float = knob(positive, "a number > 0")
     methods: list = knob(*_METHODS)
+    offline: BanditSetting
+    on_policy: BanditSetting
+    ipo: IpoSettings = None
     beta: float = knob(positive, "a number > 0")
     min_reward_gap: float = knob(nonneg, "a number >= 0")
     clip: float = knob(positive, "a number > 0")
@@ -38,8 +72,7 @@ class BanditConfig:
     entropy_coef: float = knob(nonneg, "a number >= 0")
     rwr_temperature: float = knob(positive, "a number > 0")
     rwr_max_weight: float = knob(positive, "a number > 0")
-    reuse_methods: list = knob(*_METHODS)
-    reuse_values: list = knob(list_of(pos_int), "a non-empty list of positive integers")
+    reuse: BanditReuse
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,7 @@
 """metrics/report.md and its figures, built only from the metrics files the stages wrote."""
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -71,23 +72,43 @@ def plot_sft(rows, path):
     _save(fig, path)
 
 
-def plot_bandit(curves: dict, path):
-    """Mean eval reward over seeds against gradient steps and against samples drawn, per reward."""
-    fig, axes = plt.subplots(2, len(curves), figsize=(5.5 * len(curves), 7), squeeze=False)
-    for col, (reward, rows) in enumerate(curves.items()):
-        labels = [k for k in rows[0] if k != "step" and not k.endswith("_samples")]
-        for i, label in enumerate(labels):
-            style = "-" if label.endswith("on_policy") else "--"
-            color = plt.cm.tab10(i // 2 % 10)
-            axes[0, col].plot([r["step"] for r in rows], [r[label] for r in rows], style, color=color, label=label)
-            axes[1, col].plot([r[f"{label}_samples"] for r in rows], [r[label] for r in rows], style, color=color, label=label)
-        axes[0, col].set_title(f"{reward} reward", fontsize=10)
-        axes[0, col].set_xlabel("gradient step")
-        axes[1, col].set_xlabel("samples drawn")
-        axes[1, col].set_xscale("symlog", linthresh=100)
-        for ax in axes[:, col]:
-            ax.set_ylabel("eval reward (mean over seeds)")
-    axes[0, -1].legend(fontsize=7, ncol=2)
+def plot_bandit(curves: dict, methods: list, path):
+    """Eval reward against gradient steps, per reward (columns) and sampling (rows): the mean over seeds,
+    and shaded, the seeds' min to max."""
+    keys = sorted({k[0] for k in curves}, reverse=True), ("on_policy", "offline")
+    fig, axes = plt.subplots(2, len(keys[0]), figsize=(5.5 * len(keys[0]), 7), squeeze=False)
+    for col, reward in enumerate(keys[0]):
+        for row, sampling in enumerate(keys[1]):
+            ax, rows = axes[row, col], curves[(reward, sampling)]
+            for i, method in enumerate(methods):
+                if rows and method in rows[0]:
+                    steps = [r["step"] for r in rows]
+                    ax.plot(steps, [r[method] for r in rows], color=plt.cm.tab10(i), label=method)
+                    ax.fill_between(steps, [r[f"{method}_min"] for r in rows], [r[f"{method}_max"] for r in rows],
+                                    color=plt.cm.tab10(i), alpha=0.12, linewidth=0)
+            ax.set_title(f"{reward} reward, {sampling.replace('_', '-')}", fontsize=10)
+            ax.set_xlabel("gradient step")
+            ax.set_ylabel("eval reward (mean; band: min-max over seeds)")
+            ax.set_ylim(0, 1.02)
+    axes[0, -1].legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_bandit_seeds(runs: dict, path):
+    """Every seed's final reward per method, offline (open) and on-policy (filled), per reward."""
+    rewards = sorted({k.split("/")[0] for k in runs if not k.split("/")[2].startswith("reuse_")}, reverse=True)
+    methods = list(dict.fromkeys(k.split("/")[1] for k in runs if k.split("/")[2] == "offline"))
+    fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 3.6), squeeze=False)
+    for ax, reward in zip(axes[0], rewards):
+        for i, method in enumerate(methods):
+            for shift, sampling, face in ((-0.15, "offline", "none"), (0.15, "on_policy", plt.cm.tab10(i))):
+                values = runs[f"{reward}/{method}/{sampling}"]["final_reward"]
+                ax.scatter([i + shift] * len(values), values, s=14, facecolors=face, edgecolors=plt.cm.tab10(i),
+                           label=sampling.replace("_", "-") if i == 0 else None)
+        ax.set_xticks(range(len(methods)), methods, fontsize=8)
+        ax.set_ylabel("final eval reward, one dot per seed")
+        ax.set_title(f"{reward} reward (open: offline, filled: on-policy)", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
     _save(fig, path)
 
 
@@ -124,10 +145,13 @@ def plot_coverage(curves: dict, path):
 
 def final_reward_table(runs: dict, title: str) -> list:
     """Rows `reward/method[/sampling]` -> final eval reward, mean [95% CI] over seeds."""
-    lines = [f"| {title} | final eval reward, mean [95% CI over seeds] | seeds |", "|---|---|---|"]
+    lines = [f"| {title} | final eval reward, mean [95% CI over seeds] | median | min - max over seeds | seeds |",
+             "|---|---|---|---|---|"]
     for key, v in runs.items():
         m, half = mean_ci(v["final_reward"])
-        lines.append(f"| {key} | {m:.3f} [{m - half:.3f}, {m + half:.3f}] | {len(v['final_reward'])} |")
+        values = sorted(v["final_reward"])
+        lines.append(f"| {key} | {m:.3f} [{m - half:.3f}, {m + half:.3f}] | {statistics.median(values):.3f} | "
+                     f"{values[0]:.3f} - {values[-1]:.3f} | {len(values)} |")
     return lines
 
 
@@ -265,11 +289,16 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
               "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]
     if bandit:
-        plot_bandit({r: read_curve(m / "curves" / f"bandit_{r}.csv") for r in ("aligned", "misaligned")}, figures / "bandit.png")
+        plot_bandit({(r, s): read_curve(m / "curves" / f"bandit_{r}_{s}.csv") for r in ("aligned", "misaligned")
+                     for s in ("offline", "on_policy")}, list(dict.fromkeys(k.split("/")[1] for k in bandit["runs"])),
+                    figures / "bandit.png")
+        plot_bandit_seeds(bandit["runs"], figures / "bandit_seeds.png")
         plot_reuse(bandit, figures / "bandit_reuse.png")
         lines += ["### Didactic bandit (Tajwar et al.)", ""] + final_reward_table(bandit["runs"], "reward / method / sampling")
-        lines += ["", "Mean over seeds; solid on-policy, dashed offline:", "",
-                  "![bandit](figures/bandit.png)", "", "![sample reuse](figures/bandit_reuse.png)", ""]
+        lines += ["", f"Final eval reward: the mean over the last 5 steps of the exact E_pi[r] on the eval contexts; "
+                  f"{len(bandit['seeds'])} seeds per cell (docs/SETUPS.md: the authors' settings).", "",
+                  "![bandit](figures/bandit.png)", "", "![every seed](figures/bandit_seeds.png)", "",
+                  "![sample reuse](figures/bandit_reuse.png)", ""]
     if token_bandit:
         lines += ["### Token-level bandit (the LLM trainer on a 3-layer GPT)", ""]
         lines += final_reward_table(token_bandit["runs"], "reward / algorithm") + [""]

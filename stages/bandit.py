@@ -2,8 +2,12 @@
 on the aligned and misaligned rewards, every seed of a cell in one batched run, and the sample-reuse
 ablation (metrics/didactic/bandit.json; curves, mean and min / max over seeds, in
 metrics/curves/bandit_<reward>_<offline|on_policy>.csv and bandit_reuse.csv)."""
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 
+import torch
 from tqdm.auto import tqdm
 
 from pftlab.core.io import write_csv
@@ -26,24 +30,35 @@ def wide_curves(curves: dict) -> list:
     return rows
 
 
-def main(p, tracker):
+def run_cell(job) -> dict:
+    """One cell, every seed at once, on one thread (tensors of a few thousand numbers: the cells run side by
+    side instead, one per core, and the numbers do not depend on how many do)."""
+    torch.set_num_threads(1)
+    cfg, rewards, reward_name, method, sampling = job
+    reward = bandit.peaked_reward(rewards[reward_name], cfg.reward_width)
+    hp = bandit.method_hyperparameters(cfg, method, sampling)
+    return bandit.run(method, reward, hp, cfg.seeds, **bandit.cell_schedule(cfg, method, sampling))
 
+
+def main(p, tracker):
     cfg = p.config("bandit")
     b = p["bandit"]
-    jobs = [(r, m, s) for r in b["rewards"] for m in cfg.methods for s in ("offline", "on_policy")]
-    jobs += [("misaligned", m, f"reuse_{t}") for m in cfg.reuse.methods for t in cfg.reuse.values]
+    cells = [(r, m, s) for r in b["rewards"] for m in cfg.methods for s in ("offline", "on_policy")]
+    cells += [("misaligned", m, f"reuse_{t}") for m in cfg.reuse.methods for t in cfg.reuse.values]
+    jobs = [(cfg, dict(b["rewards"]), *cell) for cell in cells]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outs = list(tqdm(pool.map(run_cell, jobs), total=len(jobs), desc=f"bandit cells (all seeds at once, {workers} at a time)",
+                         disable=None))
     results, curves = {}, {}
-    for reward_name, method, sampling in tqdm(jobs, desc="bandit cells (all seeds at once)", disable=None):
-        reward = bandit.peaked_reward(b["rewards"][reward_name], cfg.reward_width)
-        hp = bandit.method_hyperparameters(cfg, method, sampling)
-        out = bandit.run(method, reward, hp, cfg.seeds, **bandit.cell_schedule(cfg, method, sampling))
+    for (reward_name, method, sampling), out in zip(cells, outs):
         key = f"{reward_name}/{method}/{sampling}"
         results[key] = {k: out[k] for k in ("final_reward", "final_kl", "mean_reward", "samples")}
         curves[key] = out["curve"]
     for reward_name in b["rewards"]:
         for sampling in ("offline", "on_policy"):
-            cells = {m: curves[f"{reward_name}/{m}/{sampling}"] for m in cfg.methods}
-            write_csv(f"metrics/curves/bandit_{reward_name}_{sampling}.csv", wide_curves(cells))
+            by_method = {m: curves[f"{reward_name}/{m}/{sampling}"] for m in cfg.methods}
+            write_csv(f"metrics/curves/bandit_{reward_name}_{sampling}.csv", wide_curves(by_method))
     reuse = {f"{m}_T{t}": curves[f"misaligned/{m}/reuse_{t}"] for m in cfg.reuse.methods for t in cfg.reuse.values}
     write_csv("metrics/curves/bandit_reuse.csv", wide_curves(reuse))
     ref = bandit.reference_distribution()

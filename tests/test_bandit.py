@@ -9,7 +9,7 @@ from pftlab.core.params import load_params
 from pftlab.didactic import bandit
 
 HP = {"init_gain": 0.01, "fit_steps": 100, "fit_lr": 0.01, "beta": 0.05, "min_reward_gap": 0.0, "clip": 0.2,
-      "kl_coef": 0.01, "entropy_coef": 0.0, "rwr_temperature": 0.1, "rwr_max_weight": 100.0}
+      "kl_coef": 0.01, "entropy_coef": 0.0, "reinforce_clip": None, "rwr_temperature": 0.1, "rwr_max_weight": 100.0}
 SMALL = {"train_contexts": 4, "eval_contexts": 20, "collections": 3, "steps_per_collection": 4, "samples_per_context": 6,
          "lr": 1e-2}
 
@@ -23,12 +23,14 @@ def test_reference_and_rewards():
 
 def test_init_is_xavier_uniform_with_the_authors_gain_and_zero_bias():
     params = bandit.init_policy([0, 1], gain=0.01)
-    for weight, bias, (fan_in, fan_out) in zip(params[0:8:2], params[1:8:2], zip(bandit.WIDTHS[:-1], bandit.WIDTHS[1:])):
+    tensors = bandit.unpack(params)
+    for weight, bias, (fan_in, fan_out) in zip(tensors[0:8:2], tensors[1:8:2], zip(bandit.WIDTHS[:-1], bandit.WIDTHS[1:])):
         bound = 0.01 * math.sqrt(6 / (fan_in + fan_out))
         assert weight.shape == (2, fan_in, fan_out) and weight.abs().max() <= bound
         assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)  # uniform(-b, b): std b / sqrt(3)
         assert not bias.any()
-    assert not torch.equal(params[0][0], params[0][1])  # each seed its own draw
+    assert not torch.equal(tensors[0][0], tensors[0][1])  # each seed its own draw
+    assert (tensors[-2] == 1).all() and not tensors[-1].any()  # LayerNorm gamma, beta
     logp = bandit.policy_logp(params, torch.rand(2, 5, bandit.CONTEXT_DIM))
     entropy = -(logp.exp() * logp).sum(-1)
     assert entropy.min().item() > math.log(100) - 1e-3  # the authors' start: almost uniform
@@ -45,8 +47,8 @@ def test_default_params_are_the_authors_scripts():
 
 def test_pre_fit_reaches_pi_ref():
     log_ref = bandit.log_reference()
-    train, _, params = bandit.start([0], 10, 5, HP)
-    logp = bandit.policy_logp(params, train)
+    train, _, weights = bandit.start([0], 10, 5, HP)
+    logp = bandit.policy_logp(weights, train)
     kl = (logp.exp() * (logp - log_ref)).sum(-1).mean().item()
     assert kl < 5e-3
 
@@ -93,14 +95,24 @@ def test_final_reward_is_the_mean_of_the_last_five_evaluations(monkeypatch):
     assert out["final_reward"] != pytest.approx([c for c in out["curve"][-1]["reward"]], abs=1e-9)  # not the last point
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("method", ["best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo"])
-def test_seeds_batched_give_the_one_seed_numbers(method):
+def test_seeds_batched_give_the_one_seed_numbers(method, one_thread):
+    """Same seed, same numbers (one thread: several split a matmul by its shape, so 3 seeds and 1 could
+    round differently)."""
     seeds = [3, 4, 5]
     batched = bandit.run(method, bandit.peaked_reward(70), HP, seeds, **SMALL)
     for i, seed in enumerate(seeds):
         alone = bandit.run(method, bandit.peaked_reward(70), HP, [seed], **SMALL)
-        assert batched["final_reward"][i] == pytest.approx(alone["final_reward"][0], abs=1e-6)
-        assert batched["curve"][-1]["kl"][i] == pytest.approx(alone["curve"][-1]["kl"][0], abs=1e-6)
+        assert batched["final_reward"][i] == alone["final_reward"][0]
+        assert batched["curve"][-1]["kl"][i] == alone["curve"][-1]["kl"][0]
 
 
 def test_on_policy_best_of_n_climbs_the_misaligned_peak():

@@ -118,7 +118,7 @@ def test_token_bandit_policy_fits_pi_ref_and_rloo_climbs_through_the_llm_trainer
                             max_grad_norm=1.0, monitor_every=2, lr_schedule="constant", offline_pairs_per_prompt=2,
                             eval_samples=64, seeds=[0], algorithms=["rloo"], rewards=None, reward_width=10,
                             train_prompts=len(train), eval_prompts=len(evaluation), fit_steps=0, hp=None)
-    hp = {"samples_per_prompt": 4, "kl_coef": 0.0, "kl_estimator": "k1"}
+    hp = {"samples_per_prompt": 4, "kl_coef": 0.0, "kl_estimator": "k1", "clip": 0.2}
     out = token_bandit.run("rloo", reward, 0, cfg, hp, policy.state_dict(), train, evaluation)
     assert out["final_reward"] > out["start_reward"] + 0.02
     assert out["curve"][-1]["samples"] == 8 * 4 * 4  # iterations x prompts x k fresh samples

@@ -138,3 +138,25 @@ def test_adaptive_kl_coefficient_and_k3_penalty():
     logp, ref, mask = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.0 + math.log(2), -1.0]]), torch.ones(1, 2)
     assert losses.sequence_kl_penalty(logp, ref, mask, "k1").item() == pytest.approx(-math.log(2))
     assert losses.sequence_kl_penalty(logp, ref, mask, "k3").item() == pytest.approx(2 - 1 - math.log(2))
+
+
+def test_clipped_policy_gradient_hand_worked():
+    """ratio = pi / pi_old per sequence; a sample whose ratio left [0.8, 1.2] in its advantage's direction
+    stops pushing, the others get A * ratio * grad log pi."""
+    logp = torch.tensor([0.5, 0.5, 0.0, -0.1], requires_grad=True)
+    old = torch.zeros(4)
+    adv = torch.tensor([1.0, -1.0, 2.0, -1.0])
+    loss, stats = losses.clipped_policy_gradient_loss(logp, old, adv, clip=0.2)
+    r = torch.exp(torch.tensor([0.5, 0.5, 0.0, -0.1]))
+    # sample 0: A > 0, ratio e^0.5 > 1.2 -> clipped at 1.2 (constant); sample 1: A < 0 -> max picks the unclipped
+    expected = (-1.0 * 1.2 + 1.0 * r[1] - 2.0 * 1.0 + 1.0 * r[3]) / 4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert logp.grad.tolist() == pytest.approx([0.0, r[1].item() / 4, -2.0 / 4, r[3].item() / 4], rel=1e-6)
+    assert stats["clip_fraction"] == 0.25
+    # at ratio 1 the gradient is the plain policy gradient's
+    logp2 = torch.tensor([-1.0, -2.0], requires_grad=True)
+    losses.clipped_policy_gradient_loss(logp2, logp2.detach(), torch.tensor([1.0, -3.0]), 0.2)[0].backward()
+    plain = torch.tensor([-1.0, -2.0], requires_grad=True)
+    losses.policy_gradient_loss(plain, torch.tensor([1.0, -3.0]))[0].backward()
+    assert torch.allclose(logp2.grad, plain.grad)

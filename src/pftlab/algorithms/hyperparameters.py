@@ -41,12 +41,14 @@ class KlPenalty:
 @dataclass(frozen=True, kw_only=True)
 class ReinforceHp(KlPenalty):
     samples_per_prompt: int = knob(pos_int, "a positive integer")
+    clip: float = knob(positive, "a number > 0")  # of the importance ratio to the collecting policy
     baseline_decay: float = knob(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RlooHp(KlPenalty):
     samples_per_prompt: int = knob(*_K)
+    clip: float = knob(positive, "a number > 0")  # of the importance ratio to the collecting policy
 
 
 @dataclass(frozen=True, kw_only=True)

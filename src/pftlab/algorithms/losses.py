@@ -19,10 +19,15 @@ def bradley_terry_loss(score_w: torch.Tensor, score_l: torch.Tensor):
     return loss, {"accuracy": (score_w > score_l).float().mean().item()}
 
 
+def dpo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta: float):
+    """DPO (Rafailov et al. 2023) per pair: -log sigmoid(beta * [(logp_w - ref_w) - (logp_l - ref_l)])."""
+    return -F.logsigmoid(beta * (logp_w - ref_w) - beta * (logp_l - ref_l))
+
+
 def dpo_loss(logp_w, logp_l, ref_w, ref_l, beta: float):
-    """DPO (Rafailov et al. 2023): -log sigmoid(beta * [(logp_w - ref_w) - (logp_l - ref_l)])."""
+    """DPO: the mean of `dpo_pair_losses`, with its stats."""
     reward_w, reward_l = beta * (logp_w - ref_w), beta * (logp_l - ref_l)
-    loss = -F.logsigmoid(reward_w - reward_l).mean()
+    loss = dpo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta).mean()
     return loss, {
         "implicit_reward_chosen": reward_w.mean().item(),
         "implicit_reward_rejected": reward_l.mean().item(),
@@ -48,6 +53,21 @@ def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor):
     return loss, {"advantage_abs": advantages.abs().mean().item(), "negative_weight_fraction": (advantages < 0).float().mean().item()}
 
 
+def clipped_policy_gradient_loss(logp, old_logp, advantages, clip: float):
+    """REINFORCE on samples drawn by an earlier policy pi_old (sample reuse T > 1, or a later minibatch of
+    the same collection): the sequence-level importance ratio pi / pi_old, clipped as PPO clips it (TRL's
+    RLOO with several PPO epochs): -mean(min(ratio * A, clip(ratio, 1 - c, 1 + c) * A)). At ratio 1 the
+    gradient is the policy gradient's; where the ratio has left [1 - c, 1 + c] in the advantage's direction
+    the sample stops pushing."""
+    advantages = advantages.detach()
+    ratio = torch.exp(logp - old_logp)
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    loss = torch.maximum(unclipped, clipped).mean()
+    return loss, {"advantage_abs": advantages.abs().mean().item(),
+                  "negative_weight_fraction": (advantages < 0).float().mean().item(),
+                  "clip_fraction": (clipped > unclipped).float().mean().item()}
+
+
 def kl_estimates(token_logp: torch.Tensor, token_ref_logp: torch.Tensor, mask: torch.Tensor):
     """Per-sequence reverse KL(pi || pi_ref) estimates from samples of pi, summed over tokens.
 
@@ -60,10 +80,15 @@ def kl_estimates(token_logp: torch.Tensor, token_ref_logp: torch.Tensor, mask: t
     return k1, k3
 
 
+def ipo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta: float):
+    """IPO (Azar et al. 2023) per pair: (h - 1/(2 beta))^2 with h the log-ratio margin; a finite optimum, unlike DPO."""
+    return ((logp_w - ref_w) - (logp_l - ref_l) - 1.0 / (2.0 * beta)) ** 2
+
+
 def ipo_loss(logp_w, logp_l, ref_w, ref_l, beta: float):
-    """IPO (Azar et al. 2023): (h - 1/(2 beta))^2 with h the log-ratio margin; a finite optimum, unlike DPO."""
+    """IPO: the mean of `ipo_pair_losses`, with its stats."""
     h = (logp_w - ref_w) - (logp_l - ref_l)
-    loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    loss = ipo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta).mean()
     return loss, {"margin": (beta * h).mean().item(), "pair_accuracy": (h > 0).float().mean().item(),
                   "implicit_reward_chosen": (beta * (logp_w - ref_w)).mean().item(),
                   "implicit_reward_rejected": (beta * (logp_l - ref_l)).mean().item(),

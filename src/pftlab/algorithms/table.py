@@ -99,7 +99,7 @@ def reinforce_begin_step(batch, hp, state):
 def reinforce_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
     baseline = state["step_baseline"]
-    loss, more = losses.policy_gradient_loss(logp, _shaped_rewards(batch, hp) - baseline)
+    loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, _shaped_rewards(batch, hp) - baseline, hp["clip"])
     return loss, stats | more | {"baseline": baseline}
 
 
@@ -122,7 +122,7 @@ def rloo_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
     shaped = _shaped_rewards(batch, hp)
     advantages = losses.leave_one_out_advantages(shaped.view(-1, batch.k)).view(-1)
-    loss, more = losses.policy_gradient_loss(logp, advantages)
+    loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, advantages, hp["clip"])
     return loss, stats | more
 
 
@@ -226,9 +226,9 @@ ALGORITHMS = {a.name: a for a in [
     Algorithm("rwr", "max-likelihood", "on_policy", False, True, rwr_objective,
               "on-policy RWR on fresh samples"),
     Algorithm("reinforce", "RL", "on_policy", True, True, reinforce_objective,
-              "REINFORCE, moving-average baseline, KL penalty", begin_step=reinforce_begin_step),
+              "REINFORCE, moving-average baseline, KL penalty; clipped importance ratio to the collecting policy", begin_step=reinforce_begin_step),
     Algorithm("rloo", "RL", "on_policy", True, True, rloo_objective,
-              "REINFORCE, leave-one-out baseline, KL penalty to the reference"),
+              "REINFORCE, leave-one-out baseline, KL penalty; clipped importance ratio to the collecting policy"),
     Algorithm("ppo", "RL", "on_policy", True, True, ppo_objective,
               "PPO: clipped ratio, value head and GAE, per-token KL penalty (fixed or adaptive)",
               prepare=ppo_prepare, begin_step=ppo_begin_step, value_head=True),

@@ -70,6 +70,7 @@ class BanditConfig:
     clip: float = knob(positive, "a number > 0")
     kl_coef: float = knob(nonneg, "a number >= 0")
     entropy_coef: float = knob(nonneg, "a number >= 0")
+    reinforce_clip: float = knob(positive, "a number > 0", default=None)  # absent: plain REINFORCE on reused samples (authors)
     rwr_temperature: float = knob(positive, "a number > 0")
     rwr_max_weight: float = knob(positive, "a number > 0")
     reuse: BanditReuse
@@ -84,6 +85,7 @@ class TokenBanditHp:
     samples_per_prompt: int = knob(lambda v: pos_int(v) and v >= 2, "an integer >= 2")
     top: int = knob(pos_int, "a positive integer")
     min_reward_gap: float = knob(nonneg, "a number >= 0")
+    clip: float = knob(positive, "a number > 0")
     offline_fraction: float = knob(lambda v: v == 0, "0 (no offline share on the token bandit)")
 
 

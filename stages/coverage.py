@@ -7,7 +7,11 @@ from tqdm.auto import tqdm
 
 from pftlab.core.io import write_csv
 from pftlab.core.stage import run_stage
-from pftlab.didactic import coverage
+from pftlab.didactic import coverage, coverage_mass
+
+# Claim 6: the uncovered mass under tabular DPO, by optimiser x parametrisation x start (docs/SETUPS.md, claim 6)
+MASS_CASES = [("sgd", "tabular", "uniform"), ("adam", "tabular", "uniform"), ("sgd", "tabular", "random"),
+              ("sgd", "tabular", "anti"), ("sgd", "features", "uniform"), ("adam", "features", "uniform")]
 
 QUANTITIES = ("logp_preferred", "logp_best", "uncovered_mass", "kl", "reward")
 
@@ -40,7 +44,10 @@ def main(p, tracker):
             rows.append(row)
         write_csv(f"metrics/curves/coverage_{kind}.csv", rows)
     tracker.log_metrics({f"{k.replace('/', '.')}.{q}": mean(v) for k, r in results.items() for q, v in r.items()})
-    return {"seeds": c["seeds"], "epochs": c["steps"] * c["batch_size"] / c["pairs"], "runs": results}
+    mass = coverage_mass.mass_table(seeds=c["seeds"], cases=MASS_CASES, steps=c["steps"], beta=c["beta"],
+                                    batch_size=c["batch_size"], pairs=c["pairs"])
+    return {"seeds": c["seeds"], "epochs": c["steps"] * c["batch_size"] / c["pairs"], "runs": results,
+            "uncovered_mass_by_case": mass}
 
 
 if __name__ == "__main__":

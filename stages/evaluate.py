@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
+from pftlab.core.errors import ParamError
 from pftlab.core.io import atomic_write_jsonl, read_json, read_jsonl
 from pftlab.core.paths import EVAL_REFERENCE, SFT_MODEL, task_from_argv
 from pftlab.core.stage import run_stage
@@ -27,7 +28,13 @@ def main(p, tracker):
     cfg = {"max_new_tokens": p["model.max_response_tokens"], "temperature": p["eval.temperature"],
            "batch_size": p["generation.batch_size"]}
     n = p["eval.samples_per_prompt"]
-    prompt_texts = [r["prompt"] for r in read_jsonl("data/prepared/prompts_eval.jsonl")][: p["eval.num_prompts"]]
+    all_texts = [r["prompt"] for r in read_jsonl("data/prepared/prompts_eval.jsonl")]
+    prompt_texts = all_texts[: p["eval.num_prompts"]]
+    validation_texts = all_texts[p["eval.num_prompts"]: p["eval.num_prompts"] + (p.get("eval.validation_prompts") or 0)]
+    if len(validation_texts) < (p.get("eval.validation_prompts") or 0):
+        raise ParamError(f"params.yaml: eval.num_prompts + eval.validation_prompts = "
+                         f"{p['eval.num_prompts'] + p['eval.validation_prompts']} but data/prepared/prompts_eval.jsonl "
+                         f"holds {len(all_texts)} prompts")
     prompts = [encode_prompt(tok, text, p["model.max_prompt_tokens"]) for text in prompt_texts]
     gold_spec = read_json(TASK.gold)
     ref, rm = load_policy(SFT_MODEL), load_reward_model(TASK.reward_model)
@@ -51,6 +58,13 @@ def main(p, tracker):
         reference_gold = gold_reward(gold_spec, np.array([r["length"] for r in reference_rows]))
     metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, reference_gold, tok)
     atomic_write_jsonl(TASK.eval_samples(NAME), rows)
+    if validation_texts:  # the hyperparameter sweep's split, disjoint from the prompts above
+        torch.manual_seed(p["eval.seed"] + 2)
+        validation = [encode_prompt(tok, text, p["model.max_prompt_tokens"]) for text in validation_texts]
+        repeated_v, responses_v = sample_eval(policy, validation, 1, cfg, tok)
+        v, _ = evaluate_samples(policy, ref, rm, repeated_v, responses_v, 1, gold_spec, np.zeros(len(responses_v)), tok)
+        metrics |= {"validation_prompts": len(validation), "validation_gold_reward": v["gold_reward"],
+                    "validation_gold_reward_ci95": v["gold_reward_ci95"], "validation_kl_k1": v["kl_k1"]}
     likelihood = pair_likelihood_change(policy, ref, read_jsonl(TASK.pairs)[: p["eval.likelihood_pairs"]],
                                         tok.pad_token_id)
     if p.get("eval.judge") is not None:  # an LLM judge as well, on the texts (order randomised per pair)

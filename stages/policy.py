@@ -1,6 +1,8 @@
-"""Stage policy@<algorithm> (policy_variant@<gold>-<algorithm> with --variant <gold>): fine-tune the SFT
-policy with one algorithm of the table on the task's pairs and reward model
-(<task>/policy/<algorithm>/, metrics/[variants/<gold>/]policy/<algorithm>.json and curves/policy_<algorithm>.csv)."""
+"""Stage policy@<algorithm> (policy_variant@<gold>-<algorithm> with --variant <gold>; policy_seed@<algorithm>-<s>
+with --seed <s>, another training seed): fine-tune the SFT policy with one algorithm of the table on the task's
+pairs and reward model (<task>/policy/<algorithm>/, metrics/[variants/<gold>/]policy/<algorithm>.json and
+curves/policy_<algorithm>.csv; core/paths.py)."""
+import dataclasses
 import sys
 
 from transformers.utils import logging as hf_logging
@@ -10,7 +12,7 @@ from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_algorithm_params
 from pftlab.core.paths import SFT_MODEL, task_from_argv
-from pftlab.core.stage import run_stage, stage_checkpointer
+from pftlab.core.stage import run_stage, seed_everything, stage_checkpointer
 from pftlab.lm.model import load_tokenizer
 from pftlab.lm.reference import policy_and_reference, save_policy, weight_copies
 from pftlab.lm.reward_model import load_reward_model, score_sequences
@@ -25,8 +27,13 @@ TASK = task_from_argv()
 def main(p, tracker):
     hf_logging.set_verbosity_error()
     hp = check_algorithm_params(p, NAME)
+    seed = p["seed"] if TASK.seed is None else TASK.seed
+    if TASK.seed is not None:
+        seed_everything(seed)
     algorithm = ALGORITHMS[NAME]
     cfg = p.config("policy")
+    if hp.get("lr") is not None:  # the algorithm's own learning rate (the sweep's choice) over policy.lr
+        cfg = dataclasses.replace(cfg, lr=hp["lr"])
     generation = {**p["generation"], "max_new_tokens": p["model.max_response_tokens"]}
     tok = load_tokenizer(SFT_MODEL)
     pairs = read_jsonl(TASK.pairs)
@@ -35,7 +42,7 @@ def main(p, tracker):
     rm = load_reward_model(TASK.reward_model)
     reward_fn = lambda s: score_sequences(rm, s)
     source = make_source(algorithm, hp, pairs=pairs, prompts=prompts, generation=generation, reward_fn=reward_fn,
-                         tokenizer=tok, seed=p["seed"], batch_size=cfg.batch_size)
+                         tokenizer=tok, seed=seed, batch_size=cfg.batch_size)
     monitor_prompts = prompts[: cfg.batch_size]
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
@@ -45,7 +52,7 @@ def main(p, tracker):
     copies = weight_copies(policy, ref)
     if cfg.deepspeed and cfg.reference == "frozen_copy":
         ref = shard_reference(ref, cfg.deepspeed)
-    history = train_policy(algorithm, hp, cfg, p["seed"], policy, ref, source, monitor, tracker,
+    history = train_policy(algorithm, hp, cfg, seed, policy, ref, source, monitor, tracker,
                            progress_desc=TASK.stage("policy", NAME), checkpointer=checkpointer)
     with full_weights(policy):
         if is_main_process():
@@ -61,5 +68,7 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage(TASK.stage("policy", NAME), ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
-                                 "policy", f"algos.{NAME}"], main, TASK.metrics("policy", NAME))
+    own_seed = [] if TASK.seed is not None else ["seed"]  # policy_seed@ reads its seed from the command line
+    run_stage(TASK.stage("policy", NAME), own_seed + ["model.max_prompt_tokens", "model.max_response_tokens", "generation",
+                                                      "policy", f"algos.{NAME}"], main, TASK.metrics("policy", NAME),
+              seed_key=own_seed[0] if own_seed else None)

@@ -1,15 +1,16 @@
 """Stage report: metrics/report.md and metrics/claims.json: the claims with verdicts, the LLM tasks' tables
-(over training seeds when metrics/seeds/ holds other seeds' runs), figures and stage times."""
+(over training seeds for the policies of `training_seeds`, and for every policy when metrics/seeds/ holds other
+whole runs' seeds), figures and stage times."""
 from pftlab.core.stage import run_stage
 from pftlab.reporting.report import build_report
 
 
 def main(p, tracker):
-    build_report(p["algorithms"], p["variants"], p["seed"])
+    build_report(p["algorithms"], p["variants"], p["seed"], training_seeds=p["training_seeds"])
     tracker.log_artifact("metrics/report.md")
     tracker.log_artifact("metrics/figures")
     return {"policies": 1 + len(p["algorithms"])}
 
 
 if __name__ == "__main__":
-    run_stage("report", ["seed", "algorithms", "variants"], main, "metrics/report_summary.json")
+    run_stage("report", ["seed", "algorithms", "variants", "training_seeds"], main, "metrics/report_summary.json")

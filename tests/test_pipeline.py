@@ -22,6 +22,7 @@ from pftlab.reporting.report import build_report
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["dpo", "rloo", "hypo", "ppo"]  # smoke.yaml; trained as LoRA adapters (policy.reference: lora)
 VARIANTS = {"rewards": ["mode_length"], "algorithms": ["dpo"]}  # smoke.yaml: the task relabelled
+TRAINING_SEEDS = {"algorithms": ["dpo"], "seeds": [1]}  # smoke.yaml: dpo again with seed 1
 pytestmark = pytest.mark.slow
 
 
@@ -120,10 +121,21 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
         assert (repo / "models/variants/mode_length/policy" / name / "model.safetensors").exists()
         assert load(repo, f"variants/mode_length/eval/{name}.json")["kl_k3"] > 0
     assert "under the `mode_length` gold reward" in report and "| policy_variant@mode_length-dpo |" in report
+    # training seeds: dpo again with seed 1 (same SFT, pairs, RM), its own model and evaluation, and claims over seeds
+    seed_eval = load(repo, "training_seeds/s1/eval/dpo.json")
+    assert (repo / "models/training_seeds/s1/policy/dpo/model.safetensors").exists()
+    assert seed_eval["kl_k1"] != load(repo, "eval/dpo.json")["kl_k1"]  # the seed changed the run
+    assert ((repo / "models/training_seeds/s1/policy/dpo/model.safetensors").read_bytes()
+            != (repo / "models/policy/dpo/model.safetensors").read_bytes())
+    assert load(repo, "training_seeds/s1/policy/dpo.json")["steps"] == load(repo, "policy/dpo.json")["steps"]
+    assert "### Across training seeds" in report and "| min_length | dpo |" in report
+    assert any(c["over"] == "training seeds (0, 1)" for cid in claims for c in claims[cid]["checks"])
     bandit = load(repo, "didactic/bandit.json")
     assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
     assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
-    for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png"):
+    assert "### Offline DPO, step by step" in report and "| seed 1 |" in report
+    for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png",
+                "dpo_diagnosis.png"):
         assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -272,7 +284,9 @@ def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     build_report(ALGORITHMS, VARIANTS, seed=0, root=tmp_path)
     claims = json.loads((tmp_path / "metrics" / "claims.json").read_text())
     llm = [c for c in claims["8"]["checks"] if c["setting"].startswith("synthetic LLM")]
-    assert llm and all(c["over"] == "training seeds (0, 7)" and c["n"] == 2 for c in llm)
+    over_seeds = [c for c in llm if c["over"].startswith("training seeds")]
+    assert over_seeds and all(c["over"] == "training seeds (0, 7)" and c["n"] == 2 for c in over_seeds)
+    assert any(c["over"].startswith("held-out prompts") for c in llm)  # every policy, over prompts, as well
     report = (tmp_path / "metrics" / "report.md").read_text()
     assert "### Across training seeds" in report and "| mode_length | dpo |" in report
 
@@ -285,6 +299,7 @@ def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     (repo / "params.yaml").write_text(params.replace("num_prompts: 16", "num_prompts: 12"))
     evaluation = {"evaluate_sft"} | {f"evaluate@{a}" for a in ALGORITHMS} | {"evaluate_variant_sft@mode_length"}
     evaluation |= {f"evaluate_variant@mode_length-{a}" for a in VARIANTS["algorithms"]}
+    evaluation |= {f"evaluate_seed@{a}-{s}" for a in TRAINING_SEEDS["algorithms"] for s in TRAINING_SEEDS["seeds"]}
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry  # DVC's plan for `dvc repro`: no training stage

@@ -11,18 +11,19 @@ _K = (lambda v: pos_int(v) and v >= 2, "an integer >= 2")
 
 
 @dataclass(frozen=True, kw_only=True)
-class NoHp:
-    pass
+class CommonHp:
+    """What every algorithm may set: its own learning rate (the hyperparameter sweep's choice; absent: policy.lr)."""
+    lr: float = knob(positive, "a number > 0 (absent: policy.lr)", default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RwrHp:
+class RwrHp(CommonHp):
     temperature: float = knob(positive, "a number > 0")
     max_weight: float = knob(positive, "a number > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
-class BonHp:
+class BonHp(CommonHp):
     samples_per_prompt: int = knob(*_K)
     top: int = knob(pos_int, "a positive integer")
 
@@ -33,7 +34,7 @@ class OnPolicyRwrHp(RwrHp):
 
 
 @dataclass(frozen=True, kw_only=True)
-class KlPenalty:
+class KlPenalty(CommonHp):
     kl_coef: float = knob(nonneg, "a number >= 0")
     kl_estimator: str = knob(one_of(KL_ESTIMATORS), "k1 or k3")
 
@@ -52,7 +53,7 @@ class RlooHp(KlPenalty):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PpoHp:
+class PpoHp(CommonHp):
     samples_per_prompt: int = knob(pos_int, "a positive integer")
     kl_coef: float = knob(nonneg, "a number >= 0")
     adaptive_kl: bool = knob(is_bool, "true or false")
@@ -66,7 +67,7 @@ class PpoHp:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PairHp:
+class PairHp(CommonHp):
     beta: float = knob(positive, "a number > 0")
 
 
@@ -84,7 +85,7 @@ class HypoHp(PairHp):
 
 
 HYPERPARAMETERS = {
-    "pref_ft": NoHp, "offline_bon": NoHp, "offline_rwr": RwrHp, "bon": BonHp, "rwr": OnPolicyRwrHp,
+    "pref_ft": CommonHp, "offline_bon": CommonHp, "offline_rwr": RwrHp, "bon": BonHp, "rwr": OnPolicyRwrHp,
     "reinforce": ReinforceHp, "rloo": RlooHp, "ppo": PpoHp, "dpo": PairHp, "ipo": PairHp,
     "online_dpo": OnlinePairHp, "online_ipo": OnlinePairHp, "hypo": HypoHp,
 }

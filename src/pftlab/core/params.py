@@ -22,6 +22,7 @@ SECTIONS = {"data": "pftlab.lm.config.DataConfig", "tokenizer": "pftlab.lm.confi
             "eval": "pftlab.lm.config.EvalConfig", "variants": "pftlab.lm.config.VariantsConfig",
             "sft": "pftlab.training.config.SftConfig", "reward_model": "pftlab.training.config.RewardModelConfig",
             "policy": "pftlab.training.config.PolicyConfig", "checkpoint": "pftlab.training.config.CheckpointConfig",
+            "training_seeds": "pftlab.training.config.TrainingSeedsConfig",
             "bandit": "pftlab.didactic.config.BanditConfig", "token_bandit": "pftlab.didactic.config.TokenBanditConfig",
             "coverage": "pftlab.didactic.config.CoverageConfig",
             "algos": "pftlab.algorithms.hyperparameters.HYPERPARAMETERS",  # algos.<name>: that algorithm's dataclass
@@ -45,7 +46,7 @@ def section_modules(section: str) -> list:
     """The modules that checking a params section imports: what a stage declaring it depends on."""
     head = section.split(".")[0]
     names = [SECTIONS[head]] if head in SECTIONS else []
-    if head in ("algorithms", "variants"):  # both name algorithms
+    if head in ("algorithms", "variants", "training_seeds"):  # they name algorithms
         names.append(SECTIONS["algorithms"])
     return sorted({name.rsplit(".", 1)[0] for name in names})
 
@@ -133,12 +134,18 @@ class Params:
                 raise ParamError(f"{self.path}: unknown section '{head}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             known = known_rules(section)
             config.check_tree(self[section], known, section, self.path, REPLACED_BY, lambda k: self.get(k) is not None)
-        for key in ("algorithms", "variants.algorithms"):
+        for key in ("algorithms", "variants.algorithms", "training_seeds.algorithms"):
             if key in sections or key.split(".")[0] in sections:
                 for name in self[key]:
                     if name not in algorithm_names():
                         raise ParamError(f"{self.path}: '{key}' names unknown algorithm {name!r}; "
                                          f"known: {', '.join(algorithm_names())}")
+        if "training_seeds" in sections:  # other seeds of policies the main run trains
+            extra = set(self["training_seeds.algorithms"]) - set(self["algorithms"])
+            if extra:
+                raise ParamError(f"{self.path}: 'training_seeds.algorithms' names {', '.join(sorted(extra))}, not in 'algorithms'")
+            if self["seed"] in self["training_seeds.seeds"]:
+                raise ParamError(f"{self.path}: 'training_seeds.seeds' repeats 'seed' ({self['seed']}): list the other seeds")
         return self
 
     def config(self, section: str):

@@ -85,6 +85,8 @@ class EvalConfig:
     temperature: float = knob(positive, "a number > 0")
     seed: int = knob(nonneg_int, "an integer >= 0")
     likelihood_pairs: int = knob(pos_int, "a positive integer")
+    # prompts after the evaluation's own, one sample each: the sweep selects hyperparameters on these (absent: none)
+    validation_prompts: int = knob(nonneg_int, "an integer >= 0", default=None)
     judge: Judge = None  # absent: no LLM judge
 
 

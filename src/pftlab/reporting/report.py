@@ -11,7 +11,8 @@ from pftlab.core.io import atomic_write_json, atomic_write_text, read_jsonl
 from pftlab.core.paths import Task
 from pftlab.core.stats import mean_ci
 from pftlab.reporting import claims as claims_lib
-from pftlab.reporting.seeds import load_seed_runs
+from pftlab.reporting.paper_numbers import paper_evidence_markdown
+from pftlab.reporting.seeds import load_seed_runs, pipeline_seed_runs
 
 matplotlib.use("Agg")  # files only, no display: before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,6 +50,42 @@ def plot_learning_curves(curves: dict, path):
         if ax.lines:
             ax.legend(fontsize=8)
     _save(fig, path)
+
+
+DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w) of the training pairs"), ("logp_rejected", "log pi(y_l) of the training pairs"),
+                 ("response_tokens", "length of fresh samples (tokens)"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
+
+
+def plot_dpo_diagnosis(curves: dict, path):
+    """Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL."""
+    fig, axes = plt.subplots(1, len(DPO_DIAGNOSIS), figsize=(4.2 * len(DPO_DIAGNOSIS), 3.4))
+    for ax, (key, title) in zip(axes, DPO_DIAGNOSIS):
+        for label, rows in curves.items():
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("gradient step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict) -> list:
+    """What the curves say, computed: first and last value of each quantity, per seed."""
+    lines = ["### Offline DPO, step by step", "",
+             "| seed | log pi(y_w): start -> end | log pi(y_l): start -> end | length of fresh samples: start -> end | "
+             "KL k1: end |", "|---|---|---|---|---|"]
+    for label, rows in curves.items():
+        first = lambda k: next((r[k] for r in rows if k in r), float("nan"))
+        last = lambda k: next((r[k] for r in reversed(rows) if k in r), float("nan"))
+        lines.append(f"| {label} | {first('logp_chosen'):.1f} -> {last('logp_chosen'):.1f} | {first('logp_rejected'):.1f} -> "
+                     f"{last('logp_rejected'):.1f} | {first('response_tokens'):.1f} -> {last('response_tokens'):.1f} | "
+                     f"{last('kl_k1'):.1f} |")
+    lines += ["", f"Held-out: DPO gold reward {dpo['gold_reward']:.2f} (SFT {sft['gold_reward']:.2f}), length "
+              f"{dpo['response_length']:.1f} (SFT {sft['response_length']:.1f}), ends with EOS {dpo['eos_fraction']:.2f} "
+              f"(SFT {sft['eos_fraction']:.2f}), KL k1 {dpo['kl_k1']:.1f}.", "", "![offline DPO](figures/dpo_diagnosis.png)", ""]
+    return lines
 
 
 def plot_reward_vs_kl(evals: dict, path):
@@ -156,13 +193,51 @@ def final_reward_table(runs: dict, title: str) -> list:
 
 
 def claims_markdown(claims: dict) -> list:
-    lines = ["| claim | verdict | checks: setting, comparison, mean [95% CI] over n, verdict |", "|---|---|---|"]
+    """One row per claim: our verdict, our checks, and beside them what the papers report (paper_numbers.py)."""
+    lines = ["| claim | verdict | our checks: setting, comparison, mean [95% CI] over n, verdict | the papers: where, what they report |",
+             "|---|---|---|---|"]
     for cid, c in claims.items():
         checks = "<br>".join(f"{x['setting']}: {x['comparison']} ({x['quantity']}): {x['mean']:.3g} "
                              f"[{x['ci95'][0]:.3g}, {x['ci95'][1]:.3g}] over {x['n']} {x['over']}: *{x['verdict']}*"
                              for x in c["checks"]) or "no setting measures it in this run"
-        lines.append(f"| {cid}. {c['claim']} | **{c['verdict']}** | {checks} |")
+        lines.append(f"| {cid}. {c['claim']} | **{c['verdict']}** | {checks} | {paper_evidence_markdown(cid) or '-'} |")
     return lines
+
+
+def uncovered_mass_section(table: dict) -> list:
+    """Claim 6 examined: the uncovered mass under DPO by optimiser, parametrisation and start."""
+    lines = ["#### Claim 6: where the uncovered mass goes under DPO", "",
+             "With independent logits the DPO gradient of a pair is -beta sigma(-m) (e_w - e_l): under SGD the uncovered "
+             "logits never move and the covered logits keep their sum, so the uncovered mass rises only if the covered "
+             "probabilities become more even. From a start uniform over the covered responses (the paper's pi_ref) "
+             "it can never exceed its start (the sum of exponentials at a fixed sum is least when all are equal). "
+             "The table runs the paper's bandit under both optimisers, from other starts (random; `anti`: favouring "
+             "the responses the data calls worse) and with shared 16-dim features (src/pftlab/didactic/coverage_mass.py, "
+             "tests/test_coverage_mass.py; docs/SETUPS.md).", "",
+             "| optimiser / parametrisation / start | uncovered mass at start | at end, mean [min, max] over seeds | "
+             "seeds where it rose | change of the covered logits' sum |", "|---|---|---|---|---|"]
+    for case, v in table.items():
+        rose = sum(e > s + 1e-6 for s, e in zip(v["start"], v["end"]))
+        end = f"{statistics.mean(v['end']):.3f} [{min(v['end']):.3f}, {max(v['end']):.3f}]"
+        lines.append(f"| {case} | {statistics.mean(v['start']):.3f} | {end} | {rose} / {len(v['end'])} | "
+                     f"{statistics.mean(v['covered_logit_sum_change']):.2g} |")
+    return lines + [""]
+
+
+def sweep_section(summary: dict) -> list:
+    """The hyperparameter sweep's table per algorithm, best validation reward first, and its rule."""
+    lines = ["### Hyperparameter sweep", "", f"Selection rule: {summary['rule']}. Each row is one `dvc exp` "
+             "(`python -m pftlab.reporting.sweep`, README); the evaluated prompts' reward is shown, never used to select.", "",
+             "| algorithm | setting | validation gold reward [95% CI over prompts] | validation KL k1 | evaluated gold reward | |",
+             "|---|---|---|---|---|---|"]
+    for algorithm, entry in summary["algorithms"].items():
+        for row in entry["rows"]:
+            v, half = row["validation_gold_reward"], row.get("validation_gold_reward_ci95", float("nan"))
+            setting = ", ".join(f"{k}={x}" for k, x in sorted(row["setting"].items())) or "(defaults)"
+            mark = "selected" if row["setting"] == entry["selected"] else ("params.yaml" if row["setting"] == entry["current"] else "")
+            lines.append(f"| {algorithm} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
+                         f"{row.get('validation_kl_k1', float('nan')):.2f} | {row.get('gold_reward', float('nan')):.2f} | {mark} |")
+    return lines + [""]
 
 
 def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
@@ -182,41 +257,54 @@ def load_evals(tasks: dict, root: Path) -> dict:
 
 
 def llm_claim_parts(tasks: dict, evals: dict, seed: int, seed_runs: list, root: Path) -> tuple:
-    """The LLM tasks' claims, over training seeds when other seeds were collected, else over held-out prompts."""
-    gold, kl = {}, {}
+    """The LLM tasks' claims over held-out prompts (every policy, one training seed) and, for the policies that
+    other training seeds exist for, over training seeds too. Returns (parts, what the intervals vary over)."""
     tasks = {r: t for r, t in tasks.items() if r in claims_lib.PEAK_WHERE_SFT_IS_LIKELY}  # a gold reward to judge by
-    if seed_runs:
-        seeds = [seed] + [r["seed"] for r in seed_runs]
-        over = f"training seeds ({', '.join(map(str, seeds))})"
-        for reward, (_task, names) in tasks.items():
-            for n in names:
-                runs = [r["tasks"].get(reward, {}).get(n) for r in seed_runs]
-                if all(runs):
-                    own = evals[reward][n]
-                    gold.setdefault(reward, {})[n] = [own["gold_reward"]] + [r["gold_reward"] for r in runs]
-                    kl.setdefault(reward, {})[n] = [own["kl_k1"]] + [r["kl_k1"] for r in runs]
-    else:
-        over = "held-out prompts, one training seed"
-        for reward, (task, names) in tasks.items():
-            for n in names:
-                rows = read_jsonl(root / task.eval_samples(n))
-                gold.setdefault(reward, {})[n] = claims_lib.per_prompt(rows, "gold")
-                kl.setdefault(reward, {})[n] = claims_lib.per_prompt(rows, "kl_k1")
-    parts = [(f"synthetic LLM task ({reward})", claims_lib.llm_claims(gold[reward], kl[reward], reward, over))
-             for reward in gold]
+    over = "held-out prompts, one training seed"
+    gold, kl = {}, {}
+    for reward, (task, names) in tasks.items():
+        for n in names:
+            rows = read_jsonl(root / task.eval_samples(n))
+            gold.setdefault(reward, {})[n] = claims_lib.per_prompt(rows, "gold")
+            kl.setdefault(reward, {})[n] = claims_lib.per_prompt(rows, "kl_k1")
+    parts = [(f"synthetic LLM task ({reward})", claims_lib.llm_claims(gold[reward], kl[reward], reward, over)) for reward in gold]
     parts.append(("synthetic LLM task (across gold rewards)", claims_lib.llm_peak_claims(gold, over)))
+    gold_s, kl_s = seed_values(evals, seed_runs, tasks)
+    if gold_s:
+        seeds = [seed] + [r["seed"] for r in seed_runs]
+        over_seeds = f"training seeds ({', '.join(map(str, seeds))})"
+        parts += [(f"synthetic LLM task ({reward}), policies with {len(seeds)} training seeds",
+                   claims_lib.llm_claims(gold_s[reward], kl_s[reward], reward, over_seeds)) for reward in gold_s]
+        parts.append(("synthetic LLM task (across gold rewards), training seeds", claims_lib.llm_peak_claims(gold_s, over_seeds)))
+        over = f"{over}; for {', '.join(sorted({n for g in gold_s.values() for n in g}))} also {over_seeds}"
     return parts, over
 
 
-def seeds_table(evals: dict, seed_runs: list) -> list:
-    lines = ["| gold reward | policy | gold reward, mean [95% CI over seeds] | KL k1, mean [95% CI over seeds] | seeds |",
-             "|---|---|---|---|---|"]
-    for reward, policies in evals.items():
-        for n, own in policies.items():
-            runs = [own] + [r["tasks"][reward][n] for r in seed_runs if n in r["tasks"].get(reward, {})]
-            (g, g_half), (k, k_half) = (mean_ci([r[key] for r in runs]) for key in ("gold_reward", "kl_k1"))
-            lines.append(f"| {reward} | {n} | {g:.2f} [{g - g_half:.2f}, {g + g_half:.2f}] | "
-                         f"{k:.2f} [{k - k_half:.2f}, {k + k_half:.2f}] | {len(runs)} |")
+def seed_values(evals: dict, seed_runs: list, tasks: dict) -> tuple:
+    """{reward: {policy: [this run's value, then each other seed's]}} of gold reward and KL, for the policies
+    every seed run has."""
+    gold, kl = {}, {}
+    for reward in tasks:
+        for n, own in evals.get(reward, {}).items():
+            runs = [r["tasks"].get(reward, {}).get(n) for r in seed_runs]
+            if seed_runs and all(runs):
+                gold.setdefault(reward, {})[n] = [own["gold_reward"]] + [r["gold_reward"] for r in runs]
+                kl.setdefault(reward, {})[n] = [own["kl_k1"]] + [r["kl_k1"] for r in runs]
+    return gold, kl
+
+
+def seeds_table(evals: dict, seed: int, seed_runs: list) -> list:
+    """One row per policy with other training seeds: each seed's held-out gold reward, then the mean and its
+    95% interval over seeds, and the same for KL."""
+    seeds = [seed] + [r["seed"] for r in seed_runs]
+    lines = ["| gold reward | policy | " + " | ".join(f"seed {s}" for s in seeds) +
+             " | gold reward, mean [95% CI over seeds] | KL k1, mean [95% CI over seeds] |", "|---" * (len(seeds) + 4) + "|"]
+    gold, kl = seed_values(evals, seed_runs, evals)
+    for reward, policies in gold.items():
+        for n, values in policies.items():
+            (g, g_half), (k, k_half) = mean_ci(values), mean_ci(kl[reward][n])
+            lines.append(f"| {reward} | {n} | " + " | ".join(f"{v:.2f}" for v in values) +
+                         f" | {g:.2f} [{g - g_half:.2f}, {g + g_half:.2f}] | {k:.2f} [{k - k_half:.2f}, {k + k_half:.2f}] |")
     return lines
 
 
@@ -238,7 +326,7 @@ def rm_sentence(path) -> str:
                    f"{rm['held_out_gold_correlation']:.3f}.")
 
 
-def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".") -> str:
+def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".", training_seeds: dict = None) -> str:
     """metrics/report.md, metrics/claims.json and the figures, from the files under `root`."""
     root = Path(root)
     m = root / "metrics"
@@ -253,7 +341,8 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         path = m / "didactic" / f"{name}.json"
         didactic[name] = json.loads(path.read_text()) if path.exists() else None
     bandit, coverage, token_bandit = didactic["bandit"], didactic["coverage"], didactic["token_bandit"]
-    seed_runs = load_seed_runs(m / "seeds")
+    seed_runs = pipeline_seed_runs(training_seeds or {}, gold_name, root)
+    seed_runs += [r for r in load_seed_runs(m / "seeds") if r["seed"] not in {s["seed"] for s in seed_runs}]
     llm_parts, over = llm_claim_parts(tasks, evals_by_task, seed, seed_runs, root)
     if "dpo" in evals:
         llm_parts.append((f"synthetic LLM task ({gold_name})", {"3": claims_lib.dpo_likelihood_check(evals["dpo"])}))
@@ -265,8 +354,8 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
              "other side, *inconclusive* otherwise. Every interval and every ± in this report is the same 95% Student-t "
              "interval of a mean (`src/pftlab/core/stats.py`); what it varies over is named with it. In the didactic "
              "settings it is over seeds (independent training runs); in the LLM tasks it is over "
-             f"{over}" + (" (the sampling noise of one training run, not the spread between runs: collect more training "
-                          "seeds with `python -m pftlab.reporting.seeds`, see README)" if not seed_runs else "") + ".", ""]
+             f"{over} (over prompts: the sampling noise of one training run; over training seeds: the spread between "
+             "runs, params `training_seeds`, or whole runs collected with `python -m pftlab.reporting.seeds`, see README).", ""]
     lines += claims_markdown(claims)
     judge = ("Human-labelled pairs have no gold reward: the reward model judges (its score stands in the "
              "gold reward column). " if gold_name == "reward_model" else f"Gold reward: `{gold_name}`. ")
@@ -281,10 +370,19 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
                   "The same SFT samples relabelled; a reward model and policies trained on those labels.", ""]
         lines += eval_table(evals_by_task[reward])
         lines += ["", rm_sentence(root / task.metrics("reward_model"))]
+    if (m / "sweep" / "summary.json").exists():
+        lines += [""] + sweep_section(json.loads((m / "sweep" / "summary.json").read_text()))
     if seed_runs:
         lines += ["", "### Across training seeds", "",
-                  "Each seed's evaluation mean; the 95% interval is over training seeds (the spread between runs).", ""]
-        lines += seeds_table(evals_by_task, seed_runs)
+                  "Each seed's held-out mean (the same SFT model, pairs and reward model; only the policy's training "
+                  "seed differs); the 95% interval is over training seeds (the spread between runs).", ""]
+        lines += seeds_table(evals_by_task, seed, seed_runs)
+    if "dpo" in evals:
+        dpo_curves = {f"seed {seed}": read_curve(m / "curves" / "policy_dpo.csv")}
+        dpo_curves |= {f"seed {r['seed']}": read_curve(root / Task(seed=r["seed"]).curve("policy", "dpo"))
+                       for r in seed_runs if r["experiment"] == "training_seeds" and "dpo" in r["tasks"][gold_name]}
+        plot_dpo_diagnosis(dpo_curves, figures / "dpo_diagnosis.png")
+        lines += [""] + dpo_diagnosis_text(dpo_curves, evals["sft"], evals["dpo"])
     lines += ["", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
               "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]
@@ -306,6 +404,8 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         lines += ["### Coverage problems (Song et al.)", ""]
         plot_coverage({k: read_curve(m / "curves" / f"coverage_{k}.csv") for k in ("linear", "tabular")}, figures / "coverage.png")
         lines += ["Mean over seeds:", "", "![coverage](figures/coverage.png)", ""]
+        if "uncovered_mass_by_case" in coverage:
+            lines += uncovered_mass_section(coverage["uncovered_mass_by_case"])
     lines += ["## Stage times (seconds, wall clock, this machine)", "", "| stage | seconds |", "|---|---|"]
     stage_files = [("prepare", m / "prepare.json"), ("tokenizer", m / "tokenizer.json"), ("sft", m / "sft.json"),
                    ("sft_samples", m / "sft_samples.json")]
@@ -313,6 +413,12 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         stage_files += [(task.stage(kind), root / task.metrics(kind)) for kind in ("pairs", "reward_model")]
         stage_files += [(task.stage("policy", a), root / task.metrics("policy", a)) for a in task_names if a != "sft"]
         stage_files += [(task.stage("evaluate", n), root / task.metrics("eval", n)) for n in task_names]
+    for run in seed_runs:
+        if run["experiment"] == "training_seeds":
+            task = Task(seed=run["seed"])
+            for n in run["tasks"][gold_name]:
+                stage_files += [(task.stage(kind, n), root / task.metrics(folder, n)) for kind, folder in (("policy", "policy"),
+                                                                                                         ("evaluate", "eval"))]
     stage_files += [(s, m / "didactic" / f"{s}.json") for s in ("bandit", "token_bandit", "coverage")
                     if (m / "didactic" / f"{s}.json").exists()]
     total = 0.0

@@ -1,4 +1,6 @@
-"""Training seeds of the LLM task across `dvc exp` runs, for the report's seed-level claims.
+"""Training seeds of the LLM task, for the report's seed-level claims: the pipeline's own
+(`training_seeds`: stages policy_seed@ / evaluate_seed@, read by `pipeline_seed_runs`) and whole runs with
+another `seed` collected from `dvc exp` (below).
 
     for s in 1 2 3 4; do dvc exp run --queue -S seed=$s; done && dvc queue start -j 1 && dvc queue status
     python -m pftlab.reporting.seeds      # writes metrics/seeds/seed_<s>.json, one per finished experiment
@@ -63,6 +65,26 @@ def collect(exp_show: list, current: dict) -> list:
         if tasks and params["seed"] not in runs:
             runs[params["seed"]] = {"seed": params["seed"], "experiment": name, "tasks": tasks}
     return [runs[s] for s in sorted(runs)]
+
+
+def pipeline_seed_runs(training_seeds: dict, reward: str, root=".") -> list:
+    """The training seeds the pipeline ran (params `training_seeds`), in the form of collected seed runs:
+    `[{"seed": s, "tasks": {reward: {policy: {gold_reward, kl_k1, win_rate_vs_sft}}}}]`. A missing file is an
+    error naming the stage that makes it."""
+    from pftlab.core.paths import Task
+
+    runs = []
+    for seed in training_seeds.get("seeds", []):
+        task, policies = Task(seed=seed), {}
+        for name in training_seeds.get("algorithms", []):
+            path = Path(root) / task.metrics("eval", name)
+            if not path.exists():
+                raise DataError(f"{path} is missing: run `dvc repro {task.stage('evaluate', name)}`")
+            values = json.loads(path.read_text())
+            policies[name] = {k: values[k] for k in KEYS if k in values}
+        if policies:
+            runs.append({"seed": seed, "experiment": "training_seeds", "tasks": {reward: policies}})
+    return runs
 
 
 def load_seed_runs(directory=SEEDS_DIR) -> list:

@@ -2,7 +2,7 @@
 (`sft`, `reward_model`, `policy`, `token_bandit`), the supervised sections and the policy loop's own."""
 from dataclasses import dataclass
 
-from pftlab.core.config import fraction_open, is_bool, knob, nonneg, nonneg_int, one_of, pos_int, positive, text
+from pftlab.core.config import fraction_open, is_bool, knob, list_of, nonneg, nonneg_int, one_of, pos_int, positive, text
 
 LR_SCHEDULES = ("cosine", "linear", "constant")  # after warmup; optimization.py maps them to transformers' names
 REFERENCES = ("frozen_copy", "lora")
@@ -69,3 +69,12 @@ class CheckpointConfig:
     """`checkpoint`: read by every training stage but a DVC param of none (it cannot change a number)."""
     every_steps: int = knob(nonneg_int, "an integer >= 0 (0: only on SIGINT / SIGTERM)", None)
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSeedsConfig:
+    """`training_seeds`: the policy stage again, for these algorithms, with each of these seeds besides `seed`
+    (the same SFT model, pairs and reward model): stages policy_seed@<algorithm>-<seed> and evaluate_seed@...,
+    and the report's intervals over training seeds."""
+    algorithms: list = knob(list_of(lambda v: isinstance(v, str), empty=True), "a list of names from `algorithms`")
+    seeds: list = knob(list_of(nonneg_int, empty=True), "a list of integers >= 0 other than `seed`")

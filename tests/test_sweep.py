@@ -1,0 +1,49 @@
+"""The hyperparameter sweep's summariser on synthetic `dvc exp show --json` output: which experiments
+count, and the selection by validation reward (never by the evaluated prompts' reward)."""
+from pftlab.reporting import sweep
+
+CURRENT = {"seed": 0, "algorithms": ["pref_ft", "dpo", "online_dpo"], "policy": {"lr": 1e-4},
+           "algos": {"dpo": {"beta": 0.1}, "online_dpo": {"beta": 0.1}},
+           "training_seeds": {"algorithms": ["dpo"], "seeds": [1, 2]}, "variants": {"rewards": ["mode_length"], "algorithms": ["dpo"]}}
+
+
+def experiment(name, params, evaluation: dict):
+    algorithm = params["algorithms"][0]
+    return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}},
+                                                "metrics": {f"metrics/eval/{algorithm}.json": {"data": evaluation}}}}
+
+
+def one_algorithm(name, lr=None, beta=0.1, **other):
+    params = {**CURRENT, "algorithms": [name], "training_seeds": {"algorithms": [], "seeds": [1, 2]},
+              "variants": {"rewards": ["mode_length"], "algorithms": []},
+              "algos": {**CURRENT["algos"], name: {"beta": beta} | ({"lr": lr} if lr else {})}} | other
+    return params
+
+
+def test_selection_is_by_validation_reward_among_experiments_that_change_only_that_algorithm():
+    shown = [{"rev": "workspace", "data": {}, "experiments": [{"revs": [
+        experiment("a", one_algorithm("dpo", lr=3e-5), {"validation_gold_reward": -10.0, "gold_reward": -30.0}),
+        experiment("b", one_algorithm("dpo", lr=1e-5, beta=0.3), {"validation_gold_reward": -8.0, "gold_reward": -40.0}),
+        experiment("c", one_algorithm("dpo", lr=1e-3), {"validation_gold_reward": -50.0, "gold_reward": -5.0}),
+        # another knob changed as well: not a point of this sweep, however good
+        experiment("d", one_algorithm("dpo", lr=1e-5) | {"policy": {"lr": 5e-4}}, {"validation_gold_reward": 99.0}),
+        # two algorithms at once: not a point either
+        experiment("e", {**CURRENT, "algorithms": ["dpo", "online_dpo"]}, {"validation_gold_reward": 99.0}),
+        experiment("f", one_algorithm("online_dpo", lr=3e-5), {"validation_gold_reward": -6.0}),
+    ]}]}]
+    found = sweep.points(shown, CURRENT)
+    assert sorted(r["experiment"] for r in found["dpo"]) == ["a", "b", "c"]
+    summary = sweep.summarise(found, CURRENT, {"dpo": {"validation_gold_reward": -9.0, "gold_reward": -44.0}})
+    dpo = summary["algorithms"]["dpo"]
+    assert dpo["selected"] == {"beta": 0.3, "lr": 1e-5}  # best on validation, although c is best on the eval prompts
+    assert [r["experiment"] for r in dpo["rows"]] == ["b", "workspace", "a", "c"]  # the workspace competes too
+    assert summary["algorithms"]["online_dpo"]["selected"] == {"beta": 0.1, "lr": 3e-5}
+    assert summary["rule"] == sweep.RULE
+
+
+def test_queue_commands_cover_the_grid_and_run_one_algorithm_alone():
+    commands = sweep.queue_commands("dpo", {"lr": [1e-5, 3e-5], "beta": [0.1, 0.3]})
+    assert len(commands) == 4
+    sets = [" ".join(c) for c in commands]
+    assert all("-S algorithms=[dpo]" in s and "-S training_seeds.algorithms=[]" in s for s in sets)
+    assert sum("algos.dpo.lr=1e-05" in s and "algos.dpo.beta=0.3" in s for s in sets) == 1

@@ -22,7 +22,7 @@ from pftlab.reporting.report import build_report
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["dpo", "rloo", "hypo", "ppo"]  # smoke.yaml; trained as LoRA adapters (policy.reference: lora)
 VARIANTS = {"rewards": ["mode_length"], "algorithms": ["dpo"]}  # smoke.yaml: the task relabelled
-TRAINING_SEEDS = {"algorithms": ["dpo"], "seeds": [1]}  # smoke.yaml: dpo again with seed 1
+TRAINING_SEEDS = {"algorithms": ["dpo", "hypo"], "seeds": [1]}  # smoke.yaml: dpo and hypo again with seed 1
 pytestmark = pytest.mark.slow
 
 
@@ -129,7 +129,7 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
             != (repo / "models/policy/dpo/model.safetensors").read_bytes())
     assert load(repo, "training_seeds/s1/policy/dpo.json")["steps"] == load(repo, "policy/dpo.json")["steps"]
     assert "### Across training seeds" in report and "| min_length | dpo |" in report
-    assert any(c["over"] == "training seeds (0, 1)" for cid in claims for c in claims[cid]["checks"])
+    assert any(c["over"] == "training seeds (0, 1)" for c in claims["8"]["checks"])  # DPO vs HyPO over seeds
     bandit = load(repo, "didactic/bandit.json")
     assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
     assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
@@ -278,6 +278,8 @@ def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     assert seeds.collect(shown, current | {"seed": 7, "policy": {**current["policy"], "lr": 0.5}}) == []
     # the report over two training seeds: this run's metrics and a second seed one token better everywhere
     shutil.copytree(repo / "metrics", tmp_path / "metrics")
+    for held_out in ("data/eval", "data/variants", "data/training_seeds"):  # per-prompt samples: the checks over prompts
+        shutil.copytree(repo / held_out, tmp_path / held_out)
     other = {reward: {n: v | {"gold_reward": v["gold_reward"] + 1} for n, v in policies.items()}
              for reward, policies in runs[0]["tasks"].items()}
     seeds.write_seed_runs([{"seed": 7, "experiment": "fake", "tasks": other}], tmp_path / "metrics" / "seeds")

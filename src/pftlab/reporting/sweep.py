@@ -30,12 +30,13 @@ STAGE_LISTS = ("algorithms", "training_seeds.algorithms", "training_seeds.seeds"
 RULE = "highest mean validation gold reward (eval.validation_prompts, disjoint from the evaluated prompts)"
 
 
-def queue_commands(algorithm: str, grid: dict) -> list:
-    """One `dvc exp run --queue` command per point of the grid ({key: [values]} under algos.<algorithm>)."""
+def queue_commands(algorithm: str, grid: dict, present: dict) -> list:
+    """One `dvc exp run --queue` command per point of the grid ({key: [values]} under algos.<algorithm>);
+    `present`: the algorithm's keys in params.yaml now (DVC adds an absent one only as `+key=value`)."""
     keys = list(grid)
     commands = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        sets = [f"algos.{algorithm}.{k}={v}" for k, v in zip(keys, values)]
+        sets = [f"{'' if k in present else '+'}algos.{algorithm}.{k}={v}" for k, v in zip(keys, values)]
         commands.append(["dvc", "exp", "run", "--queue", "-S", f"algorithms=[{algorithm}]", "-S", "training_seeds.algorithms=[]",
                          "-S", "variants.algorithms=[]", *[x for s in sets for x in ("-S", s)]])
     return commands
@@ -102,9 +103,10 @@ def main(argv=None):
             if not key or not values:
                 sys.exit(f"--grid {item!r}: expected key=v1,v2,...")
             grid[key] = [read_yaml(v) for v in values.split(",")]
-        for command in queue_commands(args.algorithm, grid):
+        commands = queue_commands(args.algorithm, grid, params.get(f"algos.{args.algorithm}") or {})
+        for command in commands:
             subprocess.run(command, check=True)
-        print(f"queued {len(queue_commands(args.algorithm, grid))} experiments: dvc queue start -j 1")
+        print(f"queued {len(commands)} experiments: dvc queue start -j 1")
         return
     out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
     if out.returncode != 0:

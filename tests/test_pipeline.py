@@ -312,7 +312,7 @@ def test_dvc_exp_run_sets_small_floats_lists_and_nested_keys(smoke_run):
     a string); the stages read it as the number it is, and lists and nested keys arrive as set."""
     repo = smoke_run
     dvc(repo, "exp", "run", "-S", "policy.lr=2e-5", "-S", "algos.dpo.beta=0.25", "-S", "algorithms=[dpo]",
-        "-S", "variants.algorithms=[dpo]")
+        "-S", "variants.algorithms=[dpo]", "-S", "training_seeds.algorithms=[dpo]")
     written = (repo / "params.yaml").read_text()
     assert re.search(r"^  lr: 2e-0?5$", written, re.M), "DVC no longer writes the YAML 1.2 form this test is about"
     p = load_params(repo / "params.yaml")

@@ -80,7 +80,7 @@ def summarise(found: dict, current: dict, workspace_evals: dict) -> dict:
         rows = list(rows)
         if "validation_gold_reward" in workspace_evals.get(algorithm, {}):
             rows.append({"experiment": "workspace", "setting": now, **_scores(workspace_evals[algorithm])})
-        rows.sort(key=lambda r: -r["validation_gold_reward"])
+        rows.sort(key=lambda r: (-r["validation_gold_reward"], r["experiment"] != "workspace"))  # a tie keeps params.yaml
         summary["algorithms"][algorithm] = {"current": now, "selected": rows[0]["setting"], "rows": rows}
     return summary
 
@@ -108,7 +108,7 @@ def main(argv=None):
             subprocess.run(command, check=True)
         print(f"queued {len(commands)} experiments: dvc queue start -j 1")
         return
-    out = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], capture_output=True, text=True)  # any baseline
     if out.returncode != 0:
         sys.exit(f"`dvc exp show --json` failed: {out.stderr.strip()[-500:]}")
     evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in params["algorithms"]

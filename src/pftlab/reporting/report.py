@@ -36,30 +36,10 @@ def _save(fig, path):
     tmp.replace(path)
 
 
-def plot_learning_curves(curves: dict, path):
-    panels = [("loss", "loss"), ("proxy_reward", "proxy reward of fresh samples"), ("margin", "DPO implicit reward margin"),
-              ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
+def plot_step_panels(curves: dict, panels: list, path):
+    """One panel per (key, title), one line per labelled curve, against the gradient step."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
-        for name, rows in curves.items():
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            if points:
-                ax.plot(*zip(*points), label=name)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("gradient step")
-        if ax.lines:
-            ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w) of the training pairs"), ("logp_rejected", "log pi(y_l) of the training pairs"),
-                 ("response_tokens", "length of fresh samples (tokens)"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
-
-
-def plot_dpo_diagnosis(curves: dict, path):
-    """Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL."""
-    fig, axes = plt.subplots(1, len(DPO_DIAGNOSIS), figsize=(4.2 * len(DPO_DIAGNOSIS), 3.4))
-    for ax, (key, title) in zip(axes, DPO_DIAGNOSIS):
         for label, rows in curves.items():
             points = [(r["step"], r[key]) for r in rows if key in r]
             if points:
@@ -69,6 +49,13 @@ def plot_dpo_diagnosis(curves: dict, path):
         if ax.lines:
             ax.legend(fontsize=8)
     _save(fig, path)
+
+
+LEARNING_CURVES = [("loss", "loss"), ("proxy_reward", "proxy reward of fresh samples"), ("margin", "DPO implicit reward margin"),
+                   ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
+# Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL
+DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w) of the training pairs"), ("logp_rejected", "log pi(y_l) of the training pairs"),
+                 ("response_tokens", "length of fresh samples (tokens)"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
 
 
 def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict) -> list:
@@ -381,7 +368,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         dpo_curves = {f"seed {seed}": read_curve(m / "curves" / "policy_dpo.csv")}
         dpo_curves |= {f"seed {r['seed']}": read_curve(root / Task(seed=r["seed"]).curve("policy", "dpo"))
                        for r in seed_runs if r["experiment"] == "training_seeds" and "dpo" in r["tasks"][gold_name]}
-        plot_dpo_diagnosis(dpo_curves, figures / "dpo_diagnosis.png")
+        plot_step_panels(dpo_curves, DPO_DIAGNOSIS, figures / "dpo_diagnosis.png")
         lines += [""] + dpo_diagnosis_text(dpo_curves, evals["sft"], evals["dpo"])
     lines += ["", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
@@ -427,7 +414,8 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         total += seconds
         lines.append(f"| {stage} | {seconds:.1f} |")
     lines.append(f"| total (without report) | {total:.1f} |")
-    plot_learning_curves({a: read_curve(m / "curves" / f"policy_{a}.csv") for a in algorithms}, figures / "learning_curves.png")
+    plot_step_panels({a: read_curve(m / "curves" / f"policy_{a}.csv") for a in algorithms}, LEARNING_CURVES,
+                     figures / "learning_curves.png")
     plot_reward_vs_kl(evals, figures / "reward_vs_kl.png")
     plot_sft(read_curve(m / "curves" / "sft.csv"), figures / "sft_loss.png")
     text = "\n".join(lines) + "\n"

@@ -113,9 +113,10 @@ def test_closure_follows_transitive_function_level_and_from_package_imports(tmp_
 def test_write_makes_code_deps_the_closure_and_keeps_the_rest(tmp_path):
     (tmp_path / "src/pkg").mkdir(parents=True)
     (tmp_path / "stages").mkdir()
-    (tmp_path / "src/pkg/__init__.py").write_text("")
-    (tmp_path / "src/pkg/used.py").write_text("from pkg import more\n")
-    (tmp_path / "src/pkg/more.py").write_text("")
+    (tmp_path / "src/pkg/__init__.py").write_text("VERSION = 1\n")
+    (tmp_path / "src/pkg/used.py").write_text("from pkg import more, empty\n")
+    (tmp_path / "src/pkg/more.py").write_text("X = 2\n")
+    (tmp_path / "src/pkg/empty.py").write_text("")  # imported, but runs nothing: not a dep
     (tmp_path / "src/pkg/gone.py").write_text("")
     (tmp_path / "stages/s.py").write_text("def main():\n    from pkg.used import x\n")
     text = ("# top comment\nstages:\n  one:\n    foreach: ${things}\n    do:\n      cmd: python stages/s.py ${item}\n"

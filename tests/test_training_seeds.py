@@ -68,3 +68,24 @@ def test_training_seeds_params_are_checked_before_any_work(change, message):
     tree = {**tree, "algorithms": ["pref_ft", "dpo", "online_dpo"], "training_seeds": {**tree["training_seeds"], **change}}
     with pytest.raises(ParamError, match=message):
         Params(tree).check("training_seeds")
+
+
+def test_a_bad_seed_list_stops_the_first_stage_that_runs(tmp_path):
+    """`training_seeds` is not a param of prepare, yet a bad list stops it (one line, no traceback) before any
+    work: otherwise the error would surface only in the report stage, after every policy had trained."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pftlab.core.params import load_params
+
+    tree = load_params("params.yaml").tree
+    tree["training_seeds"] = {"algorithms": ["ppo_typo"], "seeds": [1]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    code = "from pftlab.core.stage import run_stage\nrun_stage('probe', ['seed'], lambda p, t: {}, 'metrics/probe.json')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PFTLAB_MLFLOW": "0"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "'training_seeds.algorithms' names unknown algorithm 'ppo_typo'" in out.stderr
+    assert not (tmp_path / "metrics" / "probe.json").exists()

@@ -4,7 +4,8 @@
 returns every project module Python would execute for it: the modules named by `import a.b`,
 `from a import b` (b a submodule or a name), `from a.b import name`, relative imports, imports inside
 functions or `if`/`try` blocks, `importlib.import_module("a.b")` with a literal name, and the
-`__init__.py` of every package on the way (Python runs them all). A module is "project" when it
+`__init__.py` of every package on the way (Python runs them all; an empty one runs nothing and is left
+out, so the lock file does not carry seven files that cannot change a number). A module is "project" when it
 resolves to a file under the repository: the script's own directory (sys.path[0] for
 `python stages/x.py`) or `src/` (where the editable install points). Everything else (torch, the
 standard library) is left out. Nothing is imported, so this needs only the standard library.
@@ -162,7 +163,7 @@ def import_closure(script_path: str | os.PathLike, root: str | os.PathLike, *,
                     queue.append(file)
     mods = []
     for file in seen:
-        if file == script:
+        if file == script or file.stat().st_size == 0:  # an empty package marker: no code to depend on
             continue
         try:
             mods.append(file.relative_to(root).as_posix())

@@ -148,6 +148,12 @@ class Params:
                 raise ParamError(f"{self.path}: 'training_seeds.seeds' repeats 'seed' ({self['seed']}): list the other seeds")
         return self
 
+    def check_stage_lists(self):
+        """Check the lists that decide which stages dvc.yaml generates (algorithms, variants, training_seeds).
+        Every stage calls this, whatever it declares, so a bad list stops the first stage that runs rather than
+        the report at the end; it only reads them to refuse, never to compute, so they are not DVC params there."""
+        return self.check(*[s for s in ("algorithms", "variants", "training_seeds") if self.get(s) is not None])
+
     def config(self, section: str):
         """The typed, checked section (e.g. `PolicyConfig`); `algos.<name>` gives the algorithm's hyperparameters."""
         self.check(section)

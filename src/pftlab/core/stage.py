@@ -32,7 +32,7 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
     try:
         check_writable(metrics_path)
         check_writable(checkpoint_dir(name))
-        params = load_params(params_path).check(*sections)
+        params = load_params(params_path).check(*sections).check_stage_lists()
         if seed_key is not None:  # None: the stage seeds each of its runs itself
             seed_everything(params[seed_key])
         # Under a multi-process launcher, rank 0 tracks and writes. (Read here rather than from optimization.py,

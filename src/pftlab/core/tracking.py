@@ -5,8 +5,11 @@ run per stage, tagged with the stage, git commit, DVC experiment name and a `pip
 all stages of one `dvc repro` of one params file at one commit.
 """
 import hashlib
+import json
 import os
 import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -29,87 +32,131 @@ def pipeline_run_id(params_path="params.yaml") -> str:
 
 
 class Tracker:
-    """`with Tracker(stage, params) as t: t.log_metrics({...}, step)`; buffered, flushed in batches."""
+    """`with Tracker(stage, params) as t: t.log_metrics({...}, step)`; buffered, flushed in batches.
+
+    A writer process (`python -m pftlab.core.tracking`) imports MLflow and logs what the stage sends it over a
+    pipe: the ~3 s of importing MLflow and opening its store overlap the stage's own work instead of adding to
+    it (a thread would not: both halves are Python and would take turns on the GIL). Metrics stream as they
+    come, so a long run can be watched live. The writer reports its first failure when the stage ends, as one
+    warning; the stage never waits on a failed store nor stops for one.
+    """
 
     def __init__(self, stage: str, params: dict, enabled: bool = True):
         self.stage, self.params = stage, params
         self.enabled = enabled and os.environ.get("PFTLAB_MLFLOW", "1") != "0"
-        self._buffer, self._run_id, self._client = [], None, None
+        self._buffer, self._writer = [], None
 
-    def _fail(self, err: Exception):
+    def _fail(self, err: str):
         if self.enabled:
-            warnings.warn(f"MLflow tracking disabled for stage '{self.stage}': {type(err).__name__}: {err}", stacklevel=3)
+            warnings.warn(f"MLflow tracking disabled for stage '{self.stage}': {err}", stacklevel=3)
         self.enabled = False
+
+    def _send(self, message: dict):
+        try:
+            self._writer.stdin.write(json.dumps(message) + "\n")
+            self._writer.stdin.flush()
+        except (OSError, ValueError) as err:  # the writer is gone: its own report says why, if it had time
+            self._finish(f"{type(err).__name__}: {err}")
 
     def __enter__(self):
         if not self.enabled:
             return self
         try:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            import mlflow
-            from mlflow.tracking import MlflowClient
-
-            uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-            self._client = MlflowClient(tracking_uri=uri)
-            exp = self._client.get_experiment_by_name(EXPERIMENT)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(EXPERIMENT)
-            tags = {
-                "stage": self.stage,
-                "git_commit": _git_commit(),
-                "pipeline_run": pipeline_run_id(),
-                "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-                "mlflow.runName": self.stage,
-            }
-            self._run_id = self._client.create_run(exp_id, tags=tags, run_name=self.stage).info.run_id
-            params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(self.params).items()]
-            for i in range(0, len(params), 100):
-                self._client.log_batch(self._run_id, params=params[i : i + 100])
-        except Exception as err:  # tracking must never stop a stage
-            self._fail(err)
+            self._writer = subprocess.Popen([sys.executable, "-m", "pftlab.core.tracking"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True)
+        except OSError as err:
+            self._fail(f"{type(err).__name__}: {err}")
+            return self
+        self._send({"open": {"stage": self.stage, "params": {k: str(v)[:6000] for k, v in flatten(self.params).items()}}})
         return self
 
     def log_metrics(self, metrics: dict, step: int = 0):
         if not self.enabled:
             return
-        try:
-            import time
-
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            self._buffer += [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-            if len(self._buffer) >= 500:
-                self.flush()
-        except Exception as err:
-            self._fail(err)
+        now = int(time.time() * 1000)
+        self._buffer += [(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if len(self._buffer) >= 500:
+            self.flush()
 
     def flush(self):
-        if not self.enabled or not self._buffer:
-            return
-        try:
-            for i in range(0, len(self._buffer), 1000):
-                self._client.log_batch(self._run_id, metrics=self._buffer[i : i + 1000])
-        except Exception as err:
-            self._fail(err)
+        if self.enabled and self._buffer:
+            self._send({"metrics": self._buffer})
         self._buffer = []
 
     def log_artifact(self, path):
-        if not self.enabled or not Path(path).exists():
+        if self.enabled and Path(path).exists():
+            self._send({"artifact": str(Path(path).resolve())})
+
+    def _finish(self, err: str = ""):
+        writer, self._writer = self._writer, None
+        if writer is None:
             return
         try:
-            if Path(path).is_dir():
-                self._client.log_artifacts(self._run_id, str(path), artifact_path=Path(path).name)
-            else:
-                self._client.log_artifact(self._run_id, str(path))
-        except Exception as err:
-            self._fail(err)
+            report = writer.communicate(timeout=600)[0].strip()  # closes its stdin: the writer ends
+        except subprocess.TimeoutExpired:
+            writer.kill()
+            report = "ERROR TimeoutExpired: the MLflow writer did not finish within 600 s"
+        if report.startswith("ERROR ") or err:
+            self._fail(report[len("ERROR "):] if report.startswith("ERROR ") else err)
 
     def __exit__(self, exc_type, exc, tb):
-        self.flush()
-        if self.enabled and self._run_id:
-            try:
-                self._client.set_terminated(self._run_id, status="FAILED" if exc_type else "FINISHED")
-            except Exception as err:
-                self._fail(err)
+        if self.enabled:
+            self.flush()
+            self._send({"end": "FAILED" if exc_type else "FINISHED"})
+            self._finish()
         return False
+
+
+def _write_from_pipe(lines):
+    """The writer process: log each message of one stage's run; on the first failure stop logging (keep reading,
+    so the stage is never blocked on a full pipe) and print `ERROR <why>` for the stage to warn with."""
+    client = run_id = error = None
+    ended = False
+    for line in lines:
+        if error:
+            continue
+        try:
+            message = json.loads(line)
+            if "open" in message:
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+                from mlflow.entities import Param
+                from mlflow.tracking import MlflowClient
+
+                stage = message["open"]["stage"]
+                client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+                exp = client.get_experiment_by_name(EXPERIMENT)
+                exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+                tags = {"stage": stage, "git_commit": _git_commit(), "pipeline_run": pipeline_run_id(),
+                        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""), "mlflow.runName": stage}
+                run_id = client.create_run(exp_id, tags=tags, run_name=stage).info.run_id
+                params = [Param(k, v) for k, v in message["open"]["params"].items()]
+                for i in range(0, len(params), 100):
+                    client.log_batch(run_id, params=params[i : i + 100])
+            elif "metrics" in message:
+                from mlflow.entities import Metric
+
+                metrics = [Metric(*m) for m in message["metrics"]]
+                for i in range(0, len(metrics), 1000):
+                    client.log_batch(run_id, metrics=metrics[i : i + 1000])
+            elif "artifact" in message:
+                path = Path(message["artifact"])
+                if path.is_dir():
+                    client.log_artifacts(run_id, str(path), artifact_path=path.name)
+                else:
+                    client.log_artifact(run_id, str(path))
+            elif "end" in message:
+                client.set_terminated(run_id, status=message["end"])
+                ended = True
+        except Exception as err:  # noqa: BLE001 - any failure of the store ends tracking for this stage
+            error = f"{type(err).__name__}: {err}"
+    if run_id and not ended and not error:  # the stage died without saying so
+        try:
+            client.set_terminated(run_id, status="KILLED")
+        except Exception as err:  # noqa: BLE001
+            error = f"{type(err).__name__}: {err}"
+    print(f"ERROR {error}" if error else "OK", flush=True)
+
+
+if __name__ == "__main__":
+    _write_from_pipe(sys.stdin)

@@ -15,7 +15,7 @@ from pftlab.core.stage import run_stage
 from pftlab.evaluation.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
 from pftlab.evaluation.judge import LLMJudge, judge_win_rate
 from pftlab.lm.gold import gold_reward, response_length
-from pftlab.lm.model import encode_prompt, load_policy, load_tokenizer, pack
+from pftlab.lm.model import Truncation, encode_prompt, load_policy, load_tokenizer, pack
 from pftlab.lm.reward_model import load_reward_model, score_sequences
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -30,12 +30,16 @@ def main(p, tracker):
     n = p["eval.samples_per_prompt"]
     all_texts = [r["prompt"] for r in read_jsonl("data/prepared/prompts_eval.jsonl")]
     prompt_texts = all_texts[: p["eval.num_prompts"]]
-    validation_texts = all_texts[p["eval.num_prompts"]: p["eval.num_prompts"] + (p.get("eval.validation_prompts") or 0)]
-    if len(validation_texts) < (p.get("eval.validation_prompts") or 0):
+    # the sweep's split: selection reads the main task's evaluations, so seeds and variants skip it
+    wanted = 0 if (TASK.seed is not None or TASK.variant) else (p.get("eval.validation_prompts") or 0)
+    validation_texts = all_texts[p["eval.num_prompts"]: p["eval.num_prompts"] + wanted]
+    if len(validation_texts) < wanted:
         raise ParamError(f"params.yaml: eval.num_prompts + eval.validation_prompts = "
                          f"{p['eval.num_prompts'] + p['eval.validation_prompts']} but data/prepared/prompts_eval.jsonl "
                          f"holds {len(all_texts)} prompts")
-    prompts = [encode_prompt(tok, text, p["model.max_prompt_tokens"]) for text in prompt_texts]
+    cut = Truncation()
+    prompts = [encode_prompt(tok, text, p["model.max_prompt_tokens"], cut) for text in prompt_texts]
+    cut.warn(TASK.stage("evaluate", NAME))
     gold_spec = read_json(TASK.gold)
     ref, rm = load_policy(SFT_MODEL), load_reward_model(TASK.reward_model)
     policy = ref if NAME == "sft" else load_policy(TASK.policy(NAME))
@@ -73,7 +77,7 @@ def main(p, tracker):
         reference_texts = [tok.decode(r, skip_special_tokens=True) for r in reference]
         metrics |= judge_win_rate(queries, [r["text"] for r in rows], reference_texts, LLMJudge(p["eval.judge"]),
                                   p["eval.seed"])
-    return {"policy": NAME, "prompts": len(prompts), **metrics, **likelihood}
+    return {"policy": NAME, "prompts": len(prompts), **metrics, **likelihood, **cut.metrics()}
 
 
 if __name__ == "__main__":

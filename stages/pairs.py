@@ -8,7 +8,7 @@ from pftlab.core.io import atomic_dir, atomic_write_json, atomic_write_jsonl, re
 from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
 from pftlab.core.stage import run_stage
 from pftlab.lm.gold import ends_with_eos, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
-from pftlab.lm.model import encode_prompt, encode_response, load_tokenizer
+from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer
 
 TASK = task_from_argv()
 
@@ -16,19 +16,20 @@ TASK = task_from_argv()
 def human_pairs(p, tok):
     """The labelled training pairs of the data, tokenised; pairs the token caps make identical are dropped."""
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
-    pairs, identical = [], 0
+    pairs, identical, cut = [], 0, Truncation()
     for r in read_jsonl("data/prepared/pairs_train.jsonl")[: p["pairs.max_prompts"]]:
-        chosen, rejected = encode_response(tok, r["chosen"], mr), encode_response(tok, r["rejected"], mr)
+        chosen, rejected = encode_response(tok, r["chosen"], mr, cut), encode_response(tok, r["rejected"], mr, cut)
         if chosen == rejected:
             identical += 1
             continue
-        pairs.append({"prompt_ids": encode_prompt(tok, r["prompt"], mp), "chosen_ids": chosen, "rejected_ids": rejected,
+        pairs.append({"prompt_ids": encode_prompt(tok, r["prompt"], mp, cut), "chosen_ids": chosen, "rejected_ids": rejected,
                       "chosen_text": r["chosen"], "rejected_text": r["rejected"]})
     with atomic_dir(TASK.pairs_dir) as out:
         atomic_write_jsonl(out / "pairs.jsonl", pairs)
         atomic_write_json(out / "gold.json", {"reward": "reward_model"})  # no gold: the RM judges
     eos = tok.eos_token_id
-    return {"pairs": len(pairs), "gold_reward": "reward_model", "identical_after_truncation": identical,
+    cut.warn(TASK.stage("pairs"))
+    return {"pairs": len(pairs), "gold_reward": "reward_model", "identical_after_truncation": identical, **cut.metrics(),
             "pair_mean_length": float(np.mean([response_length(x[k], eos) for x in pairs for k in ("chosen_ids", "rejected_ids")]))}
 
 

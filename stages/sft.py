@@ -7,7 +7,7 @@ from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_batch
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.hub import pretrained_model
-from pftlab.lm.model import encode_prompt, encode_response, load_tokenizer, new_policy
+from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer, new_policy
 from pftlab.training.optimization import full_weights
 from pftlab.training.supervised import train_sft
 
@@ -16,11 +16,13 @@ def main(p, tracker):
     hf_logging.set_verbosity_error()
     tok = load_tokenizer("models/tokenizer")
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
-    encode = lambda rows: [(encode_prompt(tok, r["prompt"], mp), encode_response(tok, r["response"], mr)) for r in rows]
+    cut = Truncation()
+    encode = lambda rows: [(encode_prompt(tok, r["prompt"], mp, cut), encode_response(tok, r["response"], mr, cut)) for r in rows]
     cfg = p.config("sft")
     limit = cfg.max_examples  # None: all
     train = encode(read_jsonl("data/prepared/sft_train.jsonl")[:limit])
     held_out = encode(read_jsonl("data/prepared/sft_eval.jsonl")[:limit])
+    cut.warn("sft")
     check_batch("sft.batch_size", cfg.batch_size, len(train), "SFT examples")
     if p.get("model.pretrained"):
         model = pretrained_model(p["model.pretrained"], tok)
@@ -37,7 +39,7 @@ def main(p, tracker):
             write_csv("metrics/curves/sft.csv", history)
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     return {"parameters": parameters, "steps": len(history),
-            "train_loss": history[-1]["train_loss"], "eval_loss": evals[-1], "eval_loss_initial": evals[0]}
+            "train_loss": history[-1]["train_loss"], "eval_loss": evals[-1], "eval_loss_initial": evals[0], **cut.metrics()}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pftlab.core.io import atomic_write_jsonl, read_jsonl
 from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES
 from pftlab.core.stage import run_stage
 from pftlab.lm.gold import ends_with_eos, response_length
-from pftlab.lm.model import encode_prompt, load_policy, load_tokenizer
+from pftlab.lm.model import Truncation, encode_prompt, load_policy, load_tokenizer
 from pftlab.lm.sampling import sample_responses
 
 
@@ -18,8 +18,10 @@ def main(p, tracker):
         return {"prompts": 0, "skipped": "pairs.source is human"}
     tok, policy = load_tokenizer(SFT_MODEL), load_policy(SFT_MODEL)
     eos = tok.eos_token_id
-    prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"])
-               for r in read_jsonl("data/prepared/prompts_train.jsonl")][: p["pairs.max_prompts"]]
+    cut = Truncation()
+    prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"], cut)
+               for r in read_jsonl("data/prepared/prompts_train.jsonl")[: p["pairs.max_prompts"]]]
+    cut.warn("sft_samples")
     repeated = [x for x in prompts for _ in range(2)]
     responses = sample_responses(policy, repeated, p["model.max_response_tokens"], p["generation.temperature"],
                                  p["generation.batch_size"], eos, tok.pad_token_id, desc="SFT samples")
@@ -27,7 +29,7 @@ def main(p, tracker):
     atomic_write_jsonl(SFT_SAMPLES, rows)
     lengths = [response_length(r, eos) for r in responses]
     return {"prompts": len(prompts), "mean_length": float(np.mean(lengths)),
-            "eos_fraction": float(np.mean([ends_with_eos(r, eos) for r in responses]))}
+            "eos_fraction": float(np.mean([ends_with_eos(r, eos) for r in responses])), **cut.metrics()}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pftlab.core.errors import DataError, ParamError
 from pftlab.core.params import RULES, Params
-from pftlab.lm.data import read_preferences
+from pftlab.lm.data import read_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi?\n\nAssistant: Bye."}
@@ -47,13 +47,14 @@ def test_every_row_is_kept_skipped_or_named(tmp_path, lines, gz, max_bad):
     data = b"\n".join(line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines) + b"\n"
     path.write_bytes(gzip.compress(data) if gz else data)
     try:
-        rows, bad = read_preferences(path, max_bad)
+        rows, report = read_pairs({"id": str(path), "layout": "hh_rlhf"}, max_bad)
     except DataError as e:
-        assert str(path) in str(e)
+        assert str(path) in str(e) and "\n" not in str(e)
         return
-    assert len(rows) + len(bad) == sum(1 for line in data.splitlines() if line.strip())
-    assert all(isinstance(n, int) and n >= 1 and reason for n, reason in bad)
-    assert len(bad) <= max_bad * (len(rows) + len(bad))
+    bad = report["skipped_rows"]
+    assert len(rows) + report["rows_skipped"] == sum(1 for line in data.splitlines() if line.strip())
+    assert all(s.startswith("line ") and int(s.split(":")[0][5:]) >= 1 and s.split(": ", 1)[1] for s in bad)
+    assert report["rows_skipped"] <= max_bad * (len(rows) + report["rows_skipped"])
     assert all(r["prompt"].endswith("Assistant:") and r["chosen"] != r["rejected"] for r in rows)
 
 
@@ -63,7 +64,7 @@ def test_truncated_and_empty_files_name_the_file(tmp_path):
     (tmp_path / "empty.jsonl").write_bytes(b"")
     for name in ("cut.jsonl.gz", "empty.jsonl", "missing.jsonl"):
         with pytest.raises(DataError, match=str(tmp_path / name)):
-            read_preferences(tmp_path / name, 0.5)
+            read_pairs({"id": str(tmp_path / name), "layout": "hh_rlhf"}, 0.5)
 
 
 bad_values = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.lists(st.integers(), max_size=2),

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from pftlab.core.errors import DataError
-from pftlab.lm.data import is_eval_prompt, prepare, read_preferences, split_dialogue
+from pftlab.lm.data import is_eval_prompt, prepare, read_pairs
 from pftlab.lm.gold import bradley_terry_prob, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
+from pftlab.lm.layouts import split_dialogue
 
 GOOD = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: fine", "rejected":
         "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: bad"}
@@ -32,22 +33,23 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
            b"{not json"]
     path = tmp_path / "p.jsonl.gz"
     write_rows(path, [good] * 20 + bad)
-    rows, skipped = read_preferences(path, max_bad_fraction=0.5)
-    assert len(rows) == 20
-    assert [n for n, _ in skipped] == [21, 22, 23, 24, 25]
-    reasons = " ".join(r for _, r in skipped)
-    for word in ("missing key 'rejected'", "empty", "undecodable", "do not share a prompt", "invalid JSON"):
+    rows, report = read_pairs({"id": str(path), "layout": "hh_rlhf"}, max_bad_fraction=0.5)
+    assert len(rows) == 20 and report["rows_skipped"] == 5 and report["rows_read"] == 25
+    assert sorted(s.split(":")[0] for s in report["skipped_rows"]) == [f"line {n}" for n in range(21, 26)]
+    reasons = " ".join(report["skipped_rows"])
+    for word in ("missing column 'rejected'", "'chosen' is empty", "undecodable", "do not share a prompt", "invalid JSON"):
         assert word in reasons
-    with pytest.raises(DataError, match=r"p\.jsonl\.gz: 5 of 25 rows .*line 21"):
-        read_preferences(path, max_bad_fraction=0.1)
+    assert sum(report["skipped_by_reason"].values()) == 5
+    with pytest.raises(DataError, match=r"p\.jsonl\.gz: 5 of 25 rows .*line 2"):
+        read_pairs({"id": str(path), "layout": "hh_rlhf"}, max_bad_fraction=0.1)
 
 
 def test_truncated_gzip_names_the_file(tmp_path):
     path = tmp_path / "cut.jsonl.gz"
     write_rows(path, [json.dumps(GOOD).encode()] * 200)
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(DataError, match="cut.jsonl.gz: cannot read"):
-        read_preferences(path, 0.01)
+    with pytest.raises(DataError, match="cut.jsonl.gz: truncated or corrupt gzip"):
+        read_pairs({"id": str(path), "layout": "hh_rlhf"}, 0.01)
 
 
 def test_split_is_by_prompt_and_independent_of_order():

@@ -179,7 +179,8 @@ def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
     assert {k: first[k] for k in second} == second
     # ...and another seed gives other numbers: the SFT stage again with the next seed (and the stages before it)
     params = yaml.safe_load((again / "params.yaml").read_text())
-    (again / "params.yaml").write_text(yaml.safe_dump({**params, "seed": params["seed"] + 1}))
+    reseed = {"seed": params["seed"] + 1, "training_seeds": {**params["training_seeds"], "seeds": [params["seed"] + 2]}}
+    (again / "params.yaml").write_text(yaml.safe_dump({**params, **reseed}))  # training seeds must not repeat it
     dvc(again, "repro", "sft", tracking=False)
     reseeded = fingerprint(again)
     assert reseeded["models/sft/model.safetensors"] != first["models/sft/model.safetensors"]

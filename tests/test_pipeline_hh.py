@@ -45,6 +45,10 @@ def test_hh_smollm_runs_a_pretrained_policy_on_human_pairs(hh_run):
     first = json.loads((repo / "data" / "pairs" / "pairs.jsonl").read_text().splitlines()[0])
     labelled = json.loads((repo / "data" / "prepared" / "pairs_train.jsonl").read_text().splitlines()[0])
     assert (first["chosen_text"], first["rejected_text"]) == (labelled["chosen"], labelled["rejected"])  # the human labels
+    # SmolLM2-Instruct has a chat template: every hh turn rendered by it, the reply bare (EOS is <|im_end|>)
+    assert load(repo, "prepare.json")["template"] == "chat template" and load(repo, "prepare.json")["multi_turn_prompts"] > 0
+    assert labelled["prompt"].startswith("<|im_start|>") and labelled["prompt"].endswith("<|im_start|>assistant\n")
+    assert "\n\nHuman:" not in labelled["prompt"] and not labelled["chosen"].startswith(" ")
     assert load(repo, "sft_samples.json")["prompts"] == 0  # nothing sampled for human pairs
     policy = load(repo, "policy/hypo.json")
     assert policy["steps"] == 2 and load(repo, "eval/sft.json")["kl_k1"] == 0

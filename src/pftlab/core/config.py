@@ -108,11 +108,20 @@ def _section_type(hint):
     return None
 
 
+def _leaves(tree: dict, prefix: str, known: dict) -> dict:
+    """Flattened keys, stopping at a known key whose value is itself a mapping (e.g. data.source.columns)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}"
+        out |= _leaves(value, name, known) if isinstance(value, dict) and name not in known else {name: value}
+    return out
+
+
 def check_tree(tree: dict, known: dict, section: str, path: str, replaced_by: dict, present) -> None:
     """Check the keys under `section` of the flattened params `tree` against `known` rules: every value
     obeys its rule, no unknown key (suggesting the closest), every required key present."""
     nested = isinstance(tree, dict) and section not in known  # a mapping where one value belongs is refused below
-    items = {f"{section}.{k}": v for k, v in flatten(tree).items()} if nested else {section: tree}
+    items = _leaves(tree, section, known) if nested else {section: tree}
     for key, v in items.items():
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)

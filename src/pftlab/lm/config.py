@@ -3,19 +3,24 @@ generation, gold reward, pairs, evaluation and the gold-reward variants."""
 from dataclasses import dataclass
 
 from pftlab.core.config import fraction_closed, fraction_open, is_bool, knob, list_of, nonneg_int, one_of, pos_int, positive, text
+from pftlab.lm.layouts import LAYOUTS
 
 GOLD_REWARDS = ("min_length", "mode_length", "skew_length")
-DATASET_LAYOUTS = ("hh_rlhf", "prompt_chosen_rejected", "alpaca_farm")  # hub.LAYOUTS maps each to our columns
+DATASET_LAYOUTS = tuple(LAYOUTS)  # lm/layouts.py: each a mapping to prompt messages, chosen and rejected
 PAIR_SOURCES = ("sft_samples", "human")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataSource:
-    id: str = knob(text, "a Hugging Face dataset id or a local .jsonl/.parquet file or dataset directory")
-    layout: str = knob(one_of(DATASET_LAYOUTS), f"one of {', '.join(DATASET_LAYOUTS)} (see hub.LAYOUTS)")
+    id: str = knob(text, "a file or dataset folder under data/raw/, or a Hugging Face dataset id org/name")
+    # absent: prepare stops and names the layout the columns look like (it never guesses)
+    layout: str = knob(one_of(DATASET_LAYOUTS), f"one of {', '.join(DATASET_LAYOUTS)} (lm/layouts.py)", None)
+    columns: dict = knob(lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) and x
+                                                               for k, x in v.items()),
+                         "a mapping of our column names to yours, e.g. {prompt: question}", None)
     split: str = knob(text, "a non-empty string", None)  # absent: train
     config: str = knob(text, "a non-empty string", None)  # absent: the dataset's default configuration
-    revision: str = knob(text, "a non-empty string", None)  # absent: the newest
+    revision: str = knob(text, "a non-empty string", None)  # required for a hub id: its commit sha (or tag)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,7 +28,7 @@ class DataConfig:
     raw: str = knob(text, "a path")  # required unless `source` is given
     eval_fraction: float = knob(fraction_open, "a number in (0, 1)")
     max_bad_fraction: float = knob(fraction_closed, "a number in [0, 1]")
-    source: DataSource = None  # a preset's Hugging Face or local dataset instead of `raw`
+    source: DataSource = None  # your data (or a preset's hub dataset) instead of `raw`: lm/data.py
 
 
 @dataclass(frozen=True, kw_only=True)

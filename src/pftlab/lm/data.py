@@ -1,86 +1,82 @@
-"""hh-rlhf preference rows -> prompts, SFT targets and a deterministic train/eval split.
+"""Preference data -> prompts, SFT targets and a deterministic train/eval split.
 
-A row is {"chosen": dialogue, "rejected": dialogue}; the prompt is the text up to and including the last
-"\\n\\nAssistant:", the reply is what follows. Malformed rows are skipped and counted; past
-`max_bad_fraction` the stage stops and names the file and the first bad rows.
+`read_pairs` is the one route in, for the shipped hh-rlhf file (`data.raw`) and for your own data
+(`data.source`): `readers` reads the file, folder or hub dataset row by row, `layouts` maps each row to a
+prompt (every turn) and two replies and renders them as the model will see them. A row that does not fit
+is skipped with its line or row number and reason; past `data.max_bad_fraction` the stage stops naming
+the file and the first bad rows. Nothing is flattened or cut here: truncation happens, and is counted,
+where text becomes tokens (`lm/model.py`).
 """
-import gzip
 import hashlib
-import json
 import warnings
-import zlib
+from collections import Counter
+from pathlib import Path
 
 from pftlab.core.errors import DataError
+from pftlab.lm import layouts, readers
 
-ASSISTANT = "\n\nAssistant:"
-
-
-def split_dialogue(text: str):
-    """(prompt, reply) at the last assistant turn, or None when there is no assistant turn."""
-    cut = text.rfind(ASSISTANT)
-    if cut < 0:
-        return None
-    return text[: cut + len(ASSISTANT)], text[cut + len(ASSISTANT) :]
+TRACKED_DIR = Path("data/raw")  # prepare's DVC dependency: a local data.source must lie here to be tracked
 
 
-def _check_row(raw: bytes):
-    """Parse one line; return (record, None) or (None, reason)."""
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "undecodable bytes (not UTF-8)"
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON ({e.msg})"
-    if not isinstance(row, dict):
-        return None, "not a JSON object"
-    for key in ("chosen", "rejected"):
-        if key not in row:
-            return None, f"missing key '{key}'"
-        if not isinstance(row[key], str) or not row[key].strip():
-            return None, f"empty or non-text '{key}'"
-    chosen, rejected = split_dialogue(row["chosen"]), split_dialogue(row["rejected"])
-    if chosen is None or rejected is None:
-        return None, "no '\\n\\nAssistant:' turn"
-    if chosen[0] != rejected[0]:
-        return None, "chosen and rejected do not share a prompt"
-    if not chosen[1].strip() or not rejected[1].strip():
-        return None, "empty reply"
-    if chosen[1] == rejected[1]:
-        return None, "chosen and rejected are identical"  # no preference to learn from
-    return {"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1]}, None
+def source_spec(data: dict) -> dict:
+    """`data.source`, or the shipped hh-rlhf file `data.raw` as a source in the hh_rlhf layout."""
+    return dict(data["source"]) if data.get("source") else {"id": data["raw"], "layout": "hh_rlhf"}
 
 
-def read_preferences(path, max_bad_fraction: float):
-    """All valid rows of a .jsonl or .jsonl.gz file, and the list of (line number, reason) skipped."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    rows, bad = [], []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
+def check_tracked(spec: dict, key="data.source"):
+    """A local source must be inside data/raw/, which prepare depends on: edit it and `dvc repro` reruns
+    prepare. A hub dataset must be pinned by revision (what was read is recorded as a digest too)."""
+    location = spec["id"]
+    if readers.looks_local(location):
+        try:
+            Path(location).resolve().relative_to(TRACKED_DIR.resolve())
+        except ValueError:
+            raise DataError(f"{key}.id: {location} is outside {TRACKED_DIR}/, so DVC would not rerun prepare when it "
+                            f"changes: copy it there (or `dvc add` it there) and point {key}.id at the copy") from None
+    elif not spec.get("revision"):
+        raise DataError(f"{key}.revision: hub dataset '{location}' is not pinned: set a commit sha (or tag) so a "
+                        f"rerun reads the same rows")
+
+
+def read_pairs(spec: dict, max_bad_fraction: float, tokenizer=None, key="data.source") -> tuple:
+    """({prompt, chosen, rejected} rows rendered for `tokenizer`'s chat template or the plain one, a report
+    for metrics/prepare.json). The prepare stage calls `check_tracked` first."""
+    source = readers.read_source(spec["id"], spec.get("split") or "train", spec.get("config"), spec.get("revision"), key)
+    columns = spec.get("columns") or {}
+    if source.rows:
+        layouts.check_columns(source.rows[:100], spec.get("layout"), columns, source.name, key)
+    if callable(tokenizer):  # loaded only once the data is known to be readable (offline, the data's error comes first)
+        tokenizer = tokenizer()
+    rows, skipped, notes = [], list(source.unreadable), Counter()
+    multi_turn = with_system = 0
+    for where, row in source.rows:
+        try:
+            pair = layouts.to_pair(row, spec["layout"], columns)
+        except layouts.Skip as reason:
+            skipped.append((where, str(reason)))
             continue
-        record, reason = _check_row(raw)
-        if record is None:
-            bad.append((number, reason))
-        else:
-            rows.append(record)
-    total = len(rows) + len(bad)
-    if total == 0:
-        raise DataError(f"{path}: no rows")
-    if bad:
-        first = "; ".join(f"line {n}: {r}" for n, r in bad[:5])
-        if len(bad) / total > max_bad_fraction:
-            raise DataError(
-                f"{path}: {len(bad)} of {total} rows are malformed (more than max_bad_fraction="
-                f"{max_bad_fraction}); first: {first}"
-            )
-        warnings.warn(f"{path}: skipped {len(bad)} malformed rows of {total}; first: {first}", stacklevel=2)
-    return rows, bad
+        prompt, chosen, rejected = layouts.render(pair, tokenizer)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        notes.update([pair.note] if pair.note else [])
+        multi_turn += sum(m["role"] == "user" for m in pair.messages) > 1
+        with_system += pair.messages[0]["role"] == "system"
+    total = len(rows) + len(skipped)
+    first = "; ".join(f"{where}: {reason}" for where, reason in skipped[:5])
+    if skipped and len(skipped) / total > max_bad_fraction:
+        raise DataError(f"{source.name}: {len(skipped)} of {total} rows skipped (more than data.max_bad_fraction="
+                        f"{max_bad_fraction}); first: {first}")
+    if skipped:
+        warnings.warn(f"{source.name}: skipped {len(skipped)} of {total} rows; first: {first}", stacklevel=2)
+    if not rows:
+        raise DataError(f"{source.name}: no usable rows")
+    report = {"source": source.name, "layout": spec["layout"], "source_digest": source.digest,
+              "source_revision": source.revision or spec.get("revision") or "",
+              "template": "chat template" if layouts.has_chat_template(tokenizer) else "plain",
+              "rows_read": total, "rows_valid": len(rows), "rows_skipped": len(skipped),
+              "skipped_by_reason": dict(Counter(reason for _, reason in skipped).most_common()),
+              "skipped_rows": [f"{where}: {reason}" for where, reason in skipped[:50]],
+              "kept_with_note": dict(notes), "multi_turn_prompts": multi_turn, "system_prompts": with_system}
+    return rows, report
 
 
 def is_eval_prompt(prompt: str, eval_fraction: float) -> bool:

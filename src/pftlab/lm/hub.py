@@ -1,17 +1,14 @@
-"""Hugging Face datasets and models by id, and the one place their column layouts become ours.
+"""Hugging Face models by id (datasets are read by `readers.read_hub`), offline-safe.
 
-Every preference dataset becomes rows {"prompt", "chosen", "rejected"} (text; the replies without the
-prompt). Loading fails fast when the hub is unreachable and the id is not cached: the message names
-the id and says how to pre-download it or point the params at a local copy, instead of a 50-second
-retry loop ending in a traceback from deep inside a library.
+Loading fails fast when the hub is unreachable and the id is not cached: the message names the id and
+says how to pre-download it or point the params at a local copy, instead of a 50-second retry loop
+ending in a traceback from deep inside a library.
 """
 import os
 import socket
 from pathlib import Path
 
 from pftlab.core.errors import DataError
-from pftlab.lm.config import DATASET_LAYOUTS
-from pftlab.lm.data import split_dialogue
 from pftlab.lm.tokenizer import PAD
 
 HUB_HOST = "huggingface.co"
@@ -45,93 +42,6 @@ def _offline_message(kind: str, repo_id: str, key: str) -> str:
             f"On a connected machine run `hf download{repo_type} {repo_id}` and copy the cache "
             f"(~/.cache/huggingface, or $HF_HOME) here, or set '{key}' to a local copy (a directory"
             f"{' or a .jsonl/.parquet file' if kind == 'dataset' else ' in Hugging Face format'}).")
-
-
-# --- datasets ---------------------------------------------------------------------------------------
-def _text(value, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
-        return value[-1]["content"]  # a chat (list of messages): the last, assistant, message
-    raise DataError(f"{where}: expected text or a list of chat messages, got {type(value).__name__}")
-
-
-def _hh_rlhf(row, where):
-    chosen, rejected = split_dialogue(_text(row["chosen"], where)), split_dialogue(_text(row["rejected"], where))
-    if chosen is None or rejected is None or chosen[0] != rejected[0]:
-        return None
-    return {"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1]}
-
-
-def _prompt_chosen_rejected(row, where):
-    """CarperAI/openai_summarize_comparisons (TL;DR) and HuggingFaceH4/ultrafeedback_binarized."""
-    return {"prompt": _text(row["prompt"], where), "chosen": _text(row["chosen"], where),
-            "rejected": _text(row["rejected"], where)}
-
-
-def _alpaca_farm(row, where):
-    """tatsu-lab/alpaca_farm, alpaca_human_preference: instruction, input, output_1/2, preference (1 or 2)."""
-    prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-    first, second = row["output_1"], row["output_2"]
-    if row["preference"] not in (1, 2):
-        return None
-    chosen, rejected = (first, second) if row["preference"] == 1 else (second, first)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
-LAYOUTS = {  # name (lm/config.DATASET_LAYOUTS, what params may name) -> (columns the rows must have, mapping)
-    "hh_rlhf": (("chosen", "rejected"), _hh_rlhf),
-    "prompt_chosen_rejected": (("prompt", "chosen", "rejected"), _prompt_chosen_rejected),
-    "alpaca_farm": (("instruction", "output_1", "output_2", "preference"), _alpaca_farm),
-}
-assert tuple(LAYOUTS) == DATASET_LAYOUTS, "a layout params may name has no mapping here"
-
-
-def to_preference_rows(rows, layout: str, source: str) -> tuple:
-    """Rows of a dataset in `layout` -> ({prompt, chosen, rejected} rows, [(index, reason) skipped])."""
-    if layout not in LAYOUTS:
-        raise DataError(f"{source}: unknown dataset layout '{layout}'; known: {', '.join(LAYOUTS)}")
-    columns, convert = LAYOUTS[layout]
-    out, skipped = [], []
-    for i, row in enumerate(rows):
-        missing = [c for c in columns if c not in row]
-        if missing:
-            raise DataError(f"{source}: row {i} lacks column(s) {', '.join(missing)} of layout '{layout}' "
-                            f"(has: {', '.join(sorted(row))})")
-        mapped = convert(row, f"{source} row {i}")
-        if mapped is None or not all(mapped[k].strip() for k in ("prompt", "chosen", "rejected")):
-            skipped.append((i, "no shared prompt or an empty field"))
-        elif mapped["chosen"] == mapped["rejected"]:
-            skipped.append((i, "chosen and rejected are identical"))
-        else:
-            out.append(mapped)
-    return out, skipped
-
-
-def load_preference_dataset(spec: dict, key: str = "data.source") -> tuple:
-    """spec = {id (hub id or local path), layout, split, config?, revision?} -> (rows, skipped)."""
-    import datasets  # late: a second or two of import, only for stages that read hub data
-
-    repo_id, split = spec["id"], spec.get("split", "train")
-    local = Path(repo_id)
-    if local.exists():
-        if local.is_file():
-            kind = "parquet" if local.suffix == ".parquet" else "json"
-            go_offline()  # a local file must not touch the network
-            ds = datasets.load_dataset(kind, data_files=str(local), split="train")
-        else:
-            ds = datasets.load_from_disk(str(local))
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-    else:
-        if not hub_reachable():
-            go_offline()
-        try:
-            ds = datasets.load_dataset(repo_id, spec.get("config"), split=split, revision=spec.get("revision"))
-        except Exception as e:  # datasets raises many types for "not found / offline"
-            if os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise DataError(_offline_message("dataset", repo_id, key)) from None
-            raise DataError(f"dataset '{repo_id}' (split '{split}') could not be loaded: {type(e).__name__}: {e}") from None
-    return to_preference_rows(ds, spec["layout"], f"dataset '{repo_id}'")
 
 
 # --- models -----------------------------------------------------------------------------------------

@@ -57,14 +57,53 @@ class Sequences:
         return Sequences(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
-def encode_prompt(tokenizer, prompt: str, max_tokens: int) -> list:
-    """Keep the end of long prompts: the last turn is what the reply answers."""
-    return tokenizer(prompt)["input_ids"][-max_tokens:]
+TRUNCATION_WARNING = 0.2  # a stage warns when it cuts more than this share of its prompts or of its responses
 
 
-def encode_response(tokenizer, response: str, max_tokens: int) -> list:
-    """A reply ends with EOS unless it had to be cut (then the model must not learn to stop there)."""
-    ids = tokenizer(response)["input_ids"]
+class Truncation:
+    """What a stage cut to model.max_prompt_tokens / max_response_tokens, for its metrics and a warning."""
+
+    def __init__(self):
+        self.seen = {"prompts": 0, "responses": 0}
+        self.cut = {"prompts": 0, "responses": 0}
+
+    def count(self, kind: str, was_cut: bool):
+        self.seen[kind] += 1
+        self.cut[kind] += bool(was_cut)
+
+    def metrics(self) -> dict:
+        out = {}
+        for kind, n in self.seen.items():
+            if n:
+                out |= {f"{kind}_truncated": self.cut[kind], f"{kind}_truncated_fraction": self.cut[kind] / n}
+        return out
+
+    def warn(self, stage: str):
+        import warnings
+
+        for kind, n in self.seen.items():
+            if n and self.cut[kind] / n > TRUNCATION_WARNING:
+                key = "max_prompt_tokens" if kind == "prompts" else "max_response_tokens"
+                warnings.warn(f"stage '{stage}': {self.cut[kind]} of {n} {kind} ({self.cut[kind] / n:.0%}) were cut to "
+                              f"model.{key}", stacklevel=2)
+
+
+def encode_prompt(tokenizer, prompt: str, max_tokens: int, truncation: Truncation = None) -> list:
+    """Keep the end of long prompts: the last turn is what the reply answers. A prompt rendered by a chat
+    template that starts with BOS gets no second one."""
+    bos = tokenizer.bos_token
+    ids = tokenizer(prompt, add_special_tokens=not (bos and bos != tokenizer.eos_token and prompt.startswith(bos)))["input_ids"]
+    if truncation is not None:
+        truncation.count("prompts", len(ids) > max_tokens)
+    return ids[-max_tokens:]
+
+
+def encode_response(tokenizer, response: str, max_tokens: int, truncation: Truncation = None) -> list:
+    """A reply ends with EOS unless it had to be cut (then the model must not learn to stop there). No
+    special tokens inside: a tokenizer that adds BOS would put one between prompt and reply."""
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if truncation is not None:
+        truncation.count("responses", len(ids) >= max_tokens)
     return ids[:max_tokens] if len(ids) >= max_tokens else ids + [tokenizer.eos_token_id]
 
 

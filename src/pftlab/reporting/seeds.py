@@ -2,7 +2,7 @@
 (`training_seeds`: stages policy_seed@ / evaluate_seed@, read by `pipeline_seed_runs`) and whole runs with
 another `seed` collected from `dvc exp` (below).
 
-    for s in 1 2 3 4; do dvc exp run --queue -S seed=$s; done && dvc queue start -j 1 && dvc queue status
+    for s in 3 4 5 6; do dvc exp run --queue -S seed=$s; done && dvc queue start -j 1 && dvc queue status
     python -m pftlab.reporting.seeds      # writes metrics/seeds/seed_<s>.json, one per finished experiment
     dvc repro report            # the report now aggregates over every seed
 

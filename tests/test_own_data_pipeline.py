@@ -1,0 +1,82 @@
+"""Your own chat data through the real pipeline (smoke preset): prepare keeps every turn, the tokenized
+prompts hold them, DPO trains on them, and editing the file makes DVC rerun prepare."""
+import json
+import random
+
+import pytest
+import yaml
+from test_pipeline import copy_repo, dvc, load
+
+pytestmark = pytest.mark.slow
+WORDS = ("red blue green small large quick slow river stone cloud paper light music garden window "
+         "morning evening simple careful bright quiet").split()
+
+
+def chat_rows(n: int, seed: int = 0) -> list:
+    """Conversational rows (TRL style, explicit prompt): 1-3 user turns, a system message in every third."""
+    rng = random.Random(seed)
+    say = lambda k: " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "system", "content": "Answer briefly."}] if i % 3 == 0 else []
+        for turn in range(1 + i % 3):
+            prompt.append({"role": "user", "content": f"Question {i}-{turn}: {say(4)}"})
+            if turn < i % 3:
+                prompt.append({"role": "assistant", "content": say(3)})
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": say(2)}],
+                     "rejected": [{"role": "assistant", "content": say(6)}]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("chat"))
+    data = repo / "data" / "raw" / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(400)))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].pop("raw")
+    params["data"]["source"] = {"id": "data/raw/chat.jsonl", "layout": "conversational"}
+    params["model"]["max_prompt_tokens"] = 384  # whole prompts: every turn must reach the model
+    params |= {"algorithms": ["dpo"], "training_seeds": {"algorithms": [], "seeds": [1]},
+               "variants": {"rewards": [], "algorithms": []}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(repo, "repro", "policy@dpo")
+    return repo
+
+
+def test_prepare_keeps_every_turn_and_the_system_message(chat_run):
+    prepare = load(chat_run, "prepare.json")
+    assert prepare["layout"] == "conversational" and prepare["template"] == "plain"
+    assert prepare["rows_valid"] == 400 and prepare["rows_skipped"] == 0
+    assert prepare["multi_turn_prompts"] == 266 and prepare["system_prompts"] == 134  # i % 3 != 0, i % 3 == 0
+    assert len(prepare["source_digest"]) == 64
+    pairs = [json.loads(line) for line in (chat_run / "data/prepared/pairs_train.jsonl").read_text().splitlines()]
+    with_system = [r for r in pairs if r["prompt"].startswith("\n\nSystem: Answer briefly.\n\nHuman: Question ")]
+    assert with_system and all(r["prompt"].count("\n\nHuman: ") == 1 for r in with_system)  # i % 3 == 0: one turn
+    three = [r["prompt"] for r in pairs if "-2: " in r["prompt"]]
+    assert len(three) > 100
+    for prompt in three:  # i % 3 == 2: three user turns and the two replies between them, in order
+        i = prompt.split("Question ")[1].split("-")[0]
+        assert prompt.index(f"Question {i}-0") < prompt.index(f"Question {i}-1") < prompt.index(f"Question {i}-2")
+        assert prompt.count("\n\nAssistant: ") == 2 and prompt.endswith("\n\nAssistant:")
+
+
+def test_the_tokenized_prompt_holds_every_turn(chat_run):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(chat_run / "models" / "sft")
+    prepared = {r["prompt"] for r in map(json.loads, (chat_run / "data/prepared/pairs_train.jsonl").read_text().splitlines())}
+    pairs = [json.loads(line) for line in (chat_run / "data/pairs/pairs.jsonl").read_text().splitlines()]
+    decoded = [tok.decode(r["prompt_ids"]) for r in pairs]
+    multi = [d for d in decoded if d.count("\n\nHuman: ") >= 2]
+    assert multi and all(d in prepared for d in decoded)  # the whole rendered prompt, no turn lost
+    assert load(chat_run, "sft_samples.json")["prompts_truncated"] == 0 and load(chat_run, "sft.json")["prompts_truncated"] == 0
+    assert load(chat_run, "policy/dpo.json")["steps"] > 0
+
+
+def test_editing_your_file_makes_dvc_rerun_prepare(chat_run):
+    assert "up to date" in dvc(chat_run, "status", "prepare")
+    with open(chat_run / "data/raw/chat.jsonl", "a") as f:
+        f.write(json.dumps(chat_rows(1, seed=9)[0]) + "\n")
+    status = dvc(chat_run, "status", "prepare")
+    assert "prepare:" in status and "data/raw" in status and "modified" in status

@@ -134,7 +134,7 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
     assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
     assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
     assert "### Offline DPO, step by step" in report and "| seed 1 |" in report
-    for fig in ("learning_curves.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png",
+    for fig in ("learning_curves.png", "losses.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png",
                 "dpo_diagnosis.png"):
         assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
 
@@ -306,6 +306,17 @@ def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry  # DVC's plan for `dvc repro`: no training stage
+
+
+def test_dvc_plots_show_needs_no_network(smoke_run, tmp_path):
+    """`.dvc/config` points DVC at configs/dvc_plots/template.html, vega, vega-lite and vega-embed inlined:
+    the page loads nothing from a CDN, and holds the declared plots."""
+    out = tmp_path / "plots"
+    dvc(smoke_run, "plots", "show", "-o", str(out))
+    page = (out / "index.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) and "cdn.jsdelivr" not in page
+    assert "vega-embed 6.18.2" in page and "vegaEmbed(" in page
+    assert page.count("<div id=") >= 5  # the bandit, coverage and policy curves declared in dvc.yaml
 
 
 def test_dvc_exp_run_sets_small_floats_lists_and_nested_keys(smoke_run):

@@ -36,6 +36,78 @@ def _save(fig, path):
     tmp.replace(path)
 
 
+SAMPLING_LINES = {"on_policy": "-", "offline": "--", "hybrid": ":"}  # and markers for points
+SAMPLING_MARKERS = {"on_policy": "o", "offline": "s", "hybrid": "D"}
+FAMILY_COLOURS = {"max-likelihood": "Blues", "RL": "Oranges", "contrastive": "Greens"}
+
+
+def algorithm_styles(names) -> dict:
+    """Colour by family (a shade per member), line style and marker by sampling: on-policy solid / circle,
+    offline dashed / square, hybrid dotted / diamond. Anything not in the table (sft) is black."""
+    from pftlab.algorithms.table import ALGORITHMS
+
+    families = {}
+    for name in names:
+        families.setdefault(ALGORITHMS[name].family if name in ALGORITHMS else "", []).append(name)
+    styles = {}
+    for family, members in families.items():
+        for i, name in enumerate(members):
+            source = ALGORITHMS[name].source if name in ALGORITHMS else "offline"
+            colour = plt.get_cmap(FAMILY_COLOURS[family])(0.45 + 0.5 * i / max(1, len(members) - 1)) if family else "black"
+            styles[name] = {"color": colour, "linestyle": SAMPLING_LINES[source], "marker": SAMPLING_MARKERS[source]}
+    return styles
+
+
+def _by_step(rows: list, key: str) -> dict:
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def plot_curve(ax, runs: list, key: str, style: dict, label: str):
+    """One algorithm's curve: the line, or with several training seeds their mean and a 95% band over seeds."""
+    series = [_by_step(rows, key) for rows in runs if rows]
+    series = [s for s in series if s]
+    if not series:
+        return
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    line = {k: v for k, v in style.items() if k != "marker"}
+    if len(series) == 1:
+        ax.plot(steps, [series[0][t] for t in steps], label=label, **line)
+        return
+    stats = [mean_ci([s[t] for s in series]) for t in steps]
+    ax.plot(steps, [m for m, _ in stats], label=f"{label} ({len(series)} seeds)", **line)
+    ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], color=style["color"], alpha=0.15,
+                    linewidth=0)
+
+
+def plot_learning_curves(runs: dict, path_shared, path_losses):
+    """Comparable quantities overlaid (proxy reward and KL of fresh samples); each algorithm's own loss, on its
+    own scale, in a small multiple. `runs[name]`: one curve per training seed."""
+    styles = algorithm_styles(runs)
+    shared = [("proxy_reward", "proxy reward of fresh samples"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
+    fig, axes = plt.subplots(1, len(shared), figsize=(6 * len(shared), 4.2))
+    for ax, (key, title) in zip(axes, shared):
+        for name, curves in runs.items():
+            plot_curve(ax, curves, key, styles[name], name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("gradient step")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               title="colour: family; solid on-policy,\ndashed offline, dotted hybrid", title_fontsize=8)
+    _save(fig, path_shared)
+    columns = 5
+    rows = (len(runs) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.5 * rows), squeeze=False)
+    for ax, (name, curves) in zip(axes.flat, runs.items()):
+        plot_curve(ax, curves, "loss", styles[name], name)
+        ax.set_title(f"{name} loss", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    fig.suptitle("Training loss per algorithm (each on its own scale: the objectives differ)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path_losses)
+
+
 def plot_step_panels(curves: dict, panels: list, path):
     """One panel per (key, title), one line per labelled curve, against the gradient step."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
@@ -51,8 +123,6 @@ def plot_step_panels(curves: dict, panels: list, path):
     _save(fig, path)
 
 
-LEARNING_CURVES = [("loss", "loss"), ("proxy_reward", "proxy reward of fresh samples"), ("margin", "DPO implicit reward margin"),
-                   ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
 # Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL
 DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w) of the training pairs"), ("logp_rejected", "log pi(y_l) of the training pairs"),
                  ("response_tokens", "length of fresh samples (tokens)"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
@@ -76,12 +146,16 @@ def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict) -> list:
 
 
 def plot_reward_vs_kl(evals: dict, path):
-    fig, ax = plt.subplots(figsize=(5, 4))
+    """Each policy a labelled point (colour: family; marker: sampling), its 95% interval over held-out prompts."""
+    styles = algorithm_styles(evals)
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
     for name, m in evals.items():
-        ax.errorbar(m["kl_k1"], m["gold_reward"], yerr=m["gold_reward_ci95"], fmt="o", capsize=3, label=name)
+        ax.errorbar(m["kl_k1"], m["gold_reward"], yerr=m["gold_reward_ci95"], fmt=styles[name]["marker"], capsize=3,
+                    color=styles[name]["color"], markeredgecolor="black", markeredgewidth=0.5)
+        ax.annotate(name, (m["kl_k1"], m["gold_reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("reverse KL to SFT (k1, per sequence)")
     ax.set_ylabel("gold reward (mean, 95% CI over held-out prompts)")
-    ax.legend(fontsize=8)
+    ax.set_title("circle on-policy, square offline, diamond hybrid; colour: family", fontsize=9)
     _save(fig, path)
 
 
@@ -372,6 +446,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         lines += [""] + dpo_diagnosis_text(dpo_curves, evals["sft"], evals["dpo"])
     lines += ["", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
+              "![losses, one panel per algorithm](figures/losses.png)", "",
               "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]
     if bandit:
         plot_bandit({(r, s): read_curve(m / "curves" / f"bandit_{r}_{s}.csv") for r in ("aligned", "misaligned")
@@ -414,8 +489,13 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         total += seconds
         lines.append(f"| {stage} | {seconds:.1f} |")
     lines.append(f"| total (without report) | {total:.1f} |")
-    plot_step_panels({a: read_curve(m / "curves" / f"policy_{a}.csv") for a in algorithms}, LEARNING_CURVES,
-                     figures / "learning_curves.png")
+    seeded = {}
+    for run in seed_runs:
+        if run["experiment"] == "training_seeds":
+            for a in run["tasks"][gold_name]:
+                seeded.setdefault(a, []).append(read_curve(root / Task(seed=run["seed"]).curve("policy", a)))
+    plot_learning_curves({a: [read_curve(m / "curves" / f"policy_{a}.csv")] + seeded.get(a, []) for a in algorithms},
+                         figures / "learning_curves.png", figures / "losses.png")
     plot_reward_vs_kl(evals, figures / "reward_vs_kl.png")
     plot_sft(read_curve(m / "curves" / "sft.csv"), figures / "sft_loss.png")
     text = "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""The report's figures read at a glance: colour by family, line style by sampling, labelled points, losses in
+small multiples, seed bands that are the 95% interval over training seeds."""
+import matplotlib
+
+from pftlab.core.stats import mean_ci
+from pftlab.reporting import report
+
+matplotlib.use("Agg")
+
+
+def test_styles_encode_family_by_colour_and_sampling_by_line():
+    names = ["sft", "pref_ft", "bon", "rloo", "ppo", "dpo", "online_dpo", "hypo"]
+    styles = report.algorithm_styles(names)
+    assert styles["sft"]["color"] == "black"
+    assert [styles[n]["linestyle"] for n in ("bon", "pref_ft", "hypo")] == ["-", "--", ":"]
+    assert [styles[n]["marker"] for n in ("online_dpo", "dpo", "hypo")] == ["o", "s", "D"]
+    colours = {n: styles[n]["color"] for n in names}
+    assert len(set(colours.values())) == len(names)  # no two algorithms share a colour (10-colour cycles did)
+    green = lambda c: c[1] > c[0] and c[1] > c[2]
+    assert all(green(colours[n]) for n in ("dpo", "online_dpo", "hypo"))  # one family, one hue
+    assert not green(colours["rloo"]) and not green(colours["pref_ft"])
+
+
+def test_a_seed_band_is_the_95_percent_interval_over_seeds(tmp_path):
+    import matplotlib.pyplot as plt
+
+    runs = [[{"step": 0, "loss": 1.0}, {"step": 1, "loss": v}] for v in (0.5, 0.7, 0.9)]
+    fig, ax = plt.subplots()
+    report.plot_curve(ax, runs, "loss", report.algorithm_styles(["dpo"])["dpo"], "dpo")
+    line = ax.lines[0]
+    assert list(line.get_ydata()) == [1.0, 0.7] and line.get_label() == "dpo (3 seeds)"
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    mean, half = mean_ci([0.5, 0.7, 0.9])
+    mean, half = mean_ci([0.5, 0.7, 0.9])  # step 1; at step 0 every seed is 1.0, so the band is that point
+    assert abs(max(band) - (mean + half)) < 1e-9 and abs(min(band) - (mean - half)) < 1e-9
+    plt.close(fig)
+
+
+def test_learning_curves_and_labelled_reward_vs_kl_are_written(tmp_path):
+    curve = [{"step": s, "loss": 1.0 / (s + 1), "proxy_reward": 0.1 * s, "kl_k1": 0.2 * s} for s in range(5)]
+    report.plot_learning_curves({"dpo": [curve, curve], "rloo": [curve]}, tmp_path / "a.png", tmp_path / "b.png")
+    evals = {"sft": {"kl_k1": 0.0, "gold_reward": -30.0, "gold_reward_ci95": 1.0},
+             "dpo": {"kl_k1": 2.0, "gold_reward": -20.0, "gold_reward_ci95": 2.0}}
+    report.plot_reward_vs_kl(evals, tmp_path / "c.png")
+    assert all((tmp_path / f).stat().st_size > 5000 for f in ("a.png", "b.png", "c.png"))

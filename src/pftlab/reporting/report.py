@@ -438,10 +438,14 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
                   "Each seed's held-out mean (the same SFT model, pairs and reward model; only the policy's training "
                   "seed differs); the 95% interval is over training seeds (the spread between runs).", ""]
         lines += seeds_table(evals_by_task, seed, seed_runs)
+    # every policy's training curves, keyed by training seed: the DPO diagnosis and the learning curves share them
+    policy_curves = {a: {seed: read_curve(m / "curves" / f"policy_{a}.csv")} for a in algorithms}
+    for run in seed_runs:
+        if run["experiment"] == "training_seeds":
+            for a in run["tasks"][gold_name]:
+                policy_curves.setdefault(a, {})[run["seed"]] = read_curve(root / Task(seed=run["seed"]).curve("policy", a))
     if "dpo" in evals:
-        dpo_curves = {f"seed {seed}": read_curve(m / "curves" / "policy_dpo.csv")}
-        dpo_curves |= {f"seed {r['seed']}": read_curve(root / Task(seed=r["seed"]).curve("policy", "dpo"))
-                       for r in seed_runs if r["experiment"] == "training_seeds" and "dpo" in r["tasks"][gold_name]}
+        dpo_curves = {f"seed {s}": rows for s, rows in policy_curves["dpo"].items()}
         plot_step_panels(dpo_curves, DPO_DIAGNOSIS, figures / "dpo_diagnosis.png")
         lines += [""] + dpo_diagnosis_text(dpo_curves, evals["sft"], evals["dpo"])
     lines += ["", "## Algorithms", "", table_markdown(), "",
@@ -489,12 +493,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         total += seconds
         lines.append(f"| {stage} | {seconds:.1f} |")
     lines.append(f"| total (without report) | {total:.1f} |")
-    seeded = {}
-    for run in seed_runs:
-        if run["experiment"] == "training_seeds":
-            for a in run["tasks"][gold_name]:
-                seeded.setdefault(a, []).append(read_curve(root / Task(seed=run["seed"]).curve("policy", a)))
-    plot_learning_curves({a: [read_curve(m / "curves" / f"policy_{a}.csv")] + seeded.get(a, []) for a in algorithms},
+    plot_learning_curves({a: list(policy_curves[a].values()) for a in algorithms},
                          figures / "learning_curves.png", figures / "losses.png")
     plot_reward_vs_kl(evals, figures / "reward_vs_kl.png")
     plot_sft(read_curve(m / "curves" / "sft.csv"), figures / "sft_loss.png")

@@ -30,9 +30,13 @@ def test_selection_is_by_validation_reward_among_experiments_that_change_only_th
         # two algorithms at once: not a point either
         experiment("e", {**CURRENT, "algorithms": ["dpo", "online_dpo"]}, {"validation_gold_reward": 99.0}),
         experiment("f", one_algorithm("online_dpo", lr=3e-5), {"validation_gold_reward": -6.0}),
+        # queued before dpo's selection went into params.yaml: online_dpo's stage never reads algos.dpo, so it counts
+        experiment("g", one_algorithm("online_dpo", lr=1e-5) | {"algos": {"dpo": {"beta": 0.5}, "online_dpo": {"beta": 0.1, "lr": 1e-5}}},
+                   {"validation_gold_reward": -7.0}),
     ]}]}]
     found = sweep.points(shown, CURRENT)
     assert sorted(r["experiment"] for r in found["dpo"]) == ["a", "b", "c"]
+    assert sorted(r["experiment"] for r in found["online_dpo"]) == ["f", "g"]
     summary = sweep.summarise(found, CURRENT, {"dpo": {"validation_gold_reward": -9.0, "gold_reward": -44.0}})
     dpo = summary["algorithms"]["dpo"]
     assert dpo["selected"] == {"beta": 0.3, "lr": 1e-5}  # best on validation, although c is best on the eval prompts

@@ -8,7 +8,8 @@ numbers come from).
     dvc repro report                              # the report shows the table and the rule
 
 An experiment counts for algorithm `a` when it runs `a` alone (`algorithms=[a]`) and its params equal the
-workspace's except under `algos.a` (and the lists that decide which stages exist). The rule: the setting with
+workspace's except under `algos.*` (read only by each algorithm's own stage) and the lists that decide which stages
+exist. The rule: the setting with
 the highest mean validation gold reward; the workspace's own setting competes too. `summarise` prints the
 `algos.<a>.*` values to put in params.yaml; it never edits params.yaml itself.
 """
@@ -54,7 +55,9 @@ def points(exp_show: list, current: dict) -> dict:
         algorithm = runs[0]
         own = f"algos.{algorithm}."
         flat = flatten(params)
-        others = {k for k in set(flat) | set(flat_now) if not k.startswith(own) and not k.startswith(STAGE_LISTS)}
+        # algos.<other>.* is read only by the other algorithm's stage, which this experiment does not run: a selection
+        # already put in params.yaml for one algorithm keeps the others' sweeps counting.
+        others = {k for k in set(flat) | set(flat_now) if not k.startswith(("algos.", *STAGE_LISTS))}
         if any(flat.get(k) != flat_now.get(k) for k in others):
             continue  # something else changed too: not a point of this sweep
         evaluation = metrics.get(f"metrics/eval/{algorithm}.json") or {}

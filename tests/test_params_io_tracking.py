@@ -141,6 +141,7 @@ def test_a_locked_tracking_database_warns_once_and_the_stage_goes_on(tmp_path, m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with Tracker("init", {}) as t:  # create the schema first, as an earlier stage would have
         t.log_metrics({"x": 1.0})
+    monkeypatch.setenv("PFTLAB_MLFLOW_WAIT", "1")  # give up after a second (default: wait up to 300 s)
     lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
     lock.execute("BEGIN EXCLUSIVE")
     try:
@@ -155,3 +156,58 @@ def test_a_locked_tracking_database_warns_once_and_the_stage_goes_on(tmp_path, m
     finally:
         lock.rollback()
         lock.close()
+
+
+def test_a_briefly_locked_store_is_waited_for_and_the_run_lands(tmp_path, monkeypatch):
+    """Two pipelines writing at once (`dvc queue start -j 2`): the second waits for sqlite's lock instead of
+    dropping its run."""
+    import sqlite3
+    import threading
+    import warnings
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with Tracker("init", {}) as t:
+        t.log_metrics({"x": 1.0})
+    lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=0, check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")
+    threading.Timer(2.0, lambda: (lock.rollback(), lock.close())).start()  # the other writer finishes
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Tracker("sft", {"sft": {"lr": 0.001}}) as t:
+            t.log_metrics({"loss": 0.5}, step=0)
+    assert t.enabled and not [w for w in caught if "MLflow tracking disabled" in str(w.message)]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("pftlab")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'sft'")
+    assert len(runs) == 1 and runs[0].data.metrics["loss"] == 0.5 and runs[0].info.status == "FINISHED"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+
+
+def test_a_stage_in_a_dvc_temporary_workspace_logs_to_the_repositorys_store(tmp_path, monkeypatch):
+    """`dvc exp run --queue` / `--temp` run the pipeline in <repo>/.dvc/tmp/exps/<name>/, deleted afterwards:
+    its runs must land in <repo>/mlflow.db."""
+    from mlflow.tracking import MlflowClient
+
+    from pftlab.core.tracking import repository_root, tracking_uri
+
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    workspace.mkdir(parents=True)
+    assert repository_root(workspace) == (tmp_path / "repo").resolve() and repository_root(tmp_path) == tmp_path.resolve()
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(workspace)
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve() / 'mlflow.db'}"
+    with Tracker("evaluate@dpo", {"eval": {"seed": 99}}) as t:
+        t.log_metrics({"gold_reward": -3.0})
+        (workspace / "m.json").write_text("{}")
+        t.log_artifact(workspace / "m.json")
+    assert not (workspace / "mlflow.db").exists() and not (workspace / "mlruns").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id])[0]
+    assert run.data.params["eval.seed"] == "99" and run.data.metrics["gold_reward"] == -3.0
+    assert run.info.artifact_uri.startswith((tmp_path / "repo" / "mlruns").resolve().as_uri())

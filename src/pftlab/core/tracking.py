@@ -1,8 +1,10 @@
 """MLflow logging that never stops a stage: the first failure warns once and turns tracking off.
 
-Runs land in experiment "pftlab" (local `sqlite:///mlflow.db` unless MLFLOW_TRACKING_URI is set), one
-run per stage, tagged with the stage, git commit, DVC experiment name and a `pipeline_run` id shared by
-all stages of one `dvc repro` of one params file at one commit.
+Runs land in experiment "pftlab" of the repository's own `mlflow.db` (unless MLFLOW_TRACKING_URI is set),
+also when DVC runs a stage in a temporary copy of the repository (`dvc exp run --temp`, `--queue`): one run
+per stage, tagged with the stage, git commit, DVC experiment name and a `pipeline_run` id shared by all
+stages of one `dvc repro` of one params file at one commit. Two pipelines writing at once (`dvc queue start
+-j 2`) wait for sqlite's lock, up to PFTLAB_MLFLOW_WAIT seconds (default 300), rather than drop a run.
 """
 import hashlib
 import json
@@ -16,6 +18,37 @@ from pathlib import Path
 from pftlab.core.config import flatten
 
 EXPERIMENT = "pftlab"
+# MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+WAIT_SECONDS = 300  # PFTLAB_MLFLOW_WAIT: how long a writer waits for a store another writer holds
+
+
+def repository_root(cwd=None) -> Path:
+    """The repository a stage belongs to: DVC runs queued and `--temp` experiments in a copy under
+    `<repo>/.dvc/tmp/exps/`, whose own mlflow.db would be deleted with it."""
+    parts = Path(cwd or os.getcwd()).resolve().parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return Path(*parts)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / 'mlflow.db'}"
+
+
+def _patiently(call, *args, **kwargs):
+    """A store call, retried while another writer holds sqlite's lock (MLflow raises it as a generic error)."""
+    deadline = time.time() + float(os.environ.get("PFTLAB_MLFLOW_WAIT", WAIT_SECONDS))
+    pause = 0.2
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the lock surfaces as MlflowException / OperationalError
+            if "locked" not in str(err).lower() or time.time() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _git_commit() -> str:
@@ -124,29 +157,35 @@ def _write_from_pipe(lines):
                 from mlflow.tracking import MlflowClient
 
                 stage = message["open"]["stage"]
-                client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-                exp = client.get_experiment_by_name(EXPERIMENT)
-                exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+                client = _patiently(MlflowClient, tracking_uri=tracking_uri())
+                exp = _patiently(client.get_experiment_by_name, EXPERIMENT)
+                if exp is None:  # artifacts beside the repository's mlflow.db, not in a temporary workspace
+                    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repository_root() / "mlruns").as_uri()
+                    exp_id = _patiently(client.create_experiment, EXPERIMENT, artifact_location=artifacts)
+                else:
+                    exp_id = exp.experiment_id
+                if (exp.tags if exp else {}).get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # open on the runs table
+                    _patiently(client.set_experiment_tag, exp_id, *EXPERIMENT_KIND)
                 tags = {"stage": stage, "git_commit": _git_commit(), "pipeline_run": pipeline_run_id(),
                         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""), "mlflow.runName": stage}
-                run_id = client.create_run(exp_id, tags=tags, run_name=stage).info.run_id
+                run_id = _patiently(client.create_run, exp_id, tags=tags, run_name=stage).info.run_id
                 params = [Param(k, v) for k, v in message["open"]["params"].items()]
                 for i in range(0, len(params), 100):
-                    client.log_batch(run_id, params=params[i : i + 100])
+                    _patiently(client.log_batch, run_id, params=params[i : i + 100])
             elif "metrics" in message:
                 from mlflow.entities import Metric
 
                 metrics = [Metric(*m) for m in message["metrics"]]
                 for i in range(0, len(metrics), 1000):
-                    client.log_batch(run_id, metrics=metrics[i : i + 1000])
+                    _patiently(client.log_batch, run_id, metrics=metrics[i : i + 1000])
             elif "artifact" in message:
                 path = Path(message["artifact"])
                 if path.is_dir():
-                    client.log_artifacts(run_id, str(path), artifact_path=path.name)
+                    _patiently(client.log_artifacts, run_id, str(path), artifact_path=path.name)
                 else:
-                    client.log_artifact(run_id, str(path))
+                    _patiently(client.log_artifact, run_id, str(path))
             elif "end" in message:
-                client.set_terminated(run_id, status=message["end"])
+                _patiently(client.set_terminated, run_id, status=message["end"])
                 ended = True
         except Exception as err:  # noqa: BLE001 - any failure of the store ends tracking for this stage
             error = f"{type(err).__name__}: {err}"

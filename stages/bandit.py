@@ -1,6 +1,6 @@
 """Stage bandit: Tajwar et al.'s didactic bandit as the authors ran it: every method offline and on-policy
 on the aligned and misaligned rewards, every seed of a cell in one batched run, and the sample-reuse
-ablation (metrics/didactic/bandit.json; curves, mean and min / max over seeds, in
+ablation (metrics/didactic/bandit.json; curves, mean, 95% interval, min and max over seeds, in
 metrics/curves/bandit_<reward>_<offline|on_policy>.csv and bandit_reuse.csv)."""
 import multiprocessing
 import os
@@ -12,19 +12,21 @@ from tqdm.auto import tqdm
 
 from pftlab.core.io import write_csv
 from pftlab.core.stage import run_stage
+from pftlab.core.stats import mean_ci
 from pftlab.didactic import bandit
 
 
 def wide_curves(curves: dict) -> list:
-    """One row per logged step; per label its eval reward averaged over seeds, the seeds' min and max, and
-    the samples drawn so far."""
+    """One row per logged step; per label its eval reward averaged over seeds, the half-width of its 95%
+    t-interval over seeds, the seeds' min and max, and the samples drawn so far."""
     labels = list(curves)
     rows = []
     for i, point in enumerate(curves[labels[0]]):
         row = {"step": point["step"]}
         for label in labels:
             rewards = curves[label][i]["reward"]
-            row |= {label: mean(rewards), f"{label}_min": min(rewards), f"{label}_max": max(rewards),
+            row |= {label: mean(rewards), f"{label}_ci95": mean_ci(rewards)[1], f"{label}_min": min(rewards),
+                    f"{label}_max": max(rewards),
                     f"{label}_samples": curves[label][i]["samples"]}
         rows.append(row)
     return rows

@@ -57,7 +57,7 @@ def main(p, tracker):
     torch.manual_seed(p["eval.seed"])  # the same seed for every policy: common random numbers
     repeated, responses = sample_eval(policy, prompts, n, cfg, tok)
     if gold_spec["reward"] == "reward_model":  # no gold: the reference samples are judged by the RM too
-        reference_gold = score_sequences(rm, pack(repeated, reference, tok.pad_token_id)).numpy()
+        reference_gold = score_sequences(rm, pack(repeated, reference, tok.pad_token_id)).cpu().numpy()
     else:
         reference_gold = gold_reward(gold_spec, np.array([r["length"] for r in reference_rows]))
     metrics, rows = evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, reference_gold, tok)
@@ -82,4 +82,4 @@ def main(p, tracker):
 
 if __name__ == "__main__":
     run_stage(TASK.stage("evaluate", NAME), ["eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size"],
-              main, TASK.metrics("eval", NAME), seed_key="eval.seed")
+              main, TASK.metrics("eval", NAME), seed_key="eval.seed", results_prefix="eval/")

@@ -71,4 +71,4 @@ if __name__ == "__main__":
     own_seed = [] if TASK.seed is not None else ["seed"]  # policy_seed@ reads its seed from the command line
     run_stage(TASK.stage("policy", NAME), own_seed + ["model.max_prompt_tokens", "model.max_response_tokens", "generation",
                                                       "policy", f"algos.{NAME}"], main, TASK.metrics("policy", NAME),
-              seed_key=own_seed[0] if own_seed else None)
+              seed_key=own_seed[0] if own_seed else None, models=[TASK.policy(NAME)])

@@ -5,6 +5,7 @@ from transformers.utils import logging as hf_logging
 from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_batch
+from pftlab.core.paths import SFT_MODEL
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.hub import pretrained_model
 from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer, new_policy
@@ -33,7 +34,7 @@ def main(p, tracker):
     history = train_sft(model, train, held_out, cfg, tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
     with full_weights(model):  # ZeRO-3: gathered on every process, written by rank 0
         if is_main_process():
-            with atomic_dir("models/sft") as out:
+            with atomic_dir(SFT_MODEL) as out:
                 model.save_pretrained(out)
                 tok.save_pretrained(out)
             write_csv("metrics/curves/sft.csv", history)
@@ -43,4 +44,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("sft", ["seed", "model", "sft"], main, "metrics/sft.json")
+    run_stage("sft", ["seed", "model", "sft"], main, "metrics/sft.json", models=[SFT_MODEL])

@@ -115,7 +115,7 @@ def test_tracking_logs_params_metrics_and_tags(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id], "tags.run_kind = 'stage'")[0]
     assert run.data.params["sft.lr"] == "0.001"
     assert run.data.tags["stage"] == "sft" and len(run.data.tags["pipeline_run"]) == 12
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
@@ -211,3 +211,62 @@ def test_a_stage_in_a_dvc_temporary_workspace_logs_to_the_repositorys_store(tmp_
     run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id])[0]
     assert run.data.params["eval.seed"] == "99" and run.data.metrics["gold_reward"] == -3.0
     assert run.info.artifact_uri.startswith((tmp_path / "repo" / "mlruns").resolve().as_uri())
+
+
+def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_results(tmp_path, monkeypatch):
+    """Two stages of one pipeline run (policy@dpo, then evaluate@dpo reading its model): one parent run with all
+    params, one `dpo` run with the training params, the curves and the held-out results, a run per stage under
+    it; inputs carry their DVC hashes from dvc.lock, and the trained policy is an MLflow model tagged with its."""
+    from mlflow.tracking import MlflowClient
+
+    from pftlab.core.tracking import algorithm_run_name
+
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    everything = {"seed": 0, "policy": {"lr": 1e-4}, "algos": {"dpo": {"beta": 0.3}}, "eval": {"seed": 5}}
+    lock = {"schema": "2.0", "stages": {
+        "pairs": {"cmd": "x", "outs": [{"path": "data/pairs.jsonl", "md5": "a" * 32}]},
+        "policy@dpo": {"cmd": "x", "deps": [{"path": "data/pairs.jsonl", "md5": "0" * 32},  # stale: pairs' out wins
+                                             {"path": "src/pftlab/algorithms/losses.py", "md5": "c" * 32}],
+                       "outs": [{"path": "models/policy/dpo", "md5": "b" * 32 + ".dir"}]},
+        "evaluate@dpo": {"cmd": "x", "deps": [{"path": "models/policy/dpo", "md5": "0" * 36}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    with Tracker("policy@dpo", {"policy": {"lr": 1e-4}, "algos": {"dpo": {"beta": 0.3}}}, all_params=everything) as t:
+        for step in range(3):
+            t.log_metrics({"loss": 1.0 - step / 10}, step=step)
+        t.log_metrics({"final/loss": 0.8}, to_policy_run=False)
+        t.log_model("models/policy/dpo")
+    with Tracker("evaluate@dpo", {"eval": {"seed": 5}}, all_params=everything) as t:
+        t.log_results({"eval/gold_reward": -3.5, "eval/policy": "dpo"})
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("pftlab")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    (parent_name,) = [n for n, r in runs.items() if r.data.tags["run_kind"] == "pipeline"]
+    assert set(runs) == {parent_name, f"dpo ({parent_name})", "policy@dpo", "evaluate@dpo"}
+    parent, dpo = runs[parent_name], runs[f"dpo ({parent_name})"]
+    assert dpo.data.tags["policy_run"] == "dpo"
+    assert parent_name == f"{dpo.data.tags['git_commit'][:7]}-" + parent_name.split("-")[-1]
+    assert parent.data.params["algos.dpo.beta"] == "0.3" and parent.data.params["eval.seed"] == "5"
+    assert dpo.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert {runs[s].data.tags["mlflow.parentRunId"] for s in ("policy@dpo", "evaluate@dpo")} == {dpo.info.run_id}
+    assert dpo.data.params == {"policy.lr": "0.0001", "algos.dpo.beta": "0.3"}  # training params, not eval's
+    assert dpo.data.metrics["eval/gold_reward"] == -3.5 and "final/loss" not in dpo.data.metrics
+    assert [m.value for m in client.get_metric_history(dpo.info.run_id, "loss")] == [1.0, 0.9, 0.8]
+    assert runs["policy@dpo"].data.metrics["final/loss"] == 0.8
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert runs["policy@dpo"].data.tags["mlflow.source.git.commit"] == parent.data.tags["mlflow.source.git.commit"]
+    assert runs["policy@dpo"].data.tags["mlflow.source.name"]
+    inputs = {d.dataset.name: d.dataset.digest for d in runs["policy@dpo"].inputs.dataset_inputs}
+    assert inputs == {"data/pairs.jsonl": "a" * 32}  # the producer's hash; code deps left out
+    (model,) = client.search_logged_models([exp.experiment_id])
+    assert model.name == "models-policy-dpo" and model.source_run_id == runs["policy@dpo"].info.run_id
+    assert model.tags["dvc_md5"] == "b" * 32 + ".dir"  # tagged when evaluate@dpo read it
+    assert [m.model_id for m in client.get_run(runs["evaluate@dpo"].info.run_id).inputs.model_inputs] == [model.model_id]
+    assert [m.model_id for m in client.get_run(dpo.info.run_id).outputs.model_outputs] == [model.model_id]
+    assert [algorithm_run_name(s) for s in ("prepare", "sft", "evaluate@sft", "policy_seed@online_dpo-2",
+                                            "policy_variant@mode_length-dpo", "evaluate_variant_sft@mode_length")] == \
+        [None, "sft", "sft", "online_dpo seed 2", "dpo on mode_length", "sft on mode_length"]

@@ -294,6 +294,99 @@ def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     assert "### Across training seeds" in report and "| mode_length | dpo |" in report
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rest(base, path, body=None):
+    import urllib.request
+
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlflow_ui(smoke_run, tmp_path):
+    """Two `dvc exp run --queue` experiments that differ in algos.dpo.beta, run in parallel by `dvc queue start -j 2`
+    in DVC's temporary workspaces: both land in the repository's mlflow.db. A real MLflow server on 127.0.0.1 then
+    finds, over its REST API, one parent run per pipeline run with its children, and each experiment's `dpo` run
+    with its training params, curves and held-out metrics; headless Chromium renders the compare view with them."""
+    repo = smoke_run
+    git = ["git", "-c", "user.email=test@pftlab", "-c", "user.name=test"]
+    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "smoke run", "--allow-empty"], cwd=repo, check=True)
+    for name, beta in (("beta-low", 0.05), ("beta-high", 0.5)):
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", "algorithms=[dpo]", "-S", "training_seeds.algorithms=[]",
+            "-S", "variants.algorithms=[]", "-S", f"algos.dpo.beta={beta}", tracking=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "queue", "start", "-j", "2"], cwd=repo, env=env(True),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=True)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = dvc(repo, "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status + dvc(repo, "queue", "logs", "beta-low")
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               f"sqlite:///{repo / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env={**env(True), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(120):
+            try:
+                exp = _rest(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=pftlab")["experiment"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the MLflow server did not answer within 60 s")
+        assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        runs = _rest(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
+        tags = lambda r: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+        parents = {tags(r)["mlflow.runName"]: r for r in runs if tags(r)["run_kind"] == "pipeline"}
+        assert {"beta-low", "beta-high"} <= set(parents) and len(parents) == 3  # the smoke run's own, in the workspace
+        children = lambda run_id: [r for r in runs if tags(r).get("mlflow.parentRunId") == run_id]
+        dpo = {}
+        for name in ("beta-low", "beta-high"):
+            under = {tags(r).get("policy_run") or tags(r)["stage"]: r for r in children(parents[name]["info"]["run_id"])}
+            assert {"dpo", "report"} <= set(under)  # only what the experiment reran: dpo's stages and the report
+            dpo[name] = under["dpo"]
+            assert tags(dpo[name])["mlflow.runName"] == f"dpo ({name})"
+            assert {tags(r)["mlflow.runName"] for r in children(dpo[name]["info"]["run_id"])} == {"policy@dpo", "evaluate@dpo"}
+        params = {n: {p["key"]: p["value"] for p in r["data"]["params"]} for n, r in dpo.items()}
+        metrics = {n: {m["key"]: m["value"] for m in r["data"]["metrics"]} for n, r in dpo.items()}
+        assert (params["beta-low"]["algos.dpo.beta"], params["beta-high"]["algos.dpo.beta"]) == ("0.05", "0.5")
+        assert params["beta-low"]["policy.lr"] == params["beta-high"]["policy.lr"]
+        for name in dpo:
+            assert {"eval/gold_reward", "eval/kl_k1", "eval/win_rate_vs_sft", "eval/response_length", "loss"} <= set(metrics[name])
+            history = _rest(base, f"/api/2.0/mlflow/metrics/get-history?run_id={dpo[name]['info']['run_id']}&metric_key=loss")
+            assert len(history["metrics"]) == 12  # the training curve, step by step
+        held_out = lambda name: {k: v for k, v in metrics[name].items() if k.startswith("eval/")}
+        assert held_out("beta-low") != held_out("beta-high")  # what the knob changed (gold reward may tie at this size)
+
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None:
+            pytest.skip("no chromium here for the browser check (.ci/run installs Debian's)")
+        ids = json.dumps([dpo[n]["info"]["run_id"] for n in dpo]).replace(" ", "")
+        page = f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([exp['experiment_id']])}"
+        out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", f"--user-data-dir={tmp_path / 'chromium'}",
+                              "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", page],
+                             capture_output=True, text=True, timeout=120)
+        assert "algos.dpo.beta" in out.stdout and "eval/gold_reward" in out.stdout, out.stdout[-2000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
     """Runs after the other smoke tests: it changes the smoke run's params."""
     repo = smoke_run

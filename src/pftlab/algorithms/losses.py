@@ -138,7 +138,7 @@ def kl_penalised_token_rewards(score, token_logp_old, token_ref_logp, mask, kl_c
     plus the reward model's score at the last one. Rows are (B, T) aligned with token_logprobs."""
     rewards = -kl_coef * (token_logp_old - token_ref_logp) * mask
     last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # index of the last response token
-    rewards[torch.arange(len(score)), last] += score
+    rewards[torch.arange(len(score), device=score.device), last] += score
     return rewards
 
 

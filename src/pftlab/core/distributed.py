@@ -14,6 +14,17 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def device() -> torch.device:
+    """This process's device, decided once for every model and batch: `cuda:<LOCAL_RANK>` where CUDA is
+    available (the launchers set LOCAL_RANK; 0 alone), else the CPU. PFTLAB_DEVICE=cpu keeps a GPU machine on
+    the CPU."""
+    if os.environ.get("PFTLAB_DEVICE", "") != "cpu" and torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
 def is_main_process() -> bool:
     """Only rank 0 writes outputs, metrics and checkpoints."""
     return rank() == 0
@@ -22,7 +33,7 @@ def is_main_process() -> bool:
 def all_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every process: all of them back-propagate a micro-batch or none does
     (a process skipping alone would leave the others waiting in the gradient all-reduce)."""
-    finite = torch.tensor(float(torch.isfinite(loss).all()))
+    finite = torch.isfinite(loss).all().float()  # on the loss's device: NCCL reduces CUDA tensors only
     if world_size() > 1:
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     return bool(finite.item())
@@ -33,7 +44,7 @@ def mean_over_processes(values: list, rows: int) -> list:
     holding the whole minibatch would log. Unchanged in a single process; a NaN anywhere is NaN everywhere."""
     if world_size() == 1:
         return values
-    sums = torch.tensor([v * rows for v in values] + [rows], dtype=torch.float64)
+    sums = torch.tensor([v * rows for v in values] + [rows], dtype=torch.float64, device=device())
     torch.distributed.all_reduce(sums)
     return (sums[:-1] / sums[-1]).tolist()
 
@@ -42,6 +53,6 @@ def sum_over_processes(values: list) -> list:
     """Counts summed over all processes (e.g. a minibatch's response tokens); unchanged in a single process."""
     if world_size() == 1:
         return values
-    sums = torch.tensor(values, dtype=torch.float64)
+    sums = torch.tensor(values, dtype=torch.float64, device=device())
     torch.distributed.all_reduce(sums)
     return [int(v) if float(v).is_integer() else v for v in sums.tolist()]

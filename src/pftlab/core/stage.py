@@ -22,9 +22,12 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed", params_path="params.yaml"):
+def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed", params_path="params.yaml",
+              models=(), results_prefix=None):
     """Run `main(params, tracker) -> metrics dict`; write the metrics (plus wall time) atomically.
 
+    `models`: the model directories the stage writes, logged to MLflow as models; `results_prefix`: the
+    metrics also go, under this prefix, to the run of the policy the stage belongs to (held-out results).
     A PftlabError (bad param, bad data) ends the stage with its one-line message and exit status 1.
     """
     start = time.time()
@@ -38,14 +41,22 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
         # Under a multi-process launcher, rank 0 tracks and writes. (Read here rather than from optimization.py,
         # whose transformers imports would add seconds to every stage that does not train.)
         main_process = int(os.environ.get("RANK", 0)) == 0
-        with Tracker(name, params.section(*sections), enabled=main_process) as tracker:
+        with Tracker(name, params.section(*sections), enabled=main_process, all_params=params.tree) as tracker:
             metrics = main(params, tracker)
             if not main_process:
                 return
             metrics["seconds"] = round(time.time() - start, 2)
-            tracker.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            torch = sys.modules.get("torch")  # only where the stage used it: light stages never import it
+            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+                metrics["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            tracker.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                to_policy_run=False)
+            if results_prefix:
+                tracker.log_results({f"{results_prefix}{k}": v for k, v in metrics.items()})
             atomic_write_json(metrics_path, metrics)
             tracker.log_artifact(metrics_path)
+            for path in models:
+                tracker.log_model(path)
         remove_checkpoint(name)  # every output is written; DVC commits them when this process exits
     except PftlabError as err:
         print(f"error in stage '{name}': {err}", file=sys.stderr)

@@ -1,10 +1,24 @@
 """MLflow logging that never stops a stage: the first failure warns once and turns tracking off.
 
-Runs land in experiment "pftlab" of the repository's own `mlflow.db` (unless MLFLOW_TRACKING_URI is set),
-also when DVC runs a stage in a temporary copy of the repository (`dvc exp run --temp`, `--queue`): one run
-per stage, tagged with the stage, git commit, DVC experiment name and a `pipeline_run` id shared by all
-stages of one `dvc repro` of one params file at one commit. Two pipelines writing at once (`dvc queue start
--j 2`) wait for sqlite's lock, up to PFTLAB_MLFLOW_WAIT seconds (default 300), rather than drop a run.
+Where: experiment "pftlab" of the repository's own `mlflow.db` (unless MLFLOW_TRACKING_URI is set), also when
+DVC runs the pipeline in a temporary copy of the repository (`dvc exp run --temp`, `--queue`). Two pipelines
+writing at once (`dvc queue start -j 2`) wait for sqlite's lock, up to PFTLAB_MLFLOW_WAIT seconds (default
+300), rather than drop a run.
+
+Shape: runs are nested the way the work is.
+
+    <pipeline run>            one per `dvc repro` / `dvc exp run`: named by the DVC experiment, or
+    |                         <commit>-<params hash> in the workspace; holds every param of params.yaml
+    |-- prepare, sft, ...     one run per stage: its declared params, curves, final/* metrics, its inputs
+    |-- dpo (<pipeline run>)  one run per trained policy (also sft, dpo seed 1, dpo on mode_length):
+    |   |-- policy@dpo        its training params (policy.*, algos.dpo.*, ...), its curves and its held-out
+    |   `-- evaluate@dpo      metrics (gold/proxy reward, KL, win rate, length), so two experiments compare here
+
+Every stage run carries MLflow's source tags (git commit, entry point), logs its data dependencies as inputs
+whose digests are their DVC hashes (read from dvc.lock, where DVC wrote them when the producing stage ended),
+and a stage that trains a model logs it as an MLflow model (its DVC hash is tagged when a later stage of the
+same pipeline run reads it). PFTLAB_MLFLOW_SYSTEM_METRICS=true adds CPU/GPU/memory metrics; PFTLAB_MLFLOW=0
+turns tracking off.
 """
 import hashlib
 import json
@@ -21,12 +35,14 @@ EXPERIMENT = "pftlab"
 # MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 WAIT_SECONDS = 300  # PFTLAB_MLFLOW_WAIT: how long a writer waits for a store another writer holds
+CODE_SUFFIXES = (".py", ".cfg", ".toml", ".html", ".yaml", ".md")  # deps that are code or config, not data
 
 
 def repository_root(cwd=None) -> Path:
-    """The repository a stage belongs to: DVC runs queued and `--temp` experiments in a copy under
-    `<repo>/.dvc/tmp/exps/`, whose own mlflow.db would be deleted with it."""
-    parts = Path(cwd or os.getcwd()).resolve().parts
+    """The repository a stage belongs to. DVC runs queued and `--temp` experiments in a copy under
+    `<repo>/.dvc/tmp/exps/`, whose own mlflow.db would be deleted with it (DVC_ROOT names the repository then)."""
+    start = os.environ.get("DVC_ROOT") if cwd is None else None
+    parts = Path(start or cwd or os.getcwd()).resolve().parts
     for i in range(len(parts) - 2):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
@@ -59,9 +75,62 @@ def _git_commit() -> str:
         return "none"
 
 
-def pipeline_run_id(params_path="params.yaml") -> str:
+def _params_digest(params_path="params.yaml") -> str:
     text = Path(params_path).read_bytes() if Path(params_path).exists() else b""
-    return hashlib.sha256(_git_commit().encode() + text + os.environ.get("DVC_EXP_NAME", "").encode()).hexdigest()[:12]
+    return hashlib.sha256(text).hexdigest()
+
+
+def pipeline_run_id(params_path="params.yaml") -> str:
+    """Shared by every stage of one `dvc repro` of one params file at one commit (and one DVC experiment)."""
+    key = _git_commit() + _params_digest(params_path) + os.environ.get("DVC_EXP_NAME", "")
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def pipeline_run_name(params_path="params.yaml") -> str:
+    """The DVC experiment's name, or `<commit>-<params hash>` for a run in the workspace."""
+    return os.environ.get("DVC_EXP_NAME") or f"{_git_commit()[:7]}-{_params_digest(params_path)[:6]}"
+
+
+def algorithm_run_name(stage: str):
+    """The run that gathers one trained policy's stages, or None for a stage of no policy:
+    policy@dpo, evaluate@dpo -> dpo; sft, evaluate@sft -> sft; policy_seed@dpo-1 -> dpo seed 1;
+    policy_variant@mode_length-dpo -> dpo on mode_length; evaluate_variant_sft@mode_length -> sft on mode_length."""
+    kind, _, name = stage.partition("@")
+    if stage == "sft":
+        return "sft"
+    if not name:
+        return None
+    if kind in ("policy", "evaluate"):
+        return name
+    if kind in ("policy_seed", "evaluate_seed"):
+        algorithm, _, seed = name.rpartition("-")
+        return f"{algorithm} seed {seed}"
+    if kind in ("policy_variant", "evaluate_variant"):
+        reward, _, algorithm = name.partition("-")
+        return f"{algorithm} on {reward}"
+    if kind == "evaluate_variant_sft":
+        return f"sft on {name}"
+    return None
+
+
+def dvc_inputs(stage: str, lock_path="dvc.lock") -> list:
+    """[(path, DVC hash, is_model)] of the stage's data dependencies. A dependency produced by another stage has
+    that stage's output hash in dvc.lock (written when it ended, so current); a source (data/raw) has the hash of
+    this stage's last run. Code and config deps are left out: the git commit names them."""
+    import yaml
+
+    try:
+        stages = yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    produced = {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])}
+    out = []
+    for dep in (stages.get(stage) or {}).get("deps", []):
+        path = dep["path"]
+        if path.endswith(CODE_SUFFIXES) or path.startswith(("src/", "stages/", "configs/")):
+            continue
+        out.append((path, produced.get(path, dep.get("md5", "")), path in produced and path.startswith("models/")))
+    return out
 
 
 class Tracker:
@@ -72,10 +141,14 @@ class Tracker:
     it (a thread would not: both halves are Python and would take turns on the GIL). Metrics stream as they
     come, so a long run can be watched live. The writer reports its first failure when the stage ends, as one
     warning; the stage never waits on a failed store nor stops for one.
+
+    Step-wise metrics (curves) go to the stage's run and to its policy's run; `log_results` puts a stage's
+    results on its policy's run (held-out metrics), `log_model` logs a trained model the stage wrote.
     """
 
-    def __init__(self, stage: str, params: dict, enabled: bool = True):
-        self.stage, self.params = stage, params
+    def __init__(self, stage: str, params: dict, enabled: bool = True, all_params: dict = None, dvc_stage: str = None):
+        self.stage, self.params, self.all_params = stage, params, all_params or {}
+        self.dvc_stage = dvc_stage or os.environ.get("DVC_STAGE") or stage  # evaluate@sft is DVC's evaluate_sft
         self.enabled = enabled and os.environ.get("PFTLAB_MLFLOW", "1") != "0"
         self._buffer, self._writer = [], None
 
@@ -100,16 +173,25 @@ class Tracker:
         except OSError as err:
             self._fail(f"{type(err).__name__}: {err}")
             return self
-        self._send({"open": {"stage": self.stage, "params": {k: str(v)[:6000] for k, v in flatten(self.params).items()}}})
+        as_text = lambda d: {k: str(v)[:6000] for k, v in flatten(d).items()}
+        self._send({"open": {"stage": self.stage, "dvc_stage": self.dvc_stage, "params": as_text(self.params),
+                             "all_params": as_text(self.all_params), "entry_point": sys.argv[0]}})
         return self
 
-    def log_metrics(self, metrics: dict, step: int = 0):
+    def log_metrics(self, metrics: dict, step: int = 0, to_policy_run: bool = True):
         if not self.enabled:
             return
         now = int(time.time() * 1000)
-        self._buffer += [(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self._buffer += [(k, float(v), now, step, to_policy_run) for k, v in metrics.items() if v is not None]
         if len(self._buffer) >= 500:
             self.flush()
+
+    def log_results(self, metrics: dict):
+        """Final numbers of the stage on its policy's run (the stage's own run has them as final/*)."""
+        self.flush()
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.enabled and numbers:
+            self._send({"results": numbers})
 
     def flush(self):
         if self.enabled and self._buffer:
@@ -119,6 +201,11 @@ class Tracker:
     def log_artifact(self, path):
         if self.enabled and Path(path).exists():
             self._send({"artifact": str(Path(path).resolve())})
+
+    def log_model(self, path):
+        """A model directory this stage wrote (a DVC output): an MLflow model named by its path, pointing at it."""
+        if self.enabled:
+            self._send({"model": str(path)})
 
     def _finish(self, err: str = ""):
         writer, self._writer = self._writer, None
@@ -140,10 +227,129 @@ class Tracker:
         return False
 
 
+class _Writer:
+    """The writer process's side: the nested runs of one stage (see the module docstring)."""
+
+    def __init__(self, message: dict):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.stage, self.dvc_stage = message["stage"], message["dvc_stage"]
+        self.client = _patiently(MlflowClient, tracking_uri=tracking_uri())
+        exp = _patiently(self.client.get_experiment_by_name, EXPERIMENT)
+        if exp is None:  # artifacts beside the repository's mlflow.db, not in a temporary workspace
+            artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repository_root() / "mlruns").as_uri()
+            self.exp_id = _patiently(self.client.create_experiment, EXPERIMENT, artifact_location=artifacts)
+        else:
+            self.exp_id = exp.experiment_id
+        if (exp.tags if exp else {}).get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # open on the runs table
+            _patiently(self.client.set_experiment_tag, self.exp_id, *EXPERIMENT_KIND)
+        self.pipeline_run = pipeline_run_id()
+        commit = _git_commit()
+        source = {"mlflow.source.type": "LOCAL", "mlflow.source.name": message.get("entry_point") or self.stage,
+                  "mlflow.source.git.commit": commit, "git_commit": commit, "pipeline_run": self.pipeline_run,
+                  "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+        pipeline_name = pipeline_run_name()
+        self.parent = self._run({"run_kind": "pipeline"}, pipeline_name, None, source, message["all_params"])
+        self.policy_name = algorithm_run_name(self.stage)
+        self.policy = None
+        if self.policy_name:  # named with its pipeline run too: the compare view lists runs by name
+            training = message["params"] if self.stage.startswith(("policy", "sft")) else {}
+            self.policy = self._run({"run_kind": "policy", "policy_run": self.policy_name},
+                                    f"{self.policy_name} ({pipeline_name})", self.parent, source, training)
+        self.run = self._run({"run_kind": "stage", "stage": self.stage}, self.stage, self.policy or self.parent, source,
+                             message["params"], always_new=True)
+        self._log_inputs()
+        if os.environ.get("PFTLAB_MLFLOW_SYSTEM_METRICS") == "true":
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(self.run, tracking_uri=tracking_uri())
+            self.monitor.start()
+        else:
+            self.monitor = None
+
+    def _run(self, identity: dict, name: str, parent, tags: dict, params: dict, always_new=False) -> str:
+        """Find (by its identity tags within this pipeline run) or create a run, mark it running, log params."""
+        from mlflow.entities import Param
+
+        identity = {**identity, "pipeline_run": self.pipeline_run}
+        run_id = None
+        if not always_new:
+            query = " and ".join(f"tags.{k} = '{v}'" for k, v in identity.items())
+            found = _patiently(self.client.search_runs, [self.exp_id], query, max_results=1)
+            run_id = found[0].info.run_id if found else None
+        if run_id is None:
+            tags = {**tags, **identity, "mlflow.runName": name} | ({"mlflow.parentRunId": parent} if parent else {})
+            run_id = _patiently(self.client.create_run, self.exp_id, tags=tags, run_name=name).info.run_id
+        else:
+            _patiently(self.client.update_run, run_id, status="RUNNING")
+        logged = _patiently(self.client.get_run, run_id).data.params if not always_new else {}
+        fresh = [Param(k, v) for k, v in params.items() if k not in logged]  # MLflow refuses to change a param
+        for i in range(0, len(fresh), 100):
+            _patiently(self.client.log_batch, run_id, params=fresh[i : i + 100])
+        return run_id
+
+    def _log_inputs(self):
+        from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
+
+        datasets, models = [], []
+        for path, digest, is_model in dvc_inputs(self.dvc_stage):
+            context = "model" if is_model else ("evaluation" if self.stage.startswith("evaluate") else "training")
+            source = json.dumps({"uri": path, "dvc_md5": digest})
+            datasets.append(DatasetInput(Dataset(name=path, digest=digest[:36], source_type="local", source=source),
+                                         tags=[InputTag("mlflow.data.context", context)]))
+            if is_model:  # the model a stage of this pipeline run logged: it now gets its DVC hash
+                query = f"tags.`pftlab.path` = '{path}' AND tags.`pftlab.pipeline_run` = '{self.pipeline_run}'"
+                for model in _patiently(self.client.search_logged_models, [self.exp_id], query, max_results=1):
+                    _patiently(self.client.set_logged_model_tags, model.model_id, {"dvc_md5": digest})
+                    models.append(LoggedModelInput(model.model_id))
+        if datasets or models:
+            _patiently(self.client.log_inputs, self.run, datasets=datasets, models=models)
+
+    def metrics(self, rows):
+        from mlflow.entities import Metric
+
+        for run_id, keep in ((self.run, lambda r: True), (self.policy, lambda r: r[4])):
+            metrics = [Metric(*r[:4]) for r in rows if keep(r)]
+            for i in range(0 if run_id else len(metrics), len(metrics), 1000):
+                _patiently(self.client.log_batch, run_id, metrics=metrics[i : i + 1000])
+
+    def results(self, numbers: dict):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        _patiently(self.client.log_batch, self.policy or self.run, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()])
+
+    def artifact(self, path: Path):
+        if path.is_dir():
+            _patiently(self.client.log_artifacts, self.run, str(path), artifact_path=path.name)
+        else:
+            _patiently(self.client.log_artifact, self.run, str(path))
+
+    def model(self, path: str):
+        from mlflow.entities import LoggedModelOutput
+
+        name = path.replace("/", "-")
+        tags = {"pftlab.path": path, "pftlab.pipeline_run": self.pipeline_run, "pftlab.stage": self.stage}
+        model = _patiently(self.client.create_logged_model, self.exp_id, name=name, source_run_id=self.run, tags=tags,
+                           model_type="pftlab-dvc-output")
+        _patiently(self.client.finalize_logged_model, model.model_id, "READY")
+        for run_id in filter(None, (self.run, self.policy)):
+            _patiently(self.client.log_outputs, run_id, [LoggedModelOutput(model.model_id, 0)])
+
+    def end(self, status: str):
+        if self.monitor:
+            self.monitor.finish()
+        _patiently(self.client.set_terminated, self.run, status=status)
+        for run_id in filter(None, (self.policy, self.parent)):  # the last stage to end leaves them ended
+            _patiently(self.client.set_terminated, run_id, status=status)
+
+
 def _write_from_pipe(lines):
     """The writer process: log each message of one stage's run; on the first failure stop logging (keep reading,
     so the stage is never blocked on a full pipe) and print `ERROR <why>` for the stage to warn with."""
-    client = run_id = error = None
+    writer = error = None
     ended = False
     for line in lines:
         if error:
@@ -151,47 +357,23 @@ def _write_from_pipe(lines):
         try:
             message = json.loads(line)
             if "open" in message:
-                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-                from mlflow.entities import Param
-                from mlflow.tracking import MlflowClient
-
-                stage = message["open"]["stage"]
-                client = _patiently(MlflowClient, tracking_uri=tracking_uri())
-                exp = _patiently(client.get_experiment_by_name, EXPERIMENT)
-                if exp is None:  # artifacts beside the repository's mlflow.db, not in a temporary workspace
-                    artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repository_root() / "mlruns").as_uri()
-                    exp_id = _patiently(client.create_experiment, EXPERIMENT, artifact_location=artifacts)
-                else:
-                    exp_id = exp.experiment_id
-                if (exp.tags if exp else {}).get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # open on the runs table
-                    _patiently(client.set_experiment_tag, exp_id, *EXPERIMENT_KIND)
-                tags = {"stage": stage, "git_commit": _git_commit(), "pipeline_run": pipeline_run_id(),
-                        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""), "mlflow.runName": stage}
-                run_id = _patiently(client.create_run, exp_id, tags=tags, run_name=stage).info.run_id
-                params = [Param(k, v) for k, v in message["open"]["params"].items()]
-                for i in range(0, len(params), 100):
-                    _patiently(client.log_batch, run_id, params=params[i : i + 100])
+                writer = _Writer(message["open"])
             elif "metrics" in message:
-                from mlflow.entities import Metric
-
-                metrics = [Metric(*m) for m in message["metrics"]]
-                for i in range(0, len(metrics), 1000):
-                    _patiently(client.log_batch, run_id, metrics=metrics[i : i + 1000])
+                writer.metrics(message["metrics"])
+            elif "results" in message:
+                writer.results(message["results"])
             elif "artifact" in message:
-                path = Path(message["artifact"])
-                if path.is_dir():
-                    _patiently(client.log_artifacts, run_id, str(path), artifact_path=path.name)
-                else:
-                    _patiently(client.log_artifact, run_id, str(path))
+                writer.artifact(Path(message["artifact"]))
+            elif "model" in message:
+                writer.model(message["model"])
             elif "end" in message:
-                _patiently(client.set_terminated, run_id, status=message["end"])
+                writer.end(message["end"])
                 ended = True
         except Exception as err:  # noqa: BLE001 - any failure of the store ends tracking for this stage
             error = f"{type(err).__name__}: {err}"
-    if run_id and not ended and not error:  # the stage died without saying so
+    if writer and not ended and not error:  # the stage died without saying so
         try:
-            client.set_terminated(run_id, status="KILLED")
+            writer.end("KILLED")
         except Exception as err:  # noqa: BLE001
             error = f"{type(err).__name__}: {err}"
     print(f"ERROR {error}" if error else "OK", flush=True)

@@ -29,14 +29,14 @@ def sample_eval(policy, prompts, n, cfg, tokenizer):
 def evaluate_samples(policy, ref, rm, repeated, responses, n, gold_spec, reference_gold, tokenizer):
     """Metrics of `responses` (n per prompt, prompt-major) and the per-sample rows to save."""
     eos = tokenizer.eos_token_id
-    seqs = pack(repeated, responses, tokenizer.pad_token_id)
+    seqs = pack(repeated, responses, tokenizer.pad_token_id).to(policy)
     lengths = np.array([response_length(r, eos) for r in responses])
-    proxy = score_sequences(rm, seqs).numpy()
+    proxy = score_sequences(rm, seqs).cpu().numpy()
     gold = proxy if gold_spec["reward"] == "reward_model" else gold_reward(gold_spec, lengths)
     with torch.no_grad():
         token_logp = batched(lambda s: token_logprobs(policy, s), seqs)
         token_ref = batched(lambda s: token_logprobs(ref, s), seqs)
-    k1, k3 = kl_estimates(token_logp, token_ref, target_mask(seqs))
+    k1, k3 = (x.cpu() for x in kl_estimates(token_logp, token_ref, target_mask(seqs)))
     # The interval is over held-out prompts (the samples of one prompt are not independent): the sampling
     # noise of this one trained policy, not the spread between training runs.
     per_prompt = gold.reshape(-1, n).mean(1)
@@ -63,7 +63,8 @@ def pair_likelihood_change(policy, ref, pairs: list, pad_id: int) -> dict:
     out = {"likelihood_pairs": len(pairs)}
     for side, seqs in zip(("chosen", "rejected"), pack_pairs(pairs, pad_id)):
         with torch.no_grad():
-            change = batched(lambda s: token_logprobs(policy, s).sum(-1) - token_logprobs(ref, s).sum(-1), seqs).numpy()
+            change = batched(lambda s: token_logprobs(policy, s).sum(-1) - token_logprobs(ref, s).sum(-1), seqs.to(policy))
+        change = change.cpu().numpy()
         out[f"logp_{side}_change"] = float(change.mean())
         out[f"logp_{side}_change_sd"] = float(change.std(ddof=1)) if len(change) > 1 else float("nan")
     return out

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pftlab.lm.hub import pretrained_model, pretrained_tokenizer
+from pftlab.lm.model import model_device
 
 PROMPT = ("For the following query to a chatbot, which response is more helpful?\n\n"
           "Query: {query}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
@@ -45,7 +46,7 @@ class LLMJudge:
         for i in range(0, len(prompts), self.batch_size):
             texts = [self._chat(p) for p in prompts[i : i + self.batch_size]]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-            logits = self.model(**enc).logits[:, -1].float()
+            logits = self.model(**enc.to(model_device(self.model))).logits[:, -1].float()
             picks += (logits[:, self.a] > logits[:, self.b]).tolist()
         return np.array(picks)
 

@@ -98,7 +98,9 @@ def pretrained_model(spec: dict, tokenizer, key: str = "model.pretrained"):
     for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if isinstance(getattr(model.config, name, None), float):
             setattr(model.config, name, 0.0)
-    return model
+    from pftlab.lm.model import place  # here: reading a spec must not import transformers' models
+
+    return place(model)
 
 
 def _from_pretrained(auto_class: str, spec: dict, key: str):

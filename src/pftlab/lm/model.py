@@ -10,6 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from pftlab.core.distributed import device
+
+
+def place(model):
+    """The one place a model goes to this process's device (policy, reference, reward model, judge, value
+    head); DeepSpeed, where used, then wraps it there."""
+    return model.to(device())
+
+
+def model_device(model) -> torch.device:
+    """Where a model's weights are (the adapter-disabled LoRA reference: its base model's)."""
+    return next(getattr(model, "peft_model", model).parameters()).device
+
 
 def new_policy(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions: int) -> GPT2LMHeadModel:
     """A GPT-2-style LM from scratch. Dropout is off: on-policy ratios and KL estimates need a
@@ -31,7 +44,7 @@ def new_policy(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions: i
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(config)
+    return place(GPT2LMHeadModel(config))
 
 
 def load_tokenizer(path):
@@ -41,7 +54,7 @@ def load_tokenizer(path):
 def load_policy(path):
     model = AutoModelForCausalLM.from_pretrained(path)
     model.generation_config.pad_token_id = model.config.pad_token_id
-    return model
+    return place(model)
 
 
 @dataclass
@@ -55,6 +68,11 @@ class Sequences:
 
     def select(self, index) -> "Sequences":
         return Sequences(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def to(self, where) -> "Sequences":
+        """On a device, or on a model's device; no copy where they already are."""
+        where = where if isinstance(where, (str, torch.device)) else model_device(where)
+        return Sequences(*(getattr(self, f.name).to(where) for f in fields(self)))
 
 
 TRUNCATION_WARNING = 0.2  # a stage warns when it cuts more than this share of its prompts or of its responses
@@ -108,14 +126,16 @@ def encode_response(tokenizer, response: str, max_tokens: int, truncation: Trunc
 
 
 def pack(prompts: list, responses: list, pad_id: int) -> Sequences:
-    """Right-padded prompt+response rows; causal attention with right padding needs no position fix."""
+    """Right-padded prompt+response rows; causal attention with right padding needs no position fix.
+    Filled row by row on the CPU (cheap there, a kernel launch per row on a GPU); `.to(model)` moves them."""
     rows = [p + r for p, r in zip(prompts, responses)]
     length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    response = torch.zeros((len(rows), length), dtype=torch.long)
+    cpu = torch.device("cpu")
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=cpu)
+    attention = torch.zeros((len(rows), length), dtype=torch.long, device=cpu)
+    response = torch.zeros((len(rows), length), dtype=torch.long, device=cpu)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long, device=cpu)
         attention[i, : len(p) + len(r)] = 1
         response[i, len(p) : len(p) + len(r)] = 1
     return Sequences(input_ids, attention, response)
@@ -133,7 +153,9 @@ def token_logprobs(model, seqs: Sequences, with_entropy: bool = False):
 
     Logits at position t-1 predict token t: the shift that is easy to get wrong by one.
     With `with_entropy`, also the per-token entropy of pi at those positions (masked the same way).
+    The sequences go to the model's device (no copy where they are already); so does the result.
     """
+    seqs = seqs.to(model)
     logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits
     return _gather_logprobs(logits, seqs, with_entropy)
 
@@ -169,6 +191,7 @@ class ValueHead(nn.Module):
 def token_logprobs_and_values(model, value_head: ValueHead, seqs: Sequences):
     """One forward pass: (token log-probs, entropies, values), each (B, L-1) and masked like token_logprobs;
     values[t] is read at the state that predicts token t+1."""
+    seqs = seqs.to(model)
     out = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask, output_hidden_states=True)
     logp, entropy = _gather_logprobs(out.logits, seqs, with_entropy=True)
     values = value_head(out.hidden_states[-1][:, :-1]) * seqs.response_mask[:, 1:].float()
@@ -189,7 +212,7 @@ def batched(fn, seqs: Sequences, batch_size: int = 64, dim: int = 0) -> torch.Te
     """Apply a no-grad per-sequence function in chunks and concatenate along the batch dimension `dim`."""
     out = [fn(seqs.select(slice(i, i + batch_size))) for i in range(0, len(seqs), batch_size)]
     if not out:
-        return torch.zeros(0)
+        return torch.zeros(0, device=seqs.input_ids.device)
     width = max(o.shape[-1] for o in out) if out[0].dim() > 1 else None
     if width is not None:  # token-level outputs of chunks have different lengths: right-pad with 0
         out = [F.pad(o, (0, width - o.shape[-1])) for o in out]

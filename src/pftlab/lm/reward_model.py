@@ -8,18 +8,19 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from pftlab.lm.model import Sequences, batched, pack_pairs
+from pftlab.lm.model import Sequences, batched, pack_pairs, place
 
 
 def new_reward_model(sft_dir):
-    return AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
+    return place(AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1))
 
 
 def load_reward_model(path):
-    return AutoModelForSequenceClassification.from_pretrained(path)
+    return place(AutoModelForSequenceClassification.from_pretrained(path))
 
 
 def score(rm, seqs: Sequences) -> torch.Tensor:
+    seqs = seqs.to(rm)
     return rm(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits.squeeze(-1)
 
 
@@ -38,6 +39,7 @@ def evaluate_reward_model(rm, pairs, pad_id) -> dict:
     out = {"label_accuracy": float((s_w > s_l).float().mean()), "pairs": len(pairs)}
     if not pairs or "chosen_gold" not in pairs[0]:
         return out  # human-labelled pairs: no gold reward to compare with
+    s_w, s_l = s_w.cpu(), s_l.cpu()
     scores = torch.cat([s_w, s_l]).numpy()
     gold = np.array([p["chosen_gold"] for p in pairs] + [p["rejected_gold"] for p in pairs])
     corr = float(np.corrcoef(scores, gold)[0, 1]) if scores.std() > 0 and gold.std() > 0 else 0.0

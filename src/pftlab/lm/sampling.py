@@ -2,13 +2,17 @@
 import torch
 from tqdm.auto import tqdm
 
+from pftlab.lm.model import model_device
+
 
 def left_pad(prompts: list, pad_id: int):
+    """Left-padded prompts for `generate`, filled on the CPU (the caller moves them to the model)."""
     length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    cpu = torch.device("cpu")
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=cpu)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long, device=cpu)
     for i, p in enumerate(prompts):
-        ids[i, length - len(p) :] = torch.tensor(p, dtype=torch.long)
+        ids[i, length - len(p) :] = torch.tensor(p, dtype=torch.long, device=cpu)
         mask[i, length - len(p) :] = 1
     return ids, mask
 
@@ -31,7 +35,7 @@ def sample_responses(model, prompts: list, max_new_tokens: int, temperature: flo
     responses = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None):
         chunk = prompts[start : start + batch_size]
-        ids, mask = left_pad(chunk, pad_id)
+        ids, mask = (x.to(model_device(model)) for x in left_pad(chunk, pad_id))
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,

@@ -172,7 +172,7 @@ def plot_sft(rows, path):
 
 def plot_bandit(curves: dict, methods: list, path):
     """Eval reward against gradient steps, per reward (columns) and sampling (rows): the mean over seeds,
-    and shaded, the seeds' min to max."""
+    and shaded, its 95% t-interval over seeds (the seeds' min to max for curves written before that column)."""
     keys = sorted({k[0] for k in curves}, reverse=True), ("on_policy", "offline")
     fig, axes = plt.subplots(2, len(keys[0]), figsize=(5.5 * len(keys[0]), 7), squeeze=False)
     for col, reward in enumerate(keys[0]):
@@ -182,11 +182,15 @@ def plot_bandit(curves: dict, methods: list, path):
                 if rows and method in rows[0]:
                     steps = [r["step"] for r in rows]
                     ax.plot(steps, [r[method] for r in rows], color=plt.cm.tab10(i), label=method)
-                    ax.fill_between(steps, [r[f"{method}_min"] for r in rows], [r[f"{method}_max"] for r in rows],
-                                    color=plt.cm.tab10(i), alpha=0.12, linewidth=0)
+                    if f"{method}_ci95" in rows[0]:
+                        low = [r[method] - r[f"{method}_ci95"] for r in rows]
+                        high = [r[method] + r[f"{method}_ci95"] for r in rows]
+                    else:
+                        low, high = [r[f"{method}_min"] for r in rows], [r[f"{method}_max"] for r in rows]
+                    ax.fill_between(steps, low, high, color=plt.cm.tab10(i), alpha=0.12, linewidth=0)
             ax.set_title(f"{reward} reward, {sampling.replace('_', '-')}", fontsize=10)
             ax.set_xlabel("gradient step")
-            ax.set_ylabel("eval reward (mean; band: min-max over seeds)")
+            ax.set_ylabel("eval reward (mean; band: 95% over seeds)")
             ax.set_ylim(0, 1.02)
     axes[0, -1].legend(fontsize=8)
     _save(fig, path)

@@ -48,7 +48,7 @@ class SampleBatch:
         return len(self.seqs) // self.k
 
     def select(self, prompt_index):
-        rows = (prompt_index.unsqueeze(-1) * self.k + torch.arange(self.k)).reshape(-1)
+        rows = (prompt_index.unsqueeze(-1) * self.k + torch.arange(self.k, device=prompt_index.device)).reshape(-1)
         return SampleBatch(self.seqs.select(rows), self.rewards[rows], self.old_token_logp[rows],
                            self.ref_token_logp[rows], self.k, {name: v[rows] for name, v in self.extra.items()})
 
@@ -68,7 +68,7 @@ class HybridBatch:
 def concat_sample_batches(parts: list, pad_id: int, offline: list) -> SampleBatch:
     width = max(p.seqs.input_ids.shape[1] for p in parts) - 1
     pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))
-    flags = torch.cat([torch.full((len(p.seqs),), float(off)) for p, off in zip(parts, offline)])
+    flags = torch.cat([torch.full((len(p.seqs),), float(off), device=p.rewards.device) for p, off in zip(parts, offline)])
     return SampleBatch(concat_sequences([p.seqs for p in parts], pad_id), torch.cat([p.rewards for p in parts]),
                        torch.cat([pad(p.old_token_logp) for p in parts]), torch.cat([pad(p.ref_token_logp) for p in parts]),
                        parts[0].k, {"offline": flags})

@@ -42,7 +42,7 @@ class OfflinePairs:
 
     def collect(self, n: int, policy, ref) -> PairBatch:
         rows = [self.pairs[i] for i in self.next_indices(n)]
-        chosen, rejected = pack_pairs(rows, self.pad_id)
+        chosen, rejected = (s.to(policy) for s in pack_pairs(rows, self.pad_id))  # a batch lives where the policy does
         ref_w = batched(lambda s: token_logprobs(ref, s).sum(-1), chosen)
         ref_l = batched(lambda s: token_logprobs(ref, s).sum(-1), rejected)
         if self.reward_fn is None:
@@ -56,10 +56,10 @@ def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, rewar
     repeated = [p for p in prompts for _ in range(k)]
     responses = sample_responses(policy, repeated, generation["max_new_tokens"], generation["temperature"],
                                  generation["batch_size"], eos_id, pad_id, desc=desc)
-    seqs = pack(repeated, responses, pad_id)
+    seqs = pack(repeated, responses, pad_id).to(policy)
     old, entropy = batched(lambda s: torch.stack(token_logprobs(policy, s, with_entropy=True)), seqs, dim=1)
     ref_logp = batched(lambda s: token_logprobs(ref, s), seqs)
-    rewards = reward_fn(seqs) if reward_fn is not None else torch.full((len(seqs),), float("nan"))
+    rewards = reward_fn(seqs) if reward_fn is not None else torch.full((len(seqs),), float("nan"), device=seqs.input_ids.device)
     return SampleBatch(seqs, rewards, old, ref_logp, k, {"entropy": entropy.sum(-1)})
 
 
@@ -109,9 +109,10 @@ class MixedPairs:
             rows = [self.offline.pairs[i] for i in self.offline.next_indices(n_offline)]
             prompts = [r["prompt_ids"] for r in rows for _ in range(2)]
             responses = [ids for r in rows for ids in (r["chosen_ids"], r["rejected_ids"])]
-            seqs = pack(prompts, responses, self.offline.pad_id)
+            seqs = pack(prompts, responses, self.offline.pad_id).to(policy)
             old, ref_logp = (batched(lambda s: token_logprobs(m, s), seqs) for m in (policy, ref))
-            parts.append(SampleBatch(seqs, torch.tensor([math.inf, -math.inf] * n_offline), old, ref_logp, 2))
+            labels = torch.tensor([math.inf, -math.inf] * n_offline, device=seqs.input_ids.device)
+            parts.append(SampleBatch(seqs, labels, old, ref_logp, 2))
             offline.append(True)
         return concat_sample_batches(parts, self.offline.pad_id, offline)
 
@@ -141,7 +142,8 @@ class HybridSource:
 def fresh_sample_stats(batch: SampleBatch) -> dict:
     """What every run logs about the current policy: proxy reward, response length, and reverse KL to the
     reference of fresh samples (k1 and k3 estimators, summed over tokens)."""
-    fresh = batch.extra["offline"] == 0 if "offline" in batch.extra else torch.ones(len(batch.seqs), dtype=torch.bool)
+    fresh = (batch.extra["offline"] == 0 if "offline" in batch.extra
+             else torch.ones(len(batch.seqs), dtype=torch.bool, device=batch.rewards.device))
     mask = target_mask(batch.seqs)[fresh]
     k1, k3 = kl_estimates(batch.old_token_logp[fresh], batch.ref_token_logp[fresh], mask)
     stats = {"proxy_reward": batch.rewards[fresh].mean().item(), "kl_k1": k1.mean().item(), "kl_k3": k3.mean().item(),

@@ -78,7 +78,7 @@ def train_sft(model, train, held_out, cfg, pad_id, seed, tracker=None, eval_ever
     """`train`/`held_out`: lists of (prompt_ids, response_ids). Returns per-step history."""
 
     def batch_loss(chunk):
-        seqs = pack([c[0] for c in chunk], [c[1] for c in chunk], pad_id)
+        seqs = pack([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(model)
         loss, _ = sft_loss(token_logprobs(model, seqs), target_mask(seqs))
         return loss, {}
 

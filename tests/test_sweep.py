@@ -51,3 +51,16 @@ def test_queue_commands_cover_the_grid_and_run_one_algorithm_alone():
     sets = [" ".join(c) for c in commands]
     assert all("-S algorithms=[dpo]" in s and "-S training_seeds.algorithms=[]" in s for s in sets)
     assert sum("-S +algos.dpo.lr=1e-05" in s and "-S algos.dpo.beta=0.3" in s for s in sets) == 1  # a new key: +
+
+
+def test_a_new_summary_keeps_the_tables_of_algorithms_it_no_longer_finds(tmp_path):
+    import json
+
+    old = {"rule": sweep.RULE, "algorithms": {"dpo": {"current": {}, "selected": {"lr": 3e-5}, "rows": []},
+                                              "hypo": {"current": {}, "selected": {}, "rows": []}}}
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    new = {"rule": sweep.RULE, "algorithms": {"hypo": {"current": {}, "selected": {"lam": 0.1}, "rows": []}}}
+    merged = sweep.keep_earlier(new, tmp_path / "summary.json")
+    assert merged["algorithms"]["hypo"] == {"current": {}, "selected": {"lam": 0.1}, "rows": []}  # the new table wins
+    assert merged["algorithms"]["dpo"]["selected"] == {"lr": 3e-5} and "kept" in merged["algorithms"]["dpo"]
+    assert sweep.keep_earlier(new, tmp_path / "absent.json") is new

@@ -88,6 +88,20 @@ def summarise(found: dict, current: dict, workspace_evals: dict) -> dict:
     return summary
 
 
+EARLIER = "an earlier summary's: its experiments differ from params.yaml outside algos.<name> (other knobs moved since)"
+
+
+def keep_earlier(summary: dict, path: Path) -> dict:
+    """A new summary keeps the earlier summary's tables of algorithms it no longer finds (their experiments were
+    run before other params changed), marked as such, so one algorithm's new sweep never erases another's."""
+    if not path.exists():
+        return summary
+    for algorithm, entry in json.loads(path.read_text())["algorithms"].items():
+        if algorithm not in summary["algorithms"]:
+            summary["algorithms"][algorithm] = entry | {"kept": EARLIER}
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +131,7 @@ def main(argv=None):
     evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in params["algorithms"]
              if Path(f"metrics/eval/{a}.json").exists()}
     summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals)
+    summary = keep_earlier(summary, SWEEP_DIR / "summary.json")
     atomic_write_json(SWEEP_DIR / "summary.json", summary)
     for algorithm, s in summary["algorithms"].items():
         change = {k: v for k, v in s["selected"].items() if s["current"].get(k) != v}

@@ -43,3 +43,20 @@ def test_learning_curves_and_labelled_reward_vs_kl_are_written(tmp_path):
              "dpo": {"kl_k1": 2.0, "gold_reward": -20.0, "gold_reward_ci95": 2.0}}
     report.plot_reward_vs_kl(evals, tmp_path / "c.png")
     assert all((tmp_path / f).stat().st_size > 5000 for f in ("a.png", "b.png", "c.png"))
+
+
+def test_reward_vs_kl_labels_do_not_overlap():
+    """Four policies within a few points of each other (as ppo, rwr, reinforce and online_dpo sit): their labels
+    are moved apart, each at least a label's height from any other whose x range it shares."""
+    from pftlab.reporting.report import label_offsets
+
+    points = {"ppo": (300.0, 200.0), "rwr": (305.0, 198.0), "reinforce": (310.0, 197.0), "online_dpo": (308.0, 195.0),
+              "far": (100.0, 198.0)}
+    offsets = label_offsets(points)
+    labels = {n: (points[n][0] + dx, points[n][1] + dy) for n, (dx, dy) in offsets.items()}
+    near = [n for n in labels if n != "far"]
+    for i, a in enumerate(near):
+        for b in near[i + 1:]:
+            assert abs(labels[a][1] - labels[b][1]) >= 10.0 - 1e-9, (a, b, labels)
+    assert offsets["far"] == (5, 4)  # alone: the plain offset
+    assert all(y + dy + 10.0 <= 215.0 for (_, y), (_, dy) in zip(points.values(), label_offsets(points, top=215.0).values()))

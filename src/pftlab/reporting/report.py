@@ -145,6 +145,20 @@ def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict) -> list:
     return lines
 
 
+def label_offsets(points: dict, height: float = 10.0, width: float = 55.0, top: float = float("inf")) -> dict:
+    """{name: (dx, dy)} label offsets in points, right of each point: the nearest free place above or below it,
+    so that no two labels whose x ranges meet overlap and none rises past `top` (greedy, lowest point first)."""
+    placed, out = [], {}
+    for name, (x, y) in sorted(points.items(), key=lambda kv: kv[1][1]):
+        for shift in (j * height * sign for j in range(2 * len(points) + 1) for sign in (1, -1)):
+            at = y + 4 + shift
+            if at + height <= top and not any(abs(px - x) < width and abs(py - at) < height for px, py in placed):
+                break
+        placed.append((x, at))
+        out[name] = (5, at - y)
+    return out
+
+
 def plot_reward_vs_kl(evals: dict, path):
     """Each policy a labelled point (colour: family; marker: sampling), its 95% interval over held-out prompts."""
     styles = algorithm_styles(evals)
@@ -152,7 +166,11 @@ def plot_reward_vs_kl(evals: dict, path):
     for name, m in evals.items():
         ax.errorbar(m["kl_k1"], m["gold_reward"], yerr=m["gold_reward_ci95"], fmt=styles[name]["marker"], capsize=3,
                     color=styles[name]["color"], markeredgecolor="black", markeredgewidth=0.5)
-        ax.annotate(name, (m["kl_k1"], m["gold_reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig.canvas.draw()  # the limits are final: labels are placed in points on the page
+    points = {n: ax.transData.transform((m["kl_k1"], m["gold_reward"])) * 72 / fig.dpi for n, m in evals.items()}
+    for name, (dx, dy) in label_offsets(points, top=ax.get_window_extent().y1 * 72 / fig.dpi).items():
+        ax.annotate(name, (evals[name]["kl_k1"], evals[name]["gold_reward"]), textcoords="offset points", xytext=(dx, dy),
+                    fontsize=8, arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if abs(dy - 4) > 6 else None)
     ax.set_xlabel("reverse KL to SFT (k1, per sequence)")
     ax.set_ylabel("gold reward (mean, 95% CI over held-out prompts)")
     ax.set_title("circle on-policy, square offline, diamond hybrid; colour: family", fontsize=9)

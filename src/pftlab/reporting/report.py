@@ -319,7 +319,8 @@ def sweep_section(summary: dict) -> list:
             v, half = row["validation_gold_reward"], row.get("validation_gold_reward_ci95", float("nan"))
             setting = ", ".join(f"{k}={x}" for k, x in sorted(row["setting"].items())) or "(defaults)"
             mark = "selected" if row["setting"] == entry["selected"] else ("params.yaml" if row["setting"] == entry["current"] else "")
-            lines.append(f"| {algorithm}{' (earlier)' if algorithm in kept else ''} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
+            label = f"{algorithm} (earlier)" if algorithm in kept else algorithm
+            lines.append(f"| {label} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
                          f"{row.get('validation_kl_k1', float('nan')):.2f} | {row.get('gold_reward', float('nan')):.2f} | {mark} |")
     if kept:
         lines += ["", f"(earlier): {', '.join(kept)} were swept before other params changed; their tables are kept "

@@ -64,3 +64,17 @@ def test_a_new_summary_keeps_the_tables_of_algorithms_it_no_longer_finds(tmp_pat
     assert merged["algorithms"]["hypo"] == {"current": {}, "selected": {"lam": 0.1}, "rows": []}  # the new table wins
     assert merged["algorithms"]["dpo"]["selected"] == {"lr": 3e-5} and "kept" in merged["algorithms"]["dpo"]
     assert sweep.keep_earlier(new, tmp_path / "absent.json") is new
+
+
+def test_a_running_experiment_is_not_a_point():
+    """DVC shows a queued or running experiment with the workspace's metrics: counting it would score the
+    workspace's setting under the experiment's."""
+    running = experiment("r", one_algorithm("dpo", lr=1e-3), {"validation_gold_reward": 5.0})
+    running["data"]["rev"] = "workspace"
+    shown = [{"rev": "workspace", "data": {}, "experiments": [
+        {"revs": [running], "executor": {"state": "running"}, "name": "r"},
+        {"revs": [experiment("q", one_algorithm("dpo", lr=1e-4), {"validation_gold_reward": 5.0})],
+         "executor": {"state": "queued"}, "name": "q"},
+        {"revs": [experiment("done", one_algorithm("dpo", lr=3e-5), {"validation_gold_reward": -1.0})],
+         "executor": {"state": "success"}, "name": "done"}]}]
+    assert [r["experiment"] for r in sweep.points(shown, CURRENT)["dpo"]] == ["done"]

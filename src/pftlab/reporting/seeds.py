@@ -38,12 +38,16 @@ def summarise(metrics: dict) -> dict:
 
 
 def experiments(exp_show: list):
-    """(name, params, metrics) of every experiment in `dvc exp show --json` output (not the workspace)."""
+    """(name, params, metrics) of every finished experiment in `dvc exp show --json` output. Not the workspace,
+    and not a queued, running or failed experiment: DVC shows those with the workspace's metrics."""
     def records(entry):
         if isinstance(entry, dict):
-            if entry.get("rev") != "workspace" and isinstance(entry.get("data"), dict):
+            data = entry.get("data")
+            if entry.get("rev") != "workspace" and isinstance(data, dict) and data.get("rev") != "workspace":
                 yield entry
             for exp in entry.get("experiments") or []:
+                if (exp.get("executor") or {}).get("state") not in (None, "success"):
+                    continue
                 for rev in exp.get("revs") or []:
                     yield from records(rev)
     for entry in exp_show:

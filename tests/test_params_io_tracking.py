@@ -270,3 +270,22 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
     assert [algorithm_run_name(s) for s in ("prepare", "sft", "evaluate@sft", "policy_seed@online_dpo-2",
                                             "policy_variant@mode_length-dpo", "evaluate_variant_sft@mode_length")] == \
         [None, "sft", "sft", "online_dpo seed 2", "dpo on mode_length", "sft on mode_length"]
+
+
+def test_system_metrics_on_request(tmp_path, monkeypatch):
+    """PFTLAB_MLFLOW_SYSTEM_METRICS=true: the writer samples CPU and memory every 5 s into the stage's run."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.setenv("PFTLAB_MLFLOW_SYSTEM_METRICS", "true")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with Tracker("prepare", {"seed": 0}) as t:
+        time.sleep(12)  # the writer's start-up (~3 s), then two samples
+        t.log_metrics({"x": 1.0})
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id], "tags.run_kind = 'stage'")[0]
+    assert "system/cpu_utilization_percentage" in run.data.metrics and run.data.metrics["x"] == 1.0

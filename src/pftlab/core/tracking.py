@@ -264,7 +264,7 @@ class _Writer:
         if os.environ.get("PFTLAB_MLFLOW_SYSTEM_METRICS") == "true":
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self.monitor = SystemMetricsMonitor(self.run, tracking_uri=tracking_uri())
+            self.monitor = SystemMetricsMonitor(self.run, sampling_interval=5, tracking_uri=tracking_uri())
             self.monitor.start()
         else:
             self.monitor = None

@@ -78,3 +78,14 @@ def test_a_running_experiment_is_not_a_point():
         {"revs": [experiment("done", one_algorithm("dpo", lr=3e-5), {"validation_gold_reward": -1.0})],
          "executor": {"state": "success"}, "name": "done"}]}]
     assert [r["experiment"] for r in sweep.points(shown, CURRENT)["dpo"]] == ["done"]
+
+
+def test_the_workspace_competes_only_with_the_setting_it_was_trained_with(tmp_path):
+    import yaml
+
+    lock = {"stages": {"policy@bon": {"params": {"params.yaml": {"algos.bon": {"top": 1}}}}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    trained = lambda algos: sweep.trained_as_now("bon", {"algos": algos}, tmp_path / "dvc.lock")
+    assert trained({"bon": {"top": 1}})
+    assert not trained({"bon": {"top": 1, "lr": 3e-4}})  # a selection copied in, not yet reproduced
+    assert not sweep.trained_as_now("rwr", {"algos": {"rwr": {"top": 1}}}, tmp_path / "dvc.lock")

@@ -102,6 +102,21 @@ def keep_earlier(summary: dict, path: Path) -> dict:
     return summary
 
 
+def trained_as_now(algorithm: str, current: dict, lock_path="dvc.lock") -> bool:
+    """Whether the workspace's policy of `algorithm` was trained with params.yaml's algos.<algorithm> (dvc.lock
+    records what its stage ran with): after a selection is copied in and before `dvc repro`, the workspace's
+    metrics belong to the old setting and must not compete under the new one."""
+    import yaml
+
+    try:
+        stages = yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
+    except (OSError, KeyError, TypeError):
+        return False
+    locked = ((stages.get(f"policy@{algorithm}") or {}).get("params") or {}).get("params.yaml", {})
+    key = f"algos.{algorithm}"
+    return flatten(locked.get(key) or {}) == flatten((current.get("algos") or {}).get(algorithm) or {})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,7 +144,7 @@ def main(argv=None):
     if out.returncode != 0:
         sys.exit(f"`dvc exp show --json` failed: {out.stderr.strip()[-500:]}")
     evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in params["algorithms"]
-             if Path(f"metrics/eval/{a}.json").exists()}
+             if Path(f"metrics/eval/{a}.json").exists() and trained_as_now(a, params.tree)}
     summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals)
     summary = keep_earlier(summary, SWEEP_DIR / "summary.json")
     atomic_write_json(SWEEP_DIR / "summary.json", summary)

@@ -56,12 +56,14 @@ def test_queue_commands_cover_the_grid_and_run_one_algorithm_alone():
 def test_a_new_summary_keeps_the_tables_of_algorithms_it_no_longer_finds(tmp_path):
     import json
 
+    row = lambda name, lr: {"experiment": name, "setting": {"lr": lr}, "validation_gold_reward": -1.0}
     old = {"rule": sweep.RULE, "algorithms": {"dpo": {"current": {}, "selected": {"lr": 3e-5}, "rows": []},
-                                              "hypo": {"current": {}, "selected": {}, "rows": []}}}
+                                              "hypo": {"current": {}, "selected": {}, "rows": [row("a", 1e-4), row("workspace", 1e-4)]}}}
     (tmp_path / "summary.json").write_text(json.dumps(old))
     new = {"rule": sweep.RULE, "algorithms": {"hypo": {"current": {}, "selected": {"lam": 0.1}, "rows": []}}}
     merged = sweep.keep_earlier(new, tmp_path / "summary.json")
-    assert merged["algorithms"]["hypo"] == {"current": {}, "selected": {"lam": 0.1}, "rows": []}  # the new table wins
+    assert merged["algorithms"]["hypo"]["selected"] == {"lam": 0.1}  # the new table's selection
+    assert merged["algorithms"]["hypo"]["rows"] == [row("a", 1e-4) | {"earlier": True}]  # listed, marked; not the old workspace
     assert merged["algorithms"]["dpo"]["selected"] == {"lr": 3e-5} and "kept" in merged["algorithms"]["dpo"]
     assert sweep.keep_earlier(new, tmp_path / "absent.json") is new
 

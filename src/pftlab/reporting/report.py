@@ -313,18 +313,18 @@ def sweep_section(summary: dict) -> list:
              "(`python -m pftlab.reporting.sweep`, README); the evaluated prompts' reward is shown, never used to select.", "",
              "| algorithm | setting | validation gold reward [95% CI over prompts] | validation KL k1 | evaluated gold reward | |",
              "|---|---|---|---|---|---|"]
-    kept = [a for a, e in summary["algorithms"].items() if "kept" in e]
+    kept = [a for a, e in summary["algorithms"].items() if "kept" in e or any(r.get("earlier") for r in e["rows"])]
     for algorithm, entry in summary["algorithms"].items():
         for row in entry["rows"]:
             v, half = row["validation_gold_reward"], row.get("validation_gold_reward_ci95", float("nan"))
             setting = ", ".join(f"{k}={x}" for k, x in sorted(row["setting"].items())) or "(defaults)"
             mark = "selected" if row["setting"] == entry["selected"] else ("params.yaml" if row["setting"] == entry["current"] else "")
-            label = f"{algorithm} (earlier)" if algorithm in kept else algorithm
+            label = f"{algorithm} (earlier)" if algorithm in kept or row.get("earlier") else algorithm
             lines.append(f"| {label} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
                          f"{row.get('validation_kl_k1', float('nan')):.2f} | {row.get('gold_reward', float('nan')):.2f} | {mark} |")
     if kept:
-        lines += ["", f"(earlier): {', '.join(kept)} were swept before other params changed; their tables are kept "
-                  "from that summary and their selections stay in params.yaml."]
+        lines += ["", f"(earlier): rows of {', '.join(kept)} from a sweep run before other params changed, kept from "
+                  "that summary: shown, not selected from (a selection made then stays in params.yaml)."]
     return lines + [""]
 
 

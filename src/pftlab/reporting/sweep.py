@@ -99,6 +99,11 @@ def keep_earlier(summary: dict, path: Path) -> dict:
     for algorithm, entry in json.loads(path.read_text())["algorithms"].items():
         if algorithm not in summary["algorithms"]:
             summary["algorithms"][algorithm] = entry | {"kept": EARLIER}
+            continue
+        now = summary["algorithms"][algorithm]  # found again: its earlier rows stay listed, not selected from
+        seen = {r["experiment"] for r in now["rows"]}
+        now["rows"] += [r | {"earlier": True} for r in entry["rows"]
+                        if r["experiment"] not in seen and r["experiment"] != "workspace" and not r.get("earlier")]
     return summary
 
 

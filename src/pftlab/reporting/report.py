@@ -311,20 +311,28 @@ def sweep_section(summary: dict) -> list:
     """The hyperparameter sweep's table per algorithm, best validation reward first, and its rule."""
     lines = ["### Hyperparameter sweep", "", f"Selection rule: {summary['rule']}. Each row is one `dvc exp` "
              "(`python -m pftlab.reporting.sweep`, README); the evaluated prompts' reward is shown, never used to select.", "",
-             "| algorithm | setting | validation gold reward [95% CI over prompts] | validation KL k1 | evaluated gold reward | |",
+             "| algorithm | setting (what varies) | validation gold reward [95% CI over prompts] | validation KL k1 "
+             "| evaluated gold reward | |",
              "|---|---|---|---|---|---|"]
     kept = [a for a, e in summary["algorithms"].items() if "kept" in e or any(r.get("earlier") for r in e["rows"])]
     for algorithm, entry in summary["algorithms"].items():
+        # only the knobs that differ between the algorithm's rows; an absent lr is policy.lr
+        keys = sorted({k for r in entry["rows"] for k in r["setting"]})
+        varying = [k for k in keys if len({repr(r["setting"].get(k)) for r in entry["rows"]}) > 1]
         for row in entry["rows"]:
+            if row["experiment"] == "workspace" and any(r is not row and r["setting"] == row["setting"] for r in entry["rows"]):
+                continue  # the workspace at an experiment's setting: the same numbers twice
             v, half = row["validation_gold_reward"], row.get("validation_gold_reward_ci95", float("nan"))
-            setting = ", ".join(f"{k}={x}" for k, x in sorted(row["setting"].items())) or "(defaults)"
+            shown = {k: row["setting"].get(k, "policy.lr" if k == "lr" else "-") for k in varying}
+            setting = ", ".join(f"{k}={x}" for k, x in shown.items()) or "(defaults)"
             mark = "selected" if row["setting"] == entry["selected"] else ("params.yaml" if row["setting"] == entry["current"] else "")
-            label = f"{algorithm} (earlier)" if algorithm in kept or row.get("earlier") else algorithm
+            label = f"{algorithm} (earlier)" if "kept" in entry or row.get("earlier") else algorithm
             lines.append(f"| {label} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
                          f"{row.get('validation_kl_k1', float('nan')):.2f} | {row.get('gold_reward', float('nan')):.2f} | {mark} |")
     if kept:
-        lines += ["", f"(earlier): rows of {', '.join(kept)} from a sweep run before other params changed, kept from "
-                  "that summary: shown, not selected from (a selection made then stays in params.yaml)."]
+        lines += ["", f"(earlier): rows of {', '.join(kept)} kept from an earlier summary (a sweep run before other "
+                  "params changed, or the previous default run): shown, not selected from (a selection made then stays in "
+                  "params.yaml)."]
     return lines + [""]
 
 

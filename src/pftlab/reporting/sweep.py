@@ -81,7 +81,7 @@ def summarise(found: dict, current: dict, workspace_evals: dict) -> dict:
         own = f"algos.{algorithm}."
         now = {k[len(own):]: v for k, v in flat_now.items() if k.startswith(own)}
         rows = list(rows)
-        if "validation_gold_reward" in workspace_evals.get(algorithm, {}):
+        if "validation_gold_reward" in workspace_evals.get(algorithm, {}) and all(r["setting"] != now for r in rows):
             rows.append({"experiment": "workspace", "setting": now, **_scores(workspace_evals[algorithm])})
         rows.sort(key=lambda r: (-r["validation_gold_reward"], r["experiment"] != "workspace"))  # a tie keeps params.yaml
         summary["algorithms"][algorithm] = {"current": now, "selected": rows[0]["setting"], "rows": rows}

@@ -31,7 +31,7 @@ repro: setup
 # the smoke pipeline runs beside the hh-smollm pipeline and the unit tests, using both cores.
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 test-fast: setup
 	$(VENV)/bin/ruff check .

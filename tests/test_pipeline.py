@@ -172,10 +172,11 @@ def test_same_params_and_seed_give_identical_results(smoke_run, tmp_path):
     didactic stages and report are left out for time): every metric and model file is identical; with
     another seed, they are not."""
     again = copy_repo(tmp_path)
-    dvc(again, "repro", *[f"policy@{a}" for a in ALGORITHMS], tracking=False)
+    rerun = ["dpo", "ppo"]  # for time: offline pairs, and sampling with a value head
+    dvc(again, "repro", *[f"policy@{a}" for a in rerun], tracking=False)
     first, second = fingerprint(smoke_run), fingerprint(again)
-    assert set(second) <= set(first) and len(second) > 15
-    assert sum(k.endswith(".safetensors") for k in second) >= 2 + len(ALGORITHMS)  # sft, RM, every policy
+    assert set(second) <= set(first) and len(second) > 10
+    assert sum(k.endswith(".safetensors") for k in second) >= 2 + len(rerun)  # sft, RM, the policies rerun
     assert {k: first[k] for k in second} == second
     # ...and another seed gives other numbers: the SFT stage again with the next seed (and the stages before it)
     params = yaml.safe_load((again / "params.yaml").read_text())
@@ -417,11 +418,11 @@ def test_dvc_exp_run_sets_small_floats_lists_and_nested_keys(smoke_run):
     a string); the stages read it as the number it is, and lists and nested keys arrive as set."""
     repo = smoke_run
     dvc(repo, "exp", "run", "-S", "policy.lr=2e-5", "-S", "algos.dpo.beta=0.25", "-S", "algorithms=[dpo]",
-        "-S", "variants.algorithms=[dpo]", "-S", "training_seeds.algorithms=[dpo]")
+        "-S", "variants.algorithms=[dpo]", "-S", "training_seeds.algorithms=[dpo]", "-S", "policy.iterations=1")
     written = (repo / "params.yaml").read_text()
     assert re.search(r"^  lr: 2e-0?5$", written, re.M), "DVC no longer writes the YAML 1.2 form this test is about"
     p = load_params(repo / "params.yaml")
-    assert p["policy.lr"] == 2e-5 and p["algos.dpo.beta"] == 0.25 and p["algorithms"] == ["dpo"]
+    assert p["policy.lr"] == 2e-5 and p["algos.dpo.beta"] == 0.25 and p["algorithms"] == ["dpo"] and p["policy.iterations"] == 1
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["policy@dpo"]["params"]["params.yaml"]
     assert float(lock["policy"]["lr"]) == 2e-5 and lock["algos.dpo"]["beta"] == 0.25
     assert load(repo, "policy/dpo.json")["steps"] > 0

@@ -87,7 +87,9 @@ def test_the_workspace_competes_only_with_the_setting_it_was_trained_with(tmp_pa
 
     lock = {"stages": {"policy@bon": {"params": {"params.yaml": {"algos.bon": {"top": 1}}}}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    trained = lambda algos: sweep.trained_as_now("bon", {"algos": algos}, tmp_path / "dvc.lock")
+    stages = sweep.locked_stages(tmp_path / "dvc.lock")
+    trained = lambda algos: sweep.trained_as_now("bon", {"algos": algos}, stages)
     assert trained({"bon": {"top": 1}})
     assert not trained({"bon": {"top": 1, "lr": 3e-4}})  # a selection copied in, not yet reproduced
-    assert not sweep.trained_as_now("rwr", {"algos": {"rwr": {"top": 1}}}, tmp_path / "dvc.lock")
+    assert not sweep.trained_as_now("rwr", {"algos": {"rwr": {"top": 1}}}, stages)
+    assert sweep.locked_stages(tmp_path / "absent.lock") == {}

@@ -107,16 +107,20 @@ def keep_earlier(summary: dict, path: Path) -> dict:
     return summary
 
 
-def trained_as_now(algorithm: str, current: dict, lock_path="dvc.lock") -> bool:
-    """Whether the workspace's policy of `algorithm` was trained with params.yaml's algos.<algorithm> (dvc.lock
-    records what its stage ran with): after a selection is copied in and before `dvc repro`, the workspace's
-    metrics belong to the old setting and must not compete under the new one."""
+def locked_stages(lock_path="dvc.lock") -> dict:
+    """dvc.lock's stages ({} without one): what each stage last ran with."""
     import yaml
 
     try:
-        stages = yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
+        return yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
     except (OSError, KeyError, TypeError):
-        return False
+        return {}
+
+
+def trained_as_now(algorithm: str, current: dict, stages: dict) -> bool:
+    """Whether the workspace's policy of `algorithm` was trained with params.yaml's algos.<algorithm> (`stages`:
+    dvc.lock's, which record what each stage ran with): after a selection is copied in and before `dvc repro`,
+    the workspace's metrics belong to the old setting and must not compete under the new one."""
     locked = ((stages.get(f"policy@{algorithm}") or {}).get("params") or {}).get("params.yaml", {})
     key = f"algos.{algorithm}"
     return flatten(locked.get(key) or {}) == flatten((current.get("algos") or {}).get(algorithm) or {})
@@ -148,8 +152,9 @@ def main(argv=None):
     out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], capture_output=True, text=True)  # any baseline
     if out.returncode != 0:
         sys.exit(f"`dvc exp show --json` failed: {out.stderr.strip()[-500:]}")
+    stages = locked_stages()  # read once, not once per algorithm
     evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in params["algorithms"]
-             if Path(f"metrics/eval/{a}.json").exists() and trained_as_now(a, params.tree)}
+             if Path(f"metrics/eval/{a}.json").exists() and trained_as_now(a, params.tree, stages)}
     summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals)
     summary = keep_earlier(summary, SWEEP_DIR / "summary.json")
     atomic_write_json(SWEEP_DIR / "summary.json", summary)

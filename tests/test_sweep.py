@@ -66,6 +66,11 @@ def test_a_new_summary_keeps_the_tables_of_algorithms_it_no_longer_finds(tmp_pat
     assert merged["algorithms"]["hypo"]["rows"] == [row("a", 1e-4) | {"earlier": True}]  # listed, marked; not the old workspace
     assert merged["algorithms"]["dpo"]["selected"] == {"lr": 3e-5} and "kept" in merged["algorithms"]["dpo"]
     assert sweep.keep_earlier(new, tmp_path / "absent.json") is new
+    # ...and a later summary keeps them still: kept rows are not dropped by the next summarise
+    (tmp_path / "summary.json").write_text(json.dumps(merged))
+    again = sweep.keep_earlier({"rule": sweep.RULE, "algorithms": {"hypo": {"current": {}, "selected": {"lam": 0.1}, "rows": []}}},
+                               tmp_path / "summary.json")
+    assert again["algorithms"]["hypo"]["rows"] == [row("a", 1e-4) | {"earlier": True}]
 
 
 def test_a_running_experiment_is_not_a_point():

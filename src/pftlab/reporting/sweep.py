@@ -103,7 +103,7 @@ def keep_earlier(summary: dict, path: Path) -> dict:
         now = summary["algorithms"][algorithm]  # found again: its earlier rows stay listed, not selected from
         seen = {r["experiment"] for r in now["rows"]}
         now["rows"] += [r | {"earlier": True} for r in entry["rows"]
-                        if r["experiment"] not in seen and r["experiment"] != "workspace" and not r.get("earlier")]
+                        if r["experiment"] not in seen and r["experiment"] != "workspace"]
     return summary
 
 

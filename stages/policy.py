@@ -17,7 +17,7 @@ from pftlab.lm.model import load_tokenizer
 from pftlab.lm.reference import policy_and_reference, save_policy, weight_copies
 from pftlab.lm.reward_model import load_reward_model, score_sequences
 from pftlab.training.loop import train_policy
-from pftlab.training.optimization import full_weights, shard_reference
+from pftlab.training.optimization import frozen_model, full_weights, partitioned_loading
 from pftlab.training.sources import make_source, sample_and_score
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -39,7 +39,7 @@ def main(p, tracker):
     pairs = read_jsonl(TASK.pairs)
     prompts = list({tuple(r["prompt_ids"]): None for r in pairs})  # unique, in file order
     prompts = [list(x) for x in prompts]
-    rm = load_reward_model(TASK.reward_model)
+    rm = frozen_model(load_reward_model(TASK.reward_model), cfg.deepspeed)
     reward_fn = lambda s: score_sequences(rm, s)
     source = make_source(algorithm, hp, pairs=pairs, prompts=prompts, generation=generation, reward_fn=reward_fn,
                          tokenizer=tok, seed=seed, batch_size=cfg.batch_size)
@@ -47,11 +47,12 @@ def main(p, tracker):
     monitor = lambda policy, ref: sample_and_score(policy, ref, monitor_prompts, 1, generation, reward_fn,
                                                    tok.eos_token_id, tok.pad_token_id, desc="monitor samples")
     checkpointer = stage_checkpointer(p, [SFT_MODEL, TASK.pairs, TASK.reward_model])
-    policy, ref = policy_and_reference(SFT_MODEL, cfg.reference, cfg.lora_rank, cfg.lora_alpha,
-                                       bool(cfg.gradient_checkpointing))
+    with partitioned_loading(cfg.deepspeed):  # ZeRO-3: no process holds the whole policy or reference
+        policy, ref = policy_and_reference(SFT_MODEL, cfg.reference, cfg.lora_rank, cfg.lora_alpha,
+                                           bool(cfg.gradient_checkpointing))
     copies = weight_copies(policy, ref)
-    if cfg.deepspeed and cfg.reference == "frozen_copy":
-        ref = shard_reference(ref, cfg.deepspeed)
+    if cfg.reference == "frozen_copy":
+        ref = frozen_model(ref, cfg.deepspeed)
     history = train_policy(algorithm, hp, cfg, seed, policy, ref, source, monitor, tracker,
                            progress_desc=TASK.stage("policy", NAME), checkpointer=checkpointer)
     with full_weights(policy):

@@ -28,3 +28,13 @@ def test_bandit_seeds_bench_runs(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["seeds"] == 2 and result["speedup"] > 0
+
+
+def test_collection_split_bench_runs_both_ways(tmp_path):
+    out = tmp_path / "split.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "collection_split.py"), "--prompts", "4", "--k", "2",
+                          "--new-tokens", "4", "--repeats", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and result["seconds_one_process"] > 0 and result["seconds_2_processes"] > 0

@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -234,8 +235,9 @@ def test_deepspeed_zero2_with_accumulation_gives_the_plain_loops_losses(smoke_ru
 
 def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_policy(smoke_run, tmp_path):
     """`launch: torchrun --standalone --nproc_per_node 2` and DeepSpeed ZeRO-2 on CPU (gloo): each process
-    trains on half of every minibatch (RLOO also samples on both), DeepSpeed averages the gradients, the
-    logged numbers are averaged over the processes, rank 0 writes. Losses and weights: the plain run's."""
+    trains on half of every minibatch, DeepSpeed averages the gradients, the logged numbers are averaged over
+    the processes, rank 0 writes. DPO's losses and weights: the plain run's. RLOO's processes sample half of
+    each batch each, under their own seeds (tests/test_collection_split.py checks those steps exactly)."""
     from safetensors.torch import load_file
 
     repo = Path(shutil.copytree(smoke_run, tmp_path / "ranks", symlinks=True))
@@ -244,16 +246,18 @@ def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_pol
     tree["policy"] |= {"deepspeed": "configs/deepspeed/zero2.json"}
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     dvc(repo, "repro", "-s", "policy@dpo", "policy@rloo")
-    for name in ("dpo", "rloo"):
-        curve = lambda r: list(csv.DictReader((r / "metrics" / "curves" / f"policy_{name}.csv").open()))
-        plain, ranks = curve(smoke_run), curve(repo)
-        assert len(plain) == len(ranks) == 12
-        for a, b in zip(plain, ranks):
-            for key in ("loss", "grad_norm", "proxy_reward"):
-                if a[key]:
-                    assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-5), (name, key)
-        weights = [load_file(r / "models" / "policy" / name / "model.safetensors") for r in (smoke_run, repo)]
-        assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
+    curve = lambda r, name: list(csv.DictReader((r / "metrics" / "curves" / f"policy_{name}.csv").open()))
+    plain, ranks = curve(smoke_run, "dpo"), curve(repo, "dpo")
+    assert len(plain) == len(ranks) == 12
+    for a, b in zip(plain, ranks):
+        for key in ("loss", "grad_norm", "proxy_reward"):
+            if a[key]:
+                assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-5), key
+    weights = [load_file(r / "models" / "policy" / "dpo" / "model.safetensors") for r in (smoke_run, repo)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
+    rloo = curve(repo, "rloo")
+    assert len(rloo) == 12 and all(math.isfinite(float(row["loss"])) for row in rloo)
+    assert [row["proxy_reward"] for row in rloo] != [row["proxy_reward"] for row in curve(smoke_run, "rloo")]
     # the same under accelerate's launcher (--multi_gpu: without it, on a machine with no GPU, it starts one process)
     tree["launch"] = "accelerate launch --multi_gpu --num_processes 2 --main_process_port 0"
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))

@@ -16,16 +16,20 @@ from pftlab.lm.model import load_policy
 from pftlab.lm.reference import policy_and_reference, save_policy
 from pftlab.lm.tokenizer import train_tokenizer
 from pftlab.training.loop import train_policy
-from pftlab.training.optimization import full_weights, shard_reference
-from pftlab.training.sources import OfflinePairs
+from pftlab.training.optimization import compute_dtype, frozen_model, full_weights, partitioned_loading
+from pftlab.training.sources import OfflinePairs, make_source
 from tests.test_checkpoint import (
     CFG,
     EOS,
+    GENERATION,
+    HP,
     PAD,
+    TOKENIZER,
     Crash,
     CrashAt,
     in_tmp_and_signals_restored,  # noqa: F401 - an autouse fixture, found by name
     loop_config,
+    reward_fn,
     run_policy,
 )
 from tests.test_model import tiny_model
@@ -56,9 +60,10 @@ def dpo_run(tmp_path, cfg, reference="frozen_copy", checkpointer=None, tracker=N
         tiny_model(seed=1).save_pretrained(tmp_path / name)
     seed_everything(0)  # after: tiny_model seeds the global generator, and LoRA's init draws from it
     cfg = loop_config(cfg)
-    policy, ref = policy_and_reference(tmp_path / name, reference, 4, 8, bool(cfg.gradient_checkpointing))
-    if cfg.deepspeed and reference == "frozen_copy":
-        ref = shard_reference(ref, cfg.deepspeed)
+    with partitioned_loading(cfg.deepspeed):
+        policy, ref = policy_and_reference(tmp_path / name, reference, 4, 8, bool(cfg.gradient_checkpointing))
+    if reference == "frozen_copy":
+        ref = frozen_model(ref, cfg.deepspeed)
     pairs = [{"prompt_ids": [3 + i % 5], "chosen_ids": [7, 8, EOS], "rejected_ids": [9, EOS]} for i in range(6)]
     history = train_policy(ALGORITHMS["dpo"], DPO_HP, cfg, 0, policy, ref, OfflinePairs(pairs, PAD, 0), None, tracker,
                            checkpointer=checkpointer)
@@ -105,3 +110,30 @@ def test_deepspeed_checkpoint_resumes_to_the_same_losses(tmp_path):
     assert tags == ["step4", "step6"]  # the last two: a save killed halfway leaves the one before it
     resumed, _ = dpo_run(tmp_path, cfg, "lora", Checkpointer("policy@dpo", "f", 2))
     assert close(full, resumed, 1e-6)
+
+
+def test_a_bf16_policy_gets_a_bf16_reference_and_reward_model(tmp_path):
+    """With bf16 on, DeepSpeed trains the policy in bf16; the frozen reference copy is cast to it, so that at the
+    first collection policy and reference log-probs are equal (KL 0), as they are in fp32."""
+    config = json.loads((CONFIGS / "zero2.json").read_text()) | {"bf16": {"enabled": True}}
+    path = tmp_path / "zero2_bf16.json"
+    path.write_text(json.dumps(config))
+    assert compute_dtype(None) is torch.float32 and compute_dtype(path) is torch.bfloat16
+    assert compute_dtype(CONFIGS / "zero2.json") is (torch.bfloat16 if torch.cuda.is_available()
+                                                      and torch.cuda.is_bf16_supported() else torch.float32)
+    rm = frozen_model(tiny_model(seed=2), path)
+    assert next(rm.parameters()).dtype is torch.bfloat16
+    seed_everything(0)
+    policy, ref = tiny_model(seed=1).train(), tiny_model(seed=1).requires_grad_(False)
+    source = make_source(ALGORITHMS["rloo"], HP["rloo"], pairs=[], prompts=[[3 + i] for i in range(5)],
+                         generation=GENERATION, reward_fn=reward_fn, tokenizer=TOKENIZER, seed=0, batch_size=4)
+    cfg = loop_config(CFG | {"deepspeed": str(path), "iterations": 1})
+    history = train_policy(ALGORITHMS["rloo"], HP["rloo"], cfg, 0, policy, frozen_model(ref, path), source)
+    assert next(policy.parameters()).dtype is torch.bfloat16
+    assert history[0]["kl_k1"] == 0.0 and history[0]["kl_k3"] == 0.0
+    # a reference left in fp32 beside the bf16 policy would not start at KL 0
+    seed_everything(0)
+    policy, ref = tiny_model(seed=1).train(), tiny_model(seed=1).requires_grad_(False)
+    source = make_source(ALGORITHMS["rloo"], HP["rloo"], pairs=[], prompts=[[3 + i] for i in range(5)],
+                         generation=GENERATION, reward_fn=reward_fn, tokenizer=TOKENIZER, seed=0, batch_size=4)
+    assert train_policy(ALGORITHMS["rloo"], HP["rloo"], cfg, 0, policy, ref, source)[0]["kl_k1"] != 0.0

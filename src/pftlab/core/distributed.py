@@ -25,6 +25,23 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def shard(items: list, rank: int, world: int) -> list:
+    """Process `rank`'s contiguous share of `items` (sizes differ by at most one): the shards in rank order
+    are `items` again, so a prompt-major batch gathered from them keeps its order."""
+    size, extra = divmod(len(items), world)
+    start = rank * size + min(rank, extra)
+    return items[start : start + size + (rank < extra)]
+
+
+def all_gather(obj) -> list:
+    """Every process's `obj` (picklable; tensors on the CPU), in rank order, on every process; `[obj]` alone."""
+    if world_size() == 1:
+        return [obj]
+    gathered = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
 def is_main_process() -> bool:
     """Only rank 0 writes outputs, metrics and checkpoints."""
     return rank() == 0

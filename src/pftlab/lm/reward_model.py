@@ -21,7 +21,7 @@ def load_reward_model(path):
 
 def score(rm, seqs: Sequences) -> torch.Tensor:
     seqs = seqs.to(rm)
-    return rm(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits.squeeze(-1)
+    return rm(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits.squeeze(-1).float()  # bf16 RM: fp32 rewards
 
 
 @torch.no_grad()

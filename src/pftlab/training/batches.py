@@ -47,6 +47,10 @@ class SampleBatch:
     def __len__(self):
         return len(self.seqs) // self.k
 
+    def to(self, where) -> "SampleBatch":
+        return SampleBatch(self.seqs.to(where), self.rewards.to(where), self.old_token_logp.to(where),
+                           self.ref_token_logp.to(where), self.k, {name: v.to(where) for name, v in self.extra.items()})
+
     def select(self, prompt_index):
         rows = (prompt_index.unsqueeze(-1) * self.k + torch.arange(self.k, device=prompt_index.device)).reshape(-1)
         return SampleBatch(self.seqs.select(rows), self.rewards[rows], self.old_token_logp[rows],
@@ -65,13 +69,20 @@ class HybridBatch:
         return HybridBatch(self.pairs.select(index), self.samples.select(index))
 
 
-def concat_sample_batches(parts: list, pad_id: int, offline: list) -> SampleBatch:
+def concat_sample_batches(parts: list, pad_id: int, offline: list = None) -> SampleBatch:
+    """The parts' rows in order, padded to the longest. The per-row extras that every part has are kept; with
+    `offline` (a flag per part), only `extra["offline"]`, which marks the rows of offline parts."""
     width = max(p.seqs.input_ids.shape[1] for p in parts) - 1
     pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))
-    flags = torch.cat([torch.full((len(p.seqs),), float(off), device=p.rewards.device) for p, off in zip(parts, offline)])
+    if offline is None:
+        extra = {name: torch.cat([p.extra[name] for p in parts]) for name in parts[0].extra
+                 if all(name in p.extra for p in parts)}
+    else:
+        extra = {"offline": torch.cat([torch.full((len(p.seqs),), float(off), device=p.rewards.device)
+                                       for p, off in zip(parts, offline)])}
     return SampleBatch(concat_sequences([p.seqs for p in parts], pad_id), torch.cat([p.rewards for p in parts]),
                        torch.cat([pad(p.old_token_logp) for p in parts]), torch.cat([pad(p.ref_token_logp) for p in parts]),
-                       parts[0].k, {"offline": flags})
+                       parts[0].k, extra)
 
 
 BATCH_TYPES = {"PairBatch": PairBatch, "SampleBatch": SampleBatch, "HybridBatch": HybridBatch, "Sequences": Sequences}

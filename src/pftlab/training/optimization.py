@@ -138,16 +138,62 @@ def full_weights(model):
         yield
 
 
-def shard_reference(ref, config_path):
-    """Under ZeRO-3, the frozen reference copy is partitioned too (an inference engine, no optimizer)."""
-    config = json.loads(Path(config_path).read_text())
-    if config.get("zero_optimization", {}).get("stage") != 3:
-        return ref
+def zero_stage(config_path) -> int:
+    """The ZeRO stage a DeepSpeed config file asks for; 0 without one."""
+    if not config_path:
+        return 0
+    return json.loads(Path(config_path).read_text()).get("zero_optimization", {}).get("stage", 0)
+
+
+def compute_dtype(config_path) -> torch.dtype:
+    """The precision DeepSpeed trains in under this config: bf16 or fp16 where the file enables them (bf16
+    "auto": where the hardware has it), fp32 without a config. Log-probs and losses are fp32 whatever it is."""
+    if not config_path:
+        return torch.float32
+    config = _resolve_auto(json.loads(Path(config_path).read_text()))
+    if config["bf16"].get("enabled") is True:
+        return torch.bfloat16
+    return torch.float16 if config.get("fp16", {}).get("enabled") is True else torch.float32
+
+
+def frozen_model(model, config_path):
+    """A frozen model beside a DeepSpeed policy (the reference copy, the reward model) in the policy's precision:
+    policy and reference log-probs then agree at the start (KL 0, ratio 1) as in fp32, and a bf16 copy holds half
+    the memory. Under ZeRO-3 a model loaded partitioned (`partitioned_loading`) stays partitioned: an inference
+    engine in the config's precision, no optimizer. Without a config: the model as it is."""
+    if not config_path:
+        return model
+    if zero_stage(config_path) != 3 or not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return model.to(compute_dtype(config_path))
     deepspeed = _import_deepspeed()
+    config = json.loads(Path(config_path).read_text())
     config = _resolve_auto({"zero_optimization": config["zero_optimization"], "bf16": config.get("bf16", {}),
-                            "train_micro_batch_size_per_gpu": 1})
-    engine, *_ = deepspeed.initialize(model=ref, config=config)
+                            "fp16": config.get("fp16", {}), "train_micro_batch_size_per_gpu": 1})
+    engine, *_ = deepspeed.initialize(model=model, config=config)
     return engine
+
+
+@contextlib.contextmanager
+def partitioned_loading(config_path):
+    """Under ZeRO-3, every model loaded in the block (`from_pretrained`) is partitioned as it is read:
+    transformers builds it under DeepSpeed's `zero.Init` and copies each tensor of the checkpoint into the
+    processes' shards, so no process ever holds the whole model on its device. Any other config, or none:
+    nothing changes (the engine partitions at `deepspeed.initialize`, if at all)."""
+    if zero_stage(config_path) != 3:
+        yield
+        return
+    deepspeed = _import_deepspeed()
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    deepspeed.init_distributed()  # zero.Init partitions over the process group: made here if none is yet
+    config = json.loads(Path(config_path).read_text())
+    config = _resolve_auto(config | {"train_micro_batch_size_per_gpu": 1, "train_batch_size": world_size()})
+    hold = HfDeepSpeedConfig(config)  # transformers reads it through a weak reference: held for the block
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hold
 
 
 def _import_deepspeed():

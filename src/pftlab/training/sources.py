@@ -2,12 +2,15 @@
 pairs, fresh samples of the current policy scored by the reward model, offline pairs mixed into on-policy
 pairs, or pairs plus unlabelled fresh samples (HyPO). `make_source` picks one for an algorithm; the policy
 stage and the token-level bandit both build their source through it."""
+import contextlib
 import math
 
 import numpy as np
 import torch
 
 from pftlab.algorithms.losses import kl_estimates
+from pftlab.core import distributed
+from pftlab.core.errors import ParamError
 from pftlab.core.params import check_batch
 from pftlab.lm.model import batched, pack, pack_pairs, target_mask, token_logprobs
 from pftlab.lm.sampling import sample_responses
@@ -52,15 +55,61 @@ class OfflinePairs:
 
 def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, reward_fn, eos_id: int, pad_id: int,
                      desc="on-policy samples") -> SampleBatch:
-    """k fresh samples of pi per prompt, their proxy rewards, and behaviour / reference log-probs."""
+    """k fresh samples of pi per prompt, their proxy rewards, and behaviour / reference log-probs: the one
+    generation seam of every loop (docs/ARCHITECTURE.md, "Generation").
+
+    Under several processes, each samples, scores and computes the log-probs of its own shard of the prompts
+    (`distributed.shard`) under a seed of its own (`extra["sample_seed"]`), and the shards are gathered in
+    order, so every process holds the whole batch and statistics over it are the whole batch's. Sampling time
+    then falls with the number of processes. One process samples it all from the global generator, as ever.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return sample_shard(policy, ref, prompts, k, generation, reward_fn, eos_id, pad_id, desc=desc)
+    if len(prompts) < world:
+        raise ParamError(f"{len(prompts)} prompt(s) to sample cannot be shared by {world} processes: "
+                         "raise policy.batch_size or use fewer processes")
+    rank = distributed.rank()
+    # drawn from the global generator, which the processes advance alike (the shard's own stream is forked off it)
+    seed = shard_seed(int(torch.randint(2**62, (1,), device=torch.device("cpu"))), rank)
+    local = sample_shard(policy, ref, distributed.shard(prompts, rank, world), k, generation, reward_fn, eos_id,
+                         pad_id, seed=seed, desc=desc)
+    parts = distributed.all_gather(local.to("cpu"))  # NCCL and gloo alike: picklable CPU tensors
+    return concat_sample_batches(parts, pad_id).to(local.rewards.device)
+
+
+def shard_seed(base: int, rank: int) -> int:
+    """The sampling seed of process `rank`'s shard of one collection (below 2**63: stored as a long)."""
+    return int(np.random.SeedSequence([base, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def sample_shard(policy, ref, prompts: list, k: int, generation: dict, reward_fn, eos_id: int, pad_id: int,
+                 seed: int = None, desc="on-policy samples") -> SampleBatch:
+    """`sample_and_score` on these prompts in this process. With a `seed`, sampling draws from a stream of
+    its own, seeded by it, and the global generator is left where it was."""
     repeated = [p for p in prompts for _ in range(k)]
-    responses = sample_responses(policy, repeated, generation["max_new_tokens"], generation["temperature"],
-                                 generation["batch_size"], eos_id, pad_id, desc=desc)
+    with _own_stream(seed):
+        responses = sample_responses(policy, repeated, generation["max_new_tokens"], generation["temperature"],
+                                     generation["batch_size"], eos_id, pad_id, desc=desc)
     seqs = pack(repeated, responses, pad_id).to(policy)
     old, entropy = batched(lambda s: torch.stack(token_logprobs(policy, s, with_entropy=True)), seqs, dim=1)
     ref_logp = batched(lambda s: token_logprobs(ref, s), seqs)
     rewards = reward_fn(seqs) if reward_fn is not None else torch.full((len(seqs),), float("nan"), device=seqs.input_ids.device)
-    return SampleBatch(seqs, rewards, old, ref_logp, k, {"entropy": entropy.sum(-1)})
+    extra = {"entropy": entropy.sum(-1)}
+    if seed is not None:
+        extra["sample_seed"] = torch.full((len(seqs),), seed, dtype=torch.long, device=seqs.input_ids.device)
+    return SampleBatch(seqs, rewards, old, ref_logp, k, extra)
+
+
+@contextlib.contextmanager
+def _own_stream(seed):
+    if seed is None:
+        yield
+        return
+    where = distributed.device()
+    with torch.random.fork_rng(devices=[where] if where.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 class OnPolicySamples:

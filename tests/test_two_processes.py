@@ -1,0 +1,141 @@
+"""Two processes on the CPU (gloo, `torchrun --nproc_per_node 2`, one launch for the whole file).
+
+On-policy collection is split: each process samples, scores and computes the log-probs of its shard of the
+prompts under its own seed, and the shards are gathered. The union of the two processes' samples is what one
+process draws with the same per-shard seeds, and RLOO and HyPO steps on the gathered batches are those of one
+process given the same samples. Under ZeRO-3, a model is partitioned as it is loaded: each process holds half
+of it from the start, and its memory never reaches the whole model's."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from pftlab.algorithms.table import ALGORITHMS
+from pftlab.core import distributed
+from pftlab.core.errors import ParamError
+from pftlab.core.stage import seed_everything
+from pftlab.training.batches import concat_sample_batches
+from pftlab.training.loop import train_policy
+from pftlab.training.sources import sample_and_score, sample_shard, shard_seed
+from tests.test_checkpoint import (
+    CFG,
+    GENERATION,
+    HP,
+    in_tmp_and_signals_restored,  # noqa: F401 - an autouse fixture, found by name
+    loop_config,
+    reward_fn,
+)
+from tests.test_model import EOS, PAD, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ("rloo", "hypo")
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("torchrun is not installed beside this python")
+    out = tmp_path_factory.mktemp("ranks")
+    torch.manual_seed(0)  # many layers (zero.Init builds one at a time) and about 200 MB: well above the overheads
+    GPT2LMHeadModel(GPT2Config(vocab_size=4000, n_positions=64, n_embd=512, n_layer=16, n_head=8, bos_token_id=EOS,
+                               eos_token_id=EOS, pad_token_id=PAD)).save_pretrained(out / "checkpoint")
+    config = json.loads((ROOT / "configs" / "deepspeed" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even the small tensors
+    (out / "zero3.json").write_text(json.dumps(config))
+    # glibc returns freed full-size tensors (zero.Init builds each layer whole, then keeps a shard) to the system
+    # at once, so that the peak measures what a process holds rather than what the allocator keeps for later
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                          str(ROOT / "tests" / "two_process_run.py"), str(out), *SPLIT, "partitioned"],
+                         capture_output=True, text=True, timeout=600, cwd=out, env=env)
+    assert run.returncode == 0, run.stderr[-4000:]
+    runs = {name: torch.load(out / f"{name}.pt", weights_only=False) for name in SPLIT}
+    runs["partitioned"] = [json.loads((out / f"partitioned_rank{r}.json").read_text()) for r in range(2)]
+    runs["model_mb"] = (out / "checkpoint" / "model.safetensors").stat().st_size / 2**20
+    return runs
+
+
+def fresh_samples(batch):
+    return batch if hasattr(batch, "seqs") else batch.samples  # RLOO's SampleBatch, HyPO's HybridBatch
+
+
+def test_shards_are_contiguous_and_cover_the_prompts_once():
+    items = list(range(7))
+    for world in (1, 2, 3, 7):
+        shards = [distributed.shard(items, r, world) for r in range(world)]
+        assert sum(shards, []) == items
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_the_union_of_both_processes_samples_is_one_process_draw_with_their_seeds(two_process_runs):
+    k = HP["rloo"]["samples_per_prompt"]
+    policy, ref = tiny_model(seed=1), tiny_model(seed=1)  # the policy before any step: what drew the first batch
+    gathered = fresh_samples(two_process_runs["rloo"]["batches"][0])
+    seeds = gathered.extra["sample_seed"].tolist()
+    per_shard = list(dict.fromkeys(seeds))  # in order of appearance: rank 0's, then rank 1's
+    assert len(per_shard) == 2, "each process samples under its own seed"
+    assert seeds == [per_shard[0]] * (len(seeds) // 2) + [per_shard[1]] * (len(seeds) // 2)
+    prompt_rows = (gathered.seqs.attention_mask - gathered.seqs.response_mask)[::k]
+    prompts = [row[mask.bool()].tolist() for row, mask in zip(gathered.seqs.input_ids[::k], prompt_rows)]
+    shards = [sample_shard(policy, ref, distributed.shard(prompts, r, 2), k, GENERATION, reward_fn, EOS, PAD,
+                           seed=seed) for r, seed in enumerate(per_shard)]
+    alone = concat_sample_batches(shards, PAD)
+    assert torch.equal(alone.seqs.input_ids, gathered.seqs.input_ids)
+    assert torch.equal(alone.seqs.response_mask, gathered.seqs.response_mask)
+    assert torch.equal(alone.rewards, gathered.rewards)
+    for name in ("old_token_logp", "ref_token_logp"):
+        assert torch.allclose(getattr(alone, name), getattr(gathered, name), atol=1e-6)
+    # and a third process's shard, or another collection, would draw under another seed
+    assert shard_seed(per_shard[0], 0) != shard_seed(per_shard[0], 1)
+
+
+class Replay:
+    """The batches the two processes gathered, handed to a one-process loop in the same order."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def collect(self, n, policy, ref):
+        return self.batches.pop(0)
+
+    def state_dict(self):
+        return {}
+
+
+@pytest.mark.parametrize("name", SPLIT)
+def test_steps_on_the_gathered_samples_are_the_one_process_steps(two_process_runs, name):
+    run = two_process_runs[name]
+    assert all(len(fresh_samples(b).extra["sample_seed"].unique()) == 2 for b in run["batches"])
+    seed_everything(0)
+    policy, ref = tiny_model(seed=1).train(), tiny_model(seed=1).requires_grad_(False)
+    history = train_policy(ALGORITHMS[name], HP[name], loop_config(CFG), 0, policy, ref, Replay(run["batches"]))
+    assert len(history) == len(run["history"]) == 12
+    for alone, ranks in zip(history, run["history"]):
+        for key in ("loss", "grad_norm", "proxy_reward", "kl_k1"):
+            if key in alone:
+                assert ranks[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), key
+    assert max((v - run["weights"][k]).abs().max().item() for k, v in policy.state_dict().items()) < 1e-5
+
+
+def test_too_few_prompts_for_the_processes_is_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ParamError, match="3 prompt"):
+        sample_and_score(tiny_model(), tiny_model(), [[3], [4], [5]], 2, GENERATION, reward_fn, EOS, PAD)
+
+
+def test_zero3_loading_partitions_the_model_as_it_is_read(two_process_runs):
+    """What fails if loading is not partitioned: the weights are not shards from the start, nor half each. The
+    memory bound says that no process ever held the whole model in memory of its own while loading (plain loading
+    on the CPU maps the file and owns nothing; on a GPU it copies the whole model to every device)."""
+    ranks, model_mb = two_process_runs["partitioned"], two_process_runs["model_mb"]
+    for rank in ranks:
+        assert rank["partitioned_at_load"], "every weight is a ZeRO-3 shard before deepspeed.initialize"
+        assert rank["held"] * 2 == rank["full"]  # half of every tensor each
+        assert rank["same_weights"], "the shards gathered are the checkpoint's weights"
+        assert 0 < rank["peak_mb"] < 0.75 * model_mb, (rank["peak_mb"], model_mb)

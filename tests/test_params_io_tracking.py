@@ -283,9 +283,18 @@ def test_system_metrics_on_request(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with Tracker("prepare", {"seed": 0}) as t:
-        time.sleep(12)  # the writer's start-up (~3 s), then two samples
-        t.log_metrics({"x": 1.0})
     client = MlflowClient(tracking_uri=uri)
-    run = client.search_runs([client.get_experiment_by_name("pftlab").experiment_id], "tags.run_kind = 'stage'")[0]
+
+    def stage_run():
+        experiment = client.get_experiment_by_name("pftlab")
+        runs = client.search_runs([experiment.experiment_id], "tags.run_kind = 'stage'") if experiment else []
+        return runs[0] if runs else None
+
+    with Tracker("prepare", {"seed": 0}) as t:
+        t.log_metrics({"x": 1.0})
+        deadline = time.time() + 90  # the writer's start-up (3 s, much more on a loaded machine), then a sample
+        while time.time() < deadline and "system/cpu_utilization_percentage" not in getattr(
+                getattr(stage_run(), "data", None), "metrics", {}):
+            time.sleep(1)
+    run = stage_run()
     assert "system/cpu_utilization_percentage" in run.data.metrics and run.data.metrics["x"] == 1.0

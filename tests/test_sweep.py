@@ -1,5 +1,6 @@
 """The hyperparameter sweep's summariser on synthetic `dvc exp show --json` output: which experiments
 count, and the selection by validation reward (never by the evaluated prompts' reward)."""
+from pftlab.core.params import locked_stages
 from pftlab.reporting import sweep
 
 CURRENT = {"seed": 0, "algorithms": ["pref_ft", "dpo", "online_dpo"], "policy": {"lr": 1e-4},
@@ -92,9 +93,13 @@ def test_the_workspace_competes_only_with_the_setting_it_was_trained_with(tmp_pa
 
     lock = {"stages": {"policy@bon": {"params": {"params.yaml": {"algos.bon": {"top": 1}}}}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    stages = sweep.locked_stages(tmp_path / "dvc.lock")
+    stages = locked_stages(tmp_path / "dvc.lock")
     trained = lambda algos: sweep.trained_as_now("bon", {"algos": algos}, stages)
     assert trained({"bon": {"top": 1}})
     assert not trained({"bon": {"top": 1, "lr": 3e-4}})  # a selection copied in, not yet reproduced
     assert not sweep.trained_as_now("rwr", {"algos": {"rwr": {"top": 1}}}, stages)
-    assert sweep.locked_stages(tmp_path / "absent.lock") == {}
+    assert locked_stages(tmp_path / "absent.lock") == {}
+    # DVC writes YAML 1.2: `3e-05` is a number (YAML 1.1 would read a string, and the workspace would never compete)
+    (tmp_path / "dvc.lock").write_text("stages:\n  policy@bon:\n    params:\n      params.yaml:\n        algos.bon:\n"
+                                      "          top: 1\n          lr: 3e-05\n")
+    assert sweep.trained_as_now("bon", {"algos": {"bon": {"top": 1, "lr": 3e-5}}}, locked_stages(tmp_path / "dvc.lock"))

@@ -100,6 +100,15 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)
 
 
+def locked_stages(lock_path="dvc.lock") -> dict:
+    """dvc.lock's stages: what each stage last ran with (params, dependency and output hashes); {} without a
+    readable one. Read as YAML 1.2, as DVC writes it: `lr: 3e-05` is a number there, a string to YAML 1.1."""
+    try:
+        return read_yaml(Path(lock_path).read_text())["stages"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+
+
 class Params:
     """The parsed params file; `p["policy.lr"]` reads a dotted key and names it when it is missing;
     `p.config("policy")` is the typed section."""

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 from pftlab.core.config import flatten
+from pftlab.core.params import locked_stages
 
 EXPERIMENT = "pftlab"
 # MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs
@@ -117,12 +118,7 @@ def dvc_inputs(stage: str, lock_path="dvc.lock") -> list:
     """[(path, DVC hash, is_model)] of the stage's data dependencies. A dependency produced by another stage has
     that stage's output hash in dvc.lock (written when it ended, so current); a source (data/raw) has the hash of
     this stage's last run. Code and config deps are left out: the git commit names them."""
-    import yaml
-
-    try:
-        stages = yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return []
+    stages = locked_stages(lock_path)
     produced = {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])}
     out = []
     for dep in (stages.get(stage) or {}).get("deps", []):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pftlab.core.config import flatten
 from pftlab.core.io import atomic_write_json
-from pftlab.core.params import load_params, read_yaml
+from pftlab.core.params import load_params, locked_stages, read_yaml
 from pftlab.reporting.seeds import experiments
 
 SWEEP_DIR = Path("metrics/sweep")
@@ -105,16 +105,6 @@ def keep_earlier(summary: dict, path: Path) -> dict:
         now["rows"] += [r | {"earlier": True} for r in entry["rows"]
                         if r["experiment"] not in seen and r["experiment"] != "workspace"]
     return summary
-
-
-def locked_stages(lock_path="dvc.lock") -> dict:
-    """dvc.lock's stages ({} without one): what each stage last ran with."""
-    import yaml
-
-    try:
-        return yaml.load(Path(lock_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
-    except (OSError, KeyError, TypeError):
-        return {}
 
 
 def trained_as_now(algorithm: str, current: dict, stages: dict) -> bool:

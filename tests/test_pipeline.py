@@ -2,7 +2,6 @@
 import csv
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -236,8 +235,8 @@ def test_deepspeed_zero2_with_accumulation_gives_the_plain_loops_losses(smoke_ru
 def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_policy(smoke_run, tmp_path):
     """`launch: torchrun --standalone --nproc_per_node 2` and DeepSpeed ZeRO-2 on CPU (gloo): each process
     trains on half of every minibatch, DeepSpeed averages the gradients, the logged numbers are averaged over
-    the processes, rank 0 writes. DPO's losses and weights: the plain run's. RLOO's processes sample half of
-    each batch each, under their own seeds (tests/test_collection_split.py checks those steps exactly)."""
+    the processes, rank 0 writes. DPO's losses and weights: the plain run's. (On-policy methods split their
+    sampling over the processes, under other seeds: tests/test_two_processes.py checks those steps exactly.)"""
     from safetensors.torch import load_file
 
     repo = Path(shutil.copytree(smoke_run, tmp_path / "ranks", symlinks=True))
@@ -245,9 +244,9 @@ def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_pol
     tree["launch"] = "torchrun --standalone --nproc_per_node 2"
     tree["policy"] |= {"deepspeed": "configs/deepspeed/zero2.json"}
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    dvc(repo, "repro", "-s", "policy@dpo", "policy@rloo")
-    curve = lambda r, name: list(csv.DictReader((r / "metrics" / "curves" / f"policy_{name}.csv").open()))
-    plain, ranks = curve(smoke_run, "dpo"), curve(repo, "dpo")
+    dvc(repo, "repro", "-s", "policy@dpo")
+    curve = lambda r: list(csv.DictReader((r / "metrics" / "curves" / "policy_dpo.csv").open()))
+    plain, ranks = curve(smoke_run), curve(repo)
     assert len(plain) == len(ranks) == 12
     for a, b in zip(plain, ranks):
         for key in ("loss", "grad_norm", "proxy_reward"):
@@ -255,9 +254,6 @@ def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_pol
                 assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-5), key
     weights = [load_file(r / "models" / "policy" / "dpo" / "model.safetensors") for r in (smoke_run, repo)]
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
-    rloo = curve(repo, "rloo")
-    assert len(rloo) == 12 and all(math.isfinite(float(row["loss"])) for row in rloo)
-    assert [row["proxy_reward"] for row in rloo] != [row["proxy_reward"] for row in curve(smoke_run, "rloo")]
     # the same under accelerate's launcher (--multi_gpu: without it, on a machine with no GPU, it starts one process)
     tree["launch"] = "accelerate launch --multi_gpu --num_processes 2 --main_process_port 0"
     (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -326,7 +322,7 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-qm", "smoke run", "--allow-empty"], cwd=repo, check=True)
     for name, beta in (("beta-low", 0.05), ("beta-high", 0.5)):
-        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", "algorithms=[dpo]", "-S", "training_seeds.algorithms=[]",
+        dvc(repo, "exp", "run", "evaluate@dpo", "--queue", "-n", name, "-S", "algorithms=[dpo]", "-S", "training_seeds.algorithms=[]",
             "-S", "variants.algorithms=[]", "-S", "policy.iterations=1", "-S", f"algos.dpo.beta={beta}", tracking=True)
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "queue", "start", "-j", "2"], cwd=repo, env=env(True),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=True)
@@ -362,7 +358,7 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
         dpo = {}
         for name in ("beta-low", "beta-high"):
             under = {tags(r).get("policy_run") or tags(r)["stage"]: r for r in children(parents[name]["info"]["run_id"])}
-            assert {"dpo", "report"} <= set(under)  # only what the experiment reran: dpo's stages and the report
+            assert set(under) == {"dpo"}  # only what the experiment reran: dpo's stages (the target is evaluate@dpo)
             dpo[name] = under["dpo"]
             assert tags(dpo[name])["mlflow.runName"] == f"dpo ({name})"
             assert {tags(r)["mlflow.runName"] for r in children(dpo[name]["info"]["run_id"])} == {"policy@dpo", "evaluate@dpo"}
@@ -421,7 +417,7 @@ def test_dvc_exp_run_sets_small_floats_lists_and_nested_keys(smoke_run):
     """Runs last. `dvc exp run -S` writes params.yaml back as YAML 1.2 (`lr: 2e-05`, which YAML 1.1 reads as
     a string); the stages read it as the number it is, and lists and nested keys arrive as set."""
     repo = smoke_run
-    dvc(repo, "exp", "run", "-S", "policy.lr=2e-5", "-S", "algos.dpo.beta=0.25", "-S", "algorithms=[dpo]",
+    dvc(repo, "exp", "run", "policy@dpo", "-S", "policy.lr=2e-5", "-S", "algos.dpo.beta=0.25", "-S", "algorithms=[dpo]",
         "-S", "variants.algorithms=[dpo]", "-S", "training_seeds.algorithms=[dpo]", "-S", "policy.iterations=1")
     written = (repo / "params.yaml").read_text()
     assert re.search(r"^  lr: 2e-0?5$", written, re.M), "DVC no longer writes the YAML 1.2 form this test is about"

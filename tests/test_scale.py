@@ -13,7 +13,7 @@ from pftlab.core.checkpoint import Checkpointer
 from pftlab.core.errors import ParamError
 from pftlab.core.stage import seed_everything
 from pftlab.lm.model import load_policy
-from pftlab.lm.reference import policy_and_reference, save_policy
+from pftlab.lm.reference import policy_and_reference, save_policy, weight_copies
 from pftlab.lm.tokenizer import train_tokenizer
 from pftlab.training.loop import train_policy
 from pftlab.training.optimization import compute_dtype, frozen_model, full_weights, partitioned_loading
@@ -93,6 +93,11 @@ def test_deepspeed_zero3_partitions_and_matches_the_plain_loop(tmp_path, zero3_c
     ds, policy = dpo_run(tmp_path, CFG | {"deepspeed": zero3_config})
     assert all(p.numel() == 0 for p in policy.parameters())  # ZeRO-3: this process holds no full weight
     assert close(plain, ds)
+    # LoRA on a model loaded partitioned (the Llama-3-8B preset): the same losses as the plain LoRA run
+    assert close(dpo_run(tmp_path, CFG, "lora")[0], dpo_run(tmp_path, CFG | {"deepspeed": zero3_config}, "lora")[0])
+    with partitioned_loading(zero3_config):
+        loaded, ref = policy_and_reference(tmp_path / "base", "frozen_copy")
+    assert weight_copies(loaded, ref) == 2.0 and all(p.numel() == 0 for p in ref.parameters())
     with full_weights(policy):
         save_policy(policy, train_tokenizer(["a b c"] * 10, 300), tmp_path / "saved")
     saved = load_policy(tmp_path / "saved")

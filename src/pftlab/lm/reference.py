@@ -44,10 +44,11 @@ def policy_and_reference(path, reference: str = "frozen_copy", lora_rank: int = 
 def weight_copies(policy, ref) -> float:
     """Parameters held by policy and reference together, in units of the base model: about 2 for a frozen
     copy, about 1 (plus the adapter) for LoRA, whose reference is the same weights."""
-    base = sum(p.numel() for n, p in policy.named_parameters() if "lora_" not in n)
-    held = sum(p.numel() for p in policy.parameters())
+    size = lambda p: getattr(p, "ds_numel", p.numel())  # a ZeRO-3 shard: its whole tensor's size
+    base = sum(size(p) for n, p in policy.named_parameters() if "lora_" not in n)
+    held = sum(size(p) for p in policy.parameters())
     if not isinstance(ref, AdapterDisabledReference):
-        held += sum(p.numel() for p in ref.parameters())
+        held += sum(size(p) for p in ref.parameters())
     return held / base
 
 

@@ -70,7 +70,7 @@ def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, rewar
         raise ParamError(f"{len(prompts)} prompt(s) to sample cannot be shared by {world} processes: "
                          "raise policy.batch_size or use fewer processes")
     rank = distributed.rank()
-    # drawn from the global generator, which the processes advance alike (the shard's own stream is forked off it)
+    # a base from the global generator; the shard's own stream is forked off, so the global one moves as alone
     seed = shard_seed(int(torch.randint(2**62, (1,), device=torch.device("cpu"))), rank)
     local = sample_shard(policy, ref, distributed.shard(prompts, rank, world), k, generation, reward_fn, eos_id,
                          pad_id, seed=seed, desc=desc)

@@ -39,7 +39,7 @@ def main(p, tracker):
     pairs = read_jsonl(TASK.pairs)
     prompts = list({tuple(r["prompt_ids"]): None for r in pairs})  # unique, in file order
     prompts = [list(x) for x in prompts]
-    rm = frozen_model(load_reward_model(TASK.reward_model), cfg.deepspeed)
+    rm = frozen_model(load_reward_model(TASK.reward_model), cfg.deepspeed, partition=False)  # whole, in bf16
     reward_fn = lambda s: score_sequences(rm, s)
     source = make_source(algorithm, hp, pairs=pairs, prompts=prompts, generation=generation, reward_fn=reward_fn,
                          tokenizer=tok, seed=seed, batch_size=cfg.batch_size)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -20,9 +21,9 @@ from pftlab.algorithms.table import ALGORITHMS
 from pftlab.core import distributed
 from pftlab.core.errors import ParamError
 from pftlab.core.stage import seed_everything
-from pftlab.training.batches import concat_sample_batches
+from pftlab.training.batches import SampleBatch, concat_sample_batches
 from pftlab.training.loop import train_policy
-from pftlab.training.sources import sample_and_score, sample_shard, shard_seed
+from pftlab.training.sources import sample_and_score, sample_shard
 from tests.test_checkpoint import (
     CFG,
     GENERATION,
@@ -32,9 +33,10 @@ from tests.test_checkpoint import (
     reward_fn,
 )
 from tests.test_model import EOS, PAD, tiny_model
+from tests.two_process_run import PROMPTS, eos_prone
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLIT = ("rloo", "hypo")
+SPLIT = ("rloo", "hypo", "rloo_zero3")  # rloo_zero3: the policy and reference partitioned, an EOS-prone model
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,9 @@ def two_process_runs(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
     run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
                           str(ROOT / "tests" / "two_process_run.py"), str(out), *SPLIT, "partitioned"],
-                         capture_output=True, text=True, timeout=600, cwd=out, env=env)
+                         capture_output=True, text=True, timeout=420, cwd=out, env=env)  # ~1 min; a hang: fail
     assert run.returncode == 0, run.stderr[-4000:]
-    runs = {name: torch.load(out / f"{name}.pt", weights_only=False) for name in SPLIT}
+    runs = {task: torch.load(out / f"{task}.pt", weights_only=False) for task in SPLIT}
     runs["partitioned"] = [json.loads((out / f"partitioned_rank{r}.json").read_text()) for r in range(2)]
     runs["model_mb"] = (out / "checkpoint" / "model.safetensors").stat().st_size / 2**20
     return runs
@@ -73,16 +75,25 @@ def test_shards_are_contiguous_and_cover_the_prompts_once():
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
+def prompts_of(batch: SampleBatch, k: int) -> list:
+    rows = batch.seqs.attention_mask - batch.seqs.response_mask
+    return [ids[mask.bool()].tolist() for ids, mask in zip(batch.seqs.input_ids[::k], rows[::k])]
+
+
 def test_the_union_of_both_processes_samples_is_one_process_draw_with_their_seeds(two_process_runs):
     k = HP["rloo"]["samples_per_prompt"]
-    policy, ref = tiny_model(seed=1), tiny_model(seed=1)  # the policy before any step: what drew the first batch
-    gathered = fresh_samples(two_process_runs["rloo"]["batches"][0])
+    batches = [fresh_samples(b) for b in two_process_runs["rloo"]["batches"]]
+    gathered = batches[0]
     seeds = gathered.extra["sample_seed"].tolist()
     per_shard = list(dict.fromkeys(seeds))  # in order of appearance: rank 0's, then rank 1's
     assert len(per_shard) == 2, "each process samples under its own seed"
     assert seeds == [per_shard[0]] * (len(seeds) // 2) + [per_shard[1]] * (len(seeds) // 2)
-    prompt_rows = (gathered.seqs.attention_mask - gathered.seqs.response_mask)[::k]
-    prompts = [row[mask.bool()].tolist() for row, mask in zip(gathered.seqs.input_ids[::k], prompt_rows)]
+    assert not set(per_shard) & set(batches[1].extra["sample_seed"].tolist())  # the next collection: other seeds
+    # the gathered prompts are those the source chose, in its order (OnPolicySamples: seed 0, 4 of 5 prompts)
+    chosen = np.random.default_rng(0).choice(len(PROMPTS), CFG["batch_size"], replace=False)
+    prompts = prompts_of(gathered, k)
+    assert prompts == [PROMPTS[i] for i in chosen]
+    policy, ref = tiny_model(seed=1), tiny_model(seed=1)  # the policy before any step: what drew the first batch
     shards = [sample_shard(policy, ref, distributed.shard(prompts, r, 2), k, GENERATION, reward_fn, EOS, PAD,
                            seed=seed) for r, seed in enumerate(per_shard)]
     alone = concat_sample_batches(shards, PAD)
@@ -91,8 +102,27 @@ def test_the_union_of_both_processes_samples_is_one_process_draw_with_their_seed
     assert torch.equal(alone.rewards, gathered.rewards)
     for name in ("old_token_logp", "ref_token_logp"):
         assert torch.allclose(getattr(alone, name), getattr(gathered, name), atol=1e-6)
-    # and a third process's shard, or another collection, would draw under another seed
-    assert shard_seed(per_shard[0], 0) != shard_seed(per_shard[0], 1)
+
+
+def test_hypos_gathered_samples_line_up_with_their_pairs(two_process_runs):
+    k = HP["hypo"]["samples_per_prompt"]
+    for batch in two_process_runs["hypo"]["batches"]:
+        pair_rows = batch.pairs.chosen.attention_mask - batch.pairs.chosen.response_mask
+        pair_prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.pairs.chosen.input_ids, pair_rows)]
+        assert prompts_of(batch.samples, k) == pair_prompts
+
+
+def test_zero3_keeps_processes_in_step_when_their_samples_end_apart(two_process_runs):
+    """Under ZeRO-3 every forward pass gathers weights from all processes: one whose samples have all ended keeps
+    stepping (`generate(synced_gpus=True)`), and a short shard samples as many prompts (3 prompts over 2 processes)."""
+    run = two_process_runs["rloo_zero3"]
+    k = HP["rloo"]["samples_per_prompt"]
+    lengths = [[int(b.seqs.response_mask[half].sum(-1).max()) for half in (slice(0, len(b.seqs) // 2),
+                                                                            slice(len(b.seqs) // 2, None))]
+               for b in run["batches"]]
+    assert any(a != b for a, b in lengths), f"the shards' longest samples did not differ: {lengths}"
+    assert run["uneven_rows"] == 3 * 2
+    assert len(run["batches"]) == CFG["iterations"] and all(len(b.seqs) == CFG["batch_size"] * k for b in run["batches"])
 
 
 class Replay:
@@ -108,12 +138,14 @@ class Replay:
         return {}
 
 
-@pytest.mark.parametrize("name", SPLIT)
-def test_steps_on_the_gathered_samples_are_the_one_process_steps(two_process_runs, name):
-    run = two_process_runs[name]
+@pytest.mark.parametrize("task", SPLIT)
+def test_steps_on_the_gathered_samples_are_the_one_process_steps(two_process_runs, task):
+    run, name = two_process_runs[task], task.removesuffix("_zero3")
     assert all(len(fresh_samples(b).extra["sample_seed"].unique()) == 2 for b in run["batches"])
     seed_everything(0)
     policy, ref = tiny_model(seed=1).train(), tiny_model(seed=1).requires_grad_(False)
+    if task.endswith("_zero3"):
+        policy, ref = eos_prone(policy), eos_prone(ref)
     history = train_policy(ALGORITHMS[name], HP[name], loop_config(CFG), 0, policy, ref, Replay(run["batches"]))
     assert len(history) == len(run["history"]) == 12
     for alone, ranks in zip(history, run["history"]):

@@ -2,6 +2,7 @@
 import torch
 from tqdm.auto import tqdm
 
+from pftlab.core.distributed import world_size
 from pftlab.lm.model import model_device
 
 
@@ -32,6 +33,9 @@ def sample_responses(model, prompts: list, max_new_tokens: int, temperature: flo
     """
     was_training = model.training
     model.eval()
+    # ZeRO-3 gathers the weights over all processes at every forward pass: a process whose samples have all
+    # ended keeps stepping until every process is done (the callers give each process as many prompts)
+    synced = world_size() > 1 and any(hasattr(p, "ds_id") for p in model.parameters())
     responses = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None):
         chunk = prompts[start : start + batch_size]
@@ -47,6 +51,7 @@ def sample_responses(model, prompts: list, max_new_tokens: int, temperature: flo
             eos_token_id=eos_id,
             pad_token_id=pad_id,
             use_cache=True,
+            synced_gpus=synced,
         )
         for row in out[:, ids.shape[1] :].tolist():
             responses.append(cut_at_eos(row, eos_id))

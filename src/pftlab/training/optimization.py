@@ -156,14 +156,14 @@ def compute_dtype(config_path) -> torch.dtype:
     return torch.float16 if config.get("fp16", {}).get("enabled") is True else torch.float32
 
 
-def frozen_model(model, config_path):
+def frozen_model(model, config_path, partition: bool = True):
     """A frozen model beside a DeepSpeed policy (the reference copy, the reward model) in the policy's precision:
     policy and reference log-probs then agree at the start (KL 0, ratio 1) as in fp32, and a bf16 copy holds half
-    the memory. Under ZeRO-3 a model loaded partitioned (`partitioned_loading`) stays partitioned: an inference
-    engine in the config's precision, no optimizer. Without a config: the model as it is."""
+    the memory. Under ZeRO-3 with `partition`, it is partitioned like the policy (if it was not loaded so): an
+    inference engine in the config's precision, no optimizer. Without a config: the model as it is."""
     if not config_path:
         return model
-    if zero_stage(config_path) != 3 or not any(hasattr(p, "ds_id") for p in model.parameters()):
+    if zero_stage(config_path) != 3 or not partition:
         return model.to(compute_dtype(config_path))
     deepspeed = _import_deepspeed()
     config = json.loads(Path(config_path).read_text())
@@ -183,16 +183,17 @@ def partitioned_loading(config_path):
         yield
         return
     deepspeed = _import_deepspeed()
-    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+    import transformers.integrations.deepspeed as hf_deepspeed
 
     deepspeed.init_distributed()  # zero.Init partitions over the process group: made here if none is yet
     config = json.loads(Path(config_path).read_text())
     config = _resolve_auto(config | {"train_micro_batch_size_per_gpu": 1, "train_batch_size": world_size()})
-    hold = HfDeepSpeedConfig(config)  # transformers reads it through a weak reference: held for the block
+    before = hf_deepspeed._hf_deepspeed_config_weak_ref  # a caller's own setting, put back after the block
+    hold = hf_deepspeed.HfDeepSpeedConfig(config)  # transformers reads it through a weak reference: held here
     try:
         yield
     finally:
-        unset_hf_deepspeed_config()
+        hf_deepspeed._hf_deepspeed_config_weak_ref = before
         del hold
 
 

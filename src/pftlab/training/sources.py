@@ -72,8 +72,13 @@ def sample_and_score(policy, ref, prompts: list, k: int, generation: dict, rewar
     rank = distributed.rank()
     # a base from the global generator; the shard's own stream is forked off, so the global one moves as alone
     seed = shard_seed(int(torch.randint(2**62, (1,), device=torch.device("cpu"))), rank)
-    local = sample_shard(policy, ref, distributed.shard(prompts, rank, world), k, generation, reward_fn, eos_id,
-                         pad_id, seed=seed, desc=desc)
+    share = distributed.shard(prompts, rank, world)
+    # Every process runs as many forward passes (ZeRO-3 gathers weights at each): a short shard repeats its
+    # last prompt, and those samples are dropped before the gather.
+    even = share + share[-1:] * (-(-len(prompts) // world) - len(share))
+    local = sample_shard(policy, ref, even, k, generation, reward_fn, eos_id, pad_id, seed=seed, desc=desc)
+    if len(even) > len(share):
+        local = local.select(torch.arange(len(share), device=local.rewards.device))
     parts = distributed.all_gather(local.to("cpu"))  # NCCL and gloo alike: picklable CPU tensors
     return concat_sample_batches(parts, pad_id).to(local.rewards.device)
 

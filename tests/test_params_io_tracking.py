@@ -298,3 +298,30 @@ def test_system_metrics_on_request(tmp_path, monkeypatch):
             time.sleep(1)
     run = stage_run()
     assert "system/cpu_utilization_percentage" in run.data.metrics and run.data.metrics["x"] == 1.0
+
+
+def test_a_row_another_writer_inserted_at_the_same_moment_is_found_on_the_next_try(monkeypatch):
+    """Two queued experiments logged the same input dataset at once: MLflow's get-or-create is not atomic and one
+    writer got a UNIQUE constraint error, which turned its stage's tracking off (its held-out results were lost)."""
+    from pftlab.core import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def collides(times):
+        def call():
+            calls.append(1)
+            if len(calls) <= times:
+                raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+            return "logged"
+        return call
+
+    assert tracking._patiently(collides(1)) == "logged" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(RuntimeError, match="UNIQUE"):  # a real duplicate is not retried for ever
+        tracking._patiently(collides(10))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(ValueError):  # other errors are not retried
+        tracking._patiently(lambda: calls.append(1) or (_ for _ in ()).throw(ValueError("bad metric")))
+    assert len(calls) == 1

@@ -55,14 +55,18 @@ def tracking_uri() -> str:
 
 
 def _patiently(call, *args, **kwargs):
-    """A store call, retried while another writer holds sqlite's lock (MLflow raises it as a generic error)."""
+    """A store call, retried while another writer holds sqlite's lock (MLflow raises it as a generic error), and
+    retried twice after a row another writer inserted at the same moment: MLflow's get-or-create of a dataset is
+    not atomic (two experiments of `dvc queue start -j 2` logging the same input), and the next try finds it."""
     deadline = time.time() + float(os.environ.get("PFTLAB_MLFLOW_WAIT", WAIT_SECONDS))
-    pause = 0.2
+    pause, collisions = 0.2, 0
     while True:
         try:
             return call(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the lock surfaces as MlflowException / OperationalError
-            if "locked" not in str(err).lower() or time.time() + pause > deadline:
+            message = str(err).lower()
+            collisions += "unique constraint failed" in message
+            if not ("locked" in message or 0 < collisions <= 2) or time.time() + pause > deadline:
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 5.0)

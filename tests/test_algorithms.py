@@ -23,6 +23,30 @@ def test_ipo_loss_hand_worked():
     assert loss.item() == pytest.approx(1.0)  # (0 - 1)^2
 
 
+def test_ipo_both_forms_hand_worked():
+    """Summed log-ratios (Azar et al.'s eq. 17) and per-token ones (TRL's IPO, the IPO authors' form), beta 0.25:
+    chosen of 2 tokens, logp -4 vs ref -6; rejected of 3 tokens, logp -9 vs ref -6."""
+    args = torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([-6.0]), torch.tensor([-6.0])
+    summed, _ = losses.ipo_loss(*args, beta=0.25)
+    assert summed.item() == pytest.approx((2.0 - (-3.0) - 2.0) ** 2)  # h = 5, target 2 -> 9
+    per_token, stats = losses.ipo_loss(*args, beta=0.25, lengths=(torch.tensor([2]), torch.tensor([3])))
+    assert per_token.item() == pytest.approx(0.0)  # h = 2 / 2 - (-3) / 3 = 2 = the target
+    assert stats["implicit_reward_chosen"] == pytest.approx(0.25) and stats["margin"] == pytest.approx(0.5)
+    assert losses.ipo_pair_losses(*args, beta=0.25, lengths=(torch.tensor([2]), torch.tensor([3]))).item() == 0.0
+
+
+def test_ipo_objective_follows_length_normalise():
+    """The objective reads `length_normalise`: the two forms differ on pairs of unequal length."""
+    from tests.test_micro_batches import case
+
+    values = {}
+    for name in ("ipo", "ipo_summed", "online_ipo", "online_ipo_summed"):
+        _, index, loss_fn, _ = case(name, 8)
+        values[name] = loss_fn(index)[0].item()
+    assert values["ipo"] != pytest.approx(values["ipo_summed"])
+    assert values["online_ipo"] != pytest.approx(values["online_ipo_summed"])
+
+
 def test_max_likelihood_weights_hand_worked():
     rewards = torch.tensor([[0.0, 3.0, 1.0], [5.0, -1.0, 2.0]])
     assert losses.best_of_n_weights(rewards, 1).tolist() == [[0, 1, 0], [1, 0, 0]]
@@ -71,7 +95,7 @@ def _batch(source, k=4, prompts=3):
 
 
 HP = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "kl_coef": 0.05, "baseline_decay": 0.9,
-      "min_reward_gap": 0.0, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1", "adaptive_kl": True, "kl_target": 1.0,
+      "min_reward_gap": 0.0, "length_normalise": True, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1", "adaptive_kl": True, "kl_target": 1.0,
       "kl_horizon": 100, "clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "gae_lambda": 0.95}
 
 
@@ -282,7 +306,9 @@ def test_ppo_with_kl_penalty_reaches_pi_star_and_clips_when_reusing_samples():
     opt = torch.optim.Adam([logits, value], lr=0.02)
     mask = torch.ones(n, 1)
     clip_fractions = []
-    for _ in range(200):
+    for iteration in range(250):
+        if iteration == 200:  # Adam at lr 0.02 wanders about pi* by ~5e-3 in objective; a quieter end settles it
+            opt.param_groups[0]["lr"] = 0.004
         with torch.no_grad():
             old = torch.log_softmax(logits, 0)
             actions = torch.multinomial(old.exp(), n, replacement=True, generator=g)
@@ -300,7 +326,7 @@ def test_ppo_with_kl_penalty_reaches_pi_star_and_clips_when_reusing_samples():
                 opt.step()
                 clip_fractions.append(stats["clip_fraction"])
     pi = torch.softmax(logits, 0).detach()
-    assert objective_value(pi_star(beta), beta) - objective_value(pi, beta) < 5e-3
+    assert objective_value(pi_star(beta), beta) - objective_value(pi, beta) < 2e-3
     assert max(clip_fractions) > 0 and sum(clip_fractions) / len(clip_fractions) > 0.001
 
 
@@ -336,7 +362,8 @@ def sequence_weights_of(algo, batch, monkeypatch):
 
     monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
     hp, state = HP | {"min_reward_gap": 10.0}, {}
-    algo.begin_step(batch, hp, state)
+    if algo.begin_step is not None:
+        algo.begin_step(batch, hp, state)
     loss, _ = algo.objective(None, batch, hp, state)
     loss.backward()
     return torch.cat([-leaf.grad.sum(-1) for leaf in leaves])

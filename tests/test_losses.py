@@ -111,7 +111,10 @@ def test_ppo_token_rewards_and_gae_hand_worked():
     assert torch.allclose(adv, torch.tensor([[0.0, 1.25, 1.5, 0.0]]))
     assert torch.allclose(ret, torch.tensor([[0.0, 2.25, 3.5, 0.0]]))
     white = losses.masked_whiten(torch.tensor([[5.0, 1.0, 3.0, 7.0]]), mask)
-    assert torch.allclose(white, torch.tensor([[0.0, -1.0, 1.0, 0.0]]), atol=1e-4)
+    # TRL 0.11 (trl/core.py masked_whiten, masked_var(unbiased=True)): mean 2, variance 1 * n / (n - 1) = 2
+    assert torch.allclose(white, torch.tensor([[0.0, -1.0, 1.0, 0.0]]) / (2.0 + 1e-8) ** 0.5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        losses.masked_whiten(torch.tensor([[5.0, 1.0]]), torch.tensor([[0.0, 1.0]]))
 
 
 def test_ppo_clipped_losses_hand_worked():
@@ -129,6 +132,11 @@ def test_ppo_clipped_losses_hand_worked():
     v_loss, stats = losses.ppo_value_loss(values, old_v, ret, torch.ones(1, 2), clip=0.5)
     # token 0: max((2-3)^2, (1.5-3)^2) = 2.25 ; token 1: max(1, 1) = 1 -> 0.5 * mean = 0.8125
     assert v_loss.item() == pytest.approx(0.8125) and stats["value_clip_fraction"] == pytest.approx(0.5)
+    # TRL's val/clipfrac counts the tokens where the clipped error is the larger one: here V left the clip range
+    # (2 vs 1 +- 0.5) toward the return, so the clipped error (1.5 - 1)^2 is the smaller one and does not count
+    _, stats = losses.ppo_value_loss(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[1.0]]),
+                                     torch.ones(1, 1), clip=0.5)
+    assert stats["value_clip_fraction"] == 0.0
 
 
 def test_adaptive_kl_coefficient_and_k3_penalty():

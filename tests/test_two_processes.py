@@ -152,7 +152,19 @@ def test_steps_on_the_gathered_samples_are_the_one_process_steps(two_process_run
         for key in ("loss", "grad_norm", "proxy_reward", "kl_k1"):
             if key in alone:
                 assert ranks[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), key
-    assert max((v - run["weights"][k]).abs().max().item() for k, v in policy.state_dict().items()) < 1e-5
+    assert_same_weights(run["weights"], policy.state_dict(), tiny_model(seed=1).state_dict(), steps=len(history))
+
+
+def assert_same_weights(ranks: dict, alone: dict, start: dict, steps: int):
+    """Weights after `steps` steps of two float32 runs that sum in another order: each tensor's difference is
+    bounded by what that order can produce, a small share of how far the tensor moved (measured on this CPU: at
+    most 9e-5 of it after 12 steps, an attention bias 1.2e-5 apart in absolute terms; Adam turns a rounding-sized gradient difference on a near-zero gradient
+    into an lr-sized step, so a fixed absolute bound is broken by rounding alone). A real difference in the
+    gradient (13% from unequal process weights, say) moves weights by a large share of their movement."""
+    for key, value in alone.items():
+        moved = (value - start[key]).norm().item()
+        off = (ranks[key] - value).norm().item()
+        assert off <= 1e-6 + 3e-3 * moved, f"{key}: {off:.3g} apart after {steps} steps, {moved:.3g} moved"
 
 
 def test_too_few_prompts_for_the_processes_is_one_line(monkeypatch):

@@ -78,6 +78,17 @@ class OnlinePairHp(PairHp):
 
 
 @dataclass(frozen=True, kw_only=True)
+class IpoHp(PairHp):
+    # true: log-ratios averaged over response tokens (the IPO authors' form, TRL's); false: summed (Azar et al.'s eq.)
+    length_normalise: bool = knob(is_bool, "true or false")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineIpoHp(OnlinePairHp):
+    length_normalise: bool = knob(is_bool, "true or false")
+
+
+@dataclass(frozen=True, kw_only=True)
 class HypoHp(PairHp):
     lam: float = knob(nonneg, "a number >= 0")
     samples_per_prompt: int = knob(*_K)
@@ -86,7 +97,7 @@ class HypoHp(PairHp):
 
 HYPERPARAMETERS = {
     "pref_ft": CommonHp, "offline_bon": CommonHp, "offline_rwr": RwrHp, "bon": BonHp, "rwr": OnPolicyRwrHp,
-    "reinforce": ReinforceHp, "rloo": RlooHp, "ppo": PpoHp, "dpo": PairHp, "ipo": PairHp,
-    "online_dpo": OnlinePairHp, "online_ipo": OnlinePairHp, "hypo": HypoHp,
+    "reinforce": ReinforceHp, "rloo": RlooHp, "ppo": PpoHp, "dpo": PairHp, "ipo": IpoHp,
+    "online_dpo": OnlinePairHp, "online_ipo": OnlineIpoHp, "hypo": HypoHp,
 }
 ALGORITHM_NAMES = tuple(HYPERPARAMETERS)

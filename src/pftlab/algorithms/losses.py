@@ -2,21 +2,40 @@
 
 Inputs are per-sequence sums of token log-probs (`logp_*`) under the policy and the frozen
 reference (`ref_*`). Everything here is checked by hand-worked numbers in tests/test_losses.py.
+A stat averaged over something other than the rows it is given (tokens, samples, pairs) is a `Mean`
+that carries its count, so that training/step.py combines micro-batches and processes exactly.
 """
 import torch
 import torch.nn.functional as F
 
 
+class Mean(float):
+    """A logged mean that knows how many items it averages over (a float everywhere else)."""
+
+    def __new__(cls, value, count):
+        mean = super().__new__(cls, value)
+        mean.count = int(count)
+        return mean
+
+
+def _mean(x: torch.Tensor) -> Mean:
+    return Mean(x.float().mean().item(), x.numel())
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> Mean:
+    return Mean(masked_mean(x, mask).item(), mask.sum().item())
+
+
 def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor):
     """Mean negative log-likelihood per response token."""
     loss = -(token_logp * mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"nll": loss.item()}
+    return loss, {"nll": Mean(loss.item(), mask.sum().item())}
 
 
 def bradley_terry_loss(score_w: torch.Tensor, score_l: torch.Tensor):
     """Reward-model loss -log sigmoid(s_w - s_l)."""
     loss = -F.logsigmoid(score_w - score_l).mean()
-    return loss, {"accuracy": (score_w > score_l).float().mean().item()}
+    return loss, {"accuracy": _mean(score_w > score_l)}
 
 
 def dpo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta: float):
@@ -29,12 +48,12 @@ def dpo_loss(logp_w, logp_l, ref_w, ref_l, beta: float):
     reward_w, reward_l = beta * (logp_w - ref_w), beta * (logp_l - ref_l)
     loss = dpo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta).mean()
     return loss, {
-        "implicit_reward_chosen": reward_w.mean().item(),
-        "implicit_reward_rejected": reward_l.mean().item(),
-        "margin": (reward_w - reward_l).mean().item(),
-        "pair_accuracy": (reward_w > reward_l).float().mean().item(),
-        "logp_chosen": logp_w.mean().item(),
-        "logp_rejected": logp_l.mean().item(),
+        "implicit_reward_chosen": _mean(reward_w),
+        "implicit_reward_rejected": _mean(reward_l),
+        "margin": _mean(reward_w - reward_l),
+        "pair_accuracy": _mean(reward_w > reward_l),
+        "logp_chosen": _mean(logp_w),
+        "logp_rejected": _mean(logp_l),
     }
 
 
@@ -50,7 +69,7 @@ def policy_gradient_loss(logp: torch.Tensor, advantages: torch.Tensor):
     """REINFORCE surrogate -mean(A * log pi(y|x)) with A held fixed: its gradient is the policy gradient."""
     advantages = advantages.detach()
     loss = -(advantages * logp).mean()
-    return loss, {"advantage_abs": advantages.abs().mean().item(), "negative_weight_fraction": (advantages < 0).float().mean().item()}
+    return loss, {"advantage_abs": _mean(advantages.abs()), "negative_weight_fraction": _mean(advantages < 0)}
 
 
 def clipped_policy_gradient_loss(logp, old_logp, advantages, clip: float):
@@ -63,9 +82,8 @@ def clipped_policy_gradient_loss(logp, old_logp, advantages, clip: float):
     ratio = torch.exp(logp - old_logp)
     unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
     loss = torch.maximum(unclipped, clipped).mean()
-    return loss, {"advantage_abs": advantages.abs().mean().item(),
-                  "negative_weight_fraction": (advantages < 0).float().mean().item(),
-                  "clip_fraction": (clipped > unclipped).float().mean().item()}
+    return loss, {"advantage_abs": _mean(advantages.abs()), "negative_weight_fraction": _mean(advantages < 0),
+                  "clip_fraction": _mean(clipped > unclipped)}
 
 
 def kl_estimates(token_logp: torch.Tensor, token_ref_logp: torch.Tensor, mask: torch.Tensor):
@@ -80,19 +98,28 @@ def kl_estimates(token_logp: torch.Tensor, token_ref_logp: torch.Tensor, mask: t
     return k1, k3
 
 
-def ipo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta: float):
-    """IPO (Azar et al. 2023) per pair: (h - 1/(2 beta))^2 with h the log-ratio margin; a finite optimum, unlike DPO."""
-    return ((logp_w - ref_w) - (logp_l - ref_l) - 1.0 / (2.0 * beta)) ** 2
+def ipo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta: float, lengths=None):
+    """IPO (Azar et al. 2023) per pair: (h - 1/(2 beta))^2 with h the log-ratio margin; a finite optimum, unlike DPO.
+    With `lengths` (response tokens of chosen and rejected), each log-ratio is first divided by its response's
+    length: the form the IPO authors confirmed their results use, and TRL's `loss_type="ipo"`."""
+    return (_ipo_log_ratios(logp_w, logp_l, ref_w, ref_l, lengths)[2] - 1.0 / (2.0 * beta)) ** 2
 
 
-def ipo_loss(logp_w, logp_l, ref_w, ref_l, beta: float):
-    """IPO: the mean of `ipo_pair_losses`, with its stats."""
-    h = (logp_w - ref_w) - (logp_l - ref_l)
-    loss = ipo_pair_losses(logp_w, logp_l, ref_w, ref_l, beta).mean()
-    return loss, {"margin": (beta * h).mean().item(), "pair_accuracy": (h > 0).float().mean().item(),
-                  "implicit_reward_chosen": (beta * (logp_w - ref_w)).mean().item(),
-                  "implicit_reward_rejected": (beta * (logp_l - ref_l)).mean().item(),
-                  "logp_chosen": logp_w.mean().item(), "logp_rejected": logp_l.mean().item()}
+def _ipo_log_ratios(logp_w, logp_l, ref_w, ref_l, lengths):
+    ratio_w, ratio_l = logp_w - ref_w, logp_l - ref_l
+    if lengths is not None:
+        ratio_w, ratio_l = ratio_w / lengths[0].clamp(min=1), ratio_l / lengths[1].clamp(min=1)
+    return ratio_w, ratio_l, ratio_w - ratio_l
+
+
+def ipo_loss(logp_w, logp_l, ref_w, ref_l, beta: float, lengths=None):
+    """IPO: the mean of `ipo_pair_losses`, with its stats (implicit rewards and margin of the log-ratios the
+    loss uses: per token with `lengths`, as TRL logs them)."""
+    ratio_w, ratio_l, h = _ipo_log_ratios(logp_w, logp_l, ref_w, ref_l, lengths)
+    loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
+    return loss, {"margin": _mean(beta * h), "pair_accuracy": _mean(h > 0),
+                  "implicit_reward_chosen": _mean(beta * ratio_w), "implicit_reward_rejected": _mean(beta * ratio_l),
+                  "logp_chosen": _mean(logp_w), "logp_rejected": _mean(logp_l)}
 
 
 def weighted_nll(logp: torch.Tensor, weights: torch.Tensor):
@@ -101,7 +128,7 @@ def weighted_nll(logp: torch.Tensor, weights: torch.Tensor):
     if (weights < 0).any():
         raise ValueError("maximum-likelihood weights must be >= 0")
     loss = -(weights * logp).sum() / weights.numel()
-    return loss, {"weight_mean": weights.mean().item(), "negative_weight_fraction": 0.0}
+    return loss, {"weight_mean": _mean(weights), "negative_weight_fraction": Mean(0.0, weights.numel())}
 
 
 def best_of_n_weights(rewards: torch.Tensor, top: int) -> torch.Tensor:
@@ -127,9 +154,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries (PPO's advantage normalisation)."""
+    """Zero mean, unit variance over the masked entries (PPO's advantage normalisation). The variance is the
+    unbiased one (times n / (n - 1)), as TRL's `masked_whiten` (`masked_var(unbiased=True)`) computes it."""
     mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    count = mask.sum()
+    if count < 2:
+        raise ValueError("whitening needs at least 2 masked entries (the unbiased variance divides by n - 1)")
+    var = masked_mean((x - mean) ** 2, mask) * (count / (count - 1))
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -164,16 +195,20 @@ def ppo_policy_loss(token_logp, token_logp_old, advantages, mask, clip: float):
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    return loss, {"clip_fraction": masked_mean((clipped > unclipped).float(), mask).item(),
-                  "approx_kl_behaviour": masked_mean(0.5 * (token_logp - token_logp_old) ** 2, mask).item(),
-                  "negative_weight_fraction": masked_mean((advantages < 0).float(), mask).item()}
+    return loss, {"clip_fraction": _masked((clipped > unclipped).float(), mask),
+                  "approx_kl_behaviour": _masked(0.5 * (token_logp - token_logp_old) ** 2, mask),
+                  "negative_weight_fraction": _masked((advantages < 0).float(), mask)}
 
 
 def ppo_value_loss(values, values_old, returns, mask, clip: float):
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within `clip` of the old value."""
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within `clip` of the old value.
+    `value_clip_fraction` is TRL's `val/clipfrac`: the share of response tokens where the clipped error is the
+    larger, i.e. where clipping decides the loss (not merely where V left the clip range)."""
     clipped = values_old + (values - values_old).clamp(-clip, clip)
-    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-    return loss, {"value_loss": loss.item(), "value_clip_fraction": masked_mean(((values - values_old).abs() > clip).float(), mask).item()}
+    unclipped_error, clipped_error = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    return loss, {"value_loss": Mean(loss.item(), mask.sum().item()),
+                  "value_clip_fraction": _masked((clipped_error > unclipped_error).float(), mask)}
 
 
 def adaptive_kl_coef(kl_coef: float, observed_kl: float, target: float, horizon: int, n_samples: int) -> float:

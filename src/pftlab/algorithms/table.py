@@ -2,11 +2,12 @@
 gradient (pushes some sampled response down), whether it needs a reward model, and its objective.
 
 An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) into (loss, stats)
-with the loss functions of losses.py; `state` carries what persists across steps (REINFORCE's baseline).
-The loop calls an objective once per micro-batch and weighs each by its share of the minibatch's rows, so
-anything that depends on the whole minibatch (a baseline, a token or pair count) is computed once per
-optimizer step by the row's `begin_step` and read from `state`: the gradient is then the same however
-the minibatch is split over micro-batches and processes. The loop is the same for every row.
+with the loss functions of losses.py, its loss a mean over the row's `loss_unit` (rows, response tokens or
+pairs kept); `state` carries what persists across steps (REINFORCE's baseline). The step (training/step.py)
+weighs each micro-batch by its share of the whole minibatch's units, so the gradient and the logged numbers
+are the same however the minibatch is split over micro-batches and processes; what else depends on the
+whole minibatch (REINFORCE's baseline) is computed once per optimizer step by the row's `begin_step` and
+read from `state`. The loop is the same for every row.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -15,7 +16,7 @@ import torch
 
 from pftlab.algorithms import losses
 from pftlab.algorithms.hyperparameters import ALGORITHM_NAMES
-from pftlab.core import distributed
+from pftlab.algorithms.losses import Mean
 from pftlab.lm.model import batched, target_mask, token_logprobs, token_logprobs_and_values
 
 
@@ -28,10 +29,15 @@ class Algorithm:
     needs_reward_model: bool
     objective: Callable
     description: str
+    loss_unit: Callable = None  # (batch, hp) -> what the loss averages over in `batch`; None: its rows
     prepare: Callable = None  # once per collected batch, without gradient (PPO: values, GAE advantages)
     begin_step: Callable = None  # once per optimizer step, on the whole minibatch (REINFORCE's baseline)
     value_head: bool = False  # trains a critic on the policy's hidden states (PPO)
     pairs_of_samples: bool = False  # draws exactly 2 fresh samples per prompt (on-policy DPO / IPO)
+
+    def units(self, batch, hp: dict) -> int:
+        """How many of the loss's units `batch` holds: the weight of a micro-batch in its minibatch."""
+        return len(batch) if self.loss_unit is None else self.loss_unit(batch, hp)
 
     def samples_per_prompt(self, hp: dict) -> int:
         """Fresh samples per prompt (k): 2 for pairwise on-policy methods, else `samples_per_prompt` (default 2)."""
@@ -44,7 +50,13 @@ def _pair_logps(policy, batch):
 
 def _sample_logps(policy, batch):
     token_logp, entropy = token_logprobs(policy, batch.seqs, with_entropy=True)
-    return token_logp.sum(-1), {"entropy": (entropy.sum() / target_mask(batch.seqs).sum().clamp(min=1)).item()}
+    tokens = target_mask(batch.seqs).sum()
+    return token_logp.sum(-1), {"entropy": Mean((entropy.sum() / tokens.clamp(min=1)).item(), tokens.item())}
+
+
+def _count_response_tokens(batch, hp) -> int:
+    """PPO's loss unit: the response tokens of `batch`."""
+    return int(target_mask(batch.seqs).sum().item())
 
 
 # --- offline, maximum likelihood -------------------------------------------------------------------
@@ -89,8 +101,8 @@ def _shaped_rewards(batch, hp):
 
 def reinforce_begin_step(batch, hp, state):
     """The step's baseline (the moving average before this step; the first step's own mean reward), then the
-    average moves once toward this minibatch's mean shaped reward."""
-    mean, = distributed.mean_over_processes([_shaped_rewards(batch, hp).mean().item()], len(batch.seqs))
+    average moves once toward this minibatch's mean shaped reward (every process holds the whole minibatch)."""
+    mean = _shaped_rewards(batch, hp).mean().item()
     baseline = state.get("baseline", mean)
     state["step_baseline"] = baseline
     state["baseline"] = hp["baseline_decay"] * baseline + (1 - hp["baseline_decay"]) * mean
@@ -101,21 +113,6 @@ def reinforce_objective(policy, batch, hp, state):
     baseline = state["step_baseline"]
     loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, _shaped_rewards(batch, hp) - baseline, hp["clip"])
     return loss, stats | more | {"baseline": baseline}
-
-
-def _count_step(name, counts):
-    """Begin-step helper: the minibatch's (count, rows) summed over processes, for a loss normalised by a count."""
-    def begin_step(batch, hp, state):
-        state[name] = tuple(distributed.sum_over_processes([counts(batch, hp), len(batch.seqs)]))
-    return begin_step
-
-
-def _share_correction(state, name, part_count: int, part_rows: int) -> float:
-    """A micro-batch's loss is a mean over its own `part_count` tokens (or pairs); the loop weighs it by its
-    share of rows. This factor turns that into its share of the whole minibatch's count, so the summed
-    gradient is the minibatch's mean. Integer arithmetic: exactly 1.0 when the minibatch is not split."""
-    count, rows = state[name]
-    return (max(part_count, 1) * rows) / (max(count, 1) * part_rows)
 
 
 def rloo_objective(policy, batch, hp, state):
@@ -135,6 +132,7 @@ def ppo_prepare(policy, batch, hp, state):
     token_rewards = losses.kl_penalised_token_rewards(batch.rewards, batch.old_token_logp, batch.ref_token_logp,
                                                       mask, kl_coef)
     advantages, returns = losses.gae_advantages(token_rewards, values, mask, hp["gamma"], hp["gae_lambda"])
+    # whitened over the whole collected batch, as TRL's PPO does (the authors' PPO is TRL's)
     batch.extra = {"values": values, "advantages": losses.masked_whiten(advantages, mask), "returns": returns}
     observed_kl = (batch.old_logp - batch.ref_logp).mean().item()
     if hp["adaptive_kl"]:
@@ -144,18 +142,15 @@ def ppo_prepare(policy, batch, hp, state):
 
 def ppo_objective(policy, batch, hp, state):
     """Clipped surrogate against the collecting policy + vf_coef * clipped value loss, both means over the
-    minibatch's response tokens."""
+    micro-batch's response tokens (the row's loss unit)."""
     mask = target_mask(batch.seqs)
     logp, entropy, values = token_logprobs_and_values(policy, state["value_head"], batch.seqs)
     policy_loss, stats = losses.ppo_policy_loss(logp, batch.old_token_logp, batch.extra["advantages"], mask, hp["clip"])
     value_loss, more = losses.ppo_value_loss(values, batch.extra["values"], batch.extra["returns"], mask, hp["value_clip"])
-    entropy_mean = losses.masked_mean(entropy, mask).item()
-    share = _share_correction(state, "step_tokens", int(mask.sum().item()), len(batch.seqs))
-    return (policy_loss + hp["vf_coef"] * value_loss) * share, \
-        stats | more | {"entropy": entropy_mean, "policy_loss": policy_loss.item()}
-
-
-ppo_begin_step = _count_step("step_tokens", lambda batch, hp: int(target_mask(batch.seqs).sum().item()))
+    tokens = mask.sum().item()
+    return policy_loss + hp["vf_coef"] * value_loss, \
+        stats | more | {"entropy": Mean(losses.masked_mean(entropy, mask).item(), tokens),
+                        "policy_loss": Mean(policy_loss.item(), tokens)}
 
 
 # --- contrastive -----------------------------------------------------------------------------------
@@ -164,9 +159,17 @@ def dpo_objective(policy, batch, hp, state):
     return losses.dpo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"])
 
 
+def _ipo_lengths(chosen, rejected, hp):
+    """Response lengths for IPO's per-token log-ratios (`length_normalise`), else None (summed log-ratios)."""
+    if not hp["length_normalise"]:
+        return None
+    return target_mask(chosen).sum(-1), target_mask(rejected).sum(-1)
+
+
 def ipo_objective(policy, batch, hp, state):
     logp_w, logp_l = _pair_logps(policy, batch)
-    return losses.ipo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"])
+    return losses.ipo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"],
+                           _ipo_lengths(batch.chosen, batch.rejected, hp))
 
 
 def _kept_pairs(rewards, hp):
@@ -174,32 +177,39 @@ def _kept_pairs(rewards, hp):
     return (rewards[:, 0] - rewards[:, 1]).abs() >= hp["min_reward_gap"]
 
 
-def _online_pairs(policy, batch, hp, state, pair_loss):
+def _count_kept_pairs(batch, hp) -> int:
+    """On-policy DPO / IPO's loss unit: the pairs of `batch` that `min_reward_gap` keeps."""
+    return int(_kept_pairs(batch.rewards.view(-1, 2), hp).sum().item())
+
+
+def _online_pairs(policy, batch, hp, pair_loss):
     """Pairs of fresh samples ordered by the proxy reward; pairs closer than min_reward_gap are dropped, and
-    the loss is a mean over the minibatch's kept pairs. Offline pairs mixed in by sources.MixedPairs carry
-    rewards (+inf, -inf): always kept, chosen first."""
+    the loss is a mean over the kept pairs (the row's loss unit). Offline pairs mixed in by sources.MixedPairs
+    carry rewards (+inf, -inf): always kept, chosen first. A micro-batch that keeps none has a zero loss and
+    only the stats it can give (entropy, pairs_kept). `pair_loss(logp_w, logp_l, ref_w, ref_l, lengths)`, with
+    the response lengths of chosen and rejected."""
     logp, stats = _sample_logps(policy, batch)
-    logp, ref, rewards = (x.view(-1, 2) for x in (logp, batch.ref_logp, batch.rewards))
-    first_wins = rewards[:, 0] >= rewards[:, 1]
+    tokens = target_mask(batch.seqs).sum(-1)
+    logp, ref, rewards, tokens = (x.view(-1, 2) for x in (logp, batch.ref_logp, batch.rewards, tokens))
     keep = _kept_pairs(rewards, hp)
+    stats["pairs_kept"] = Mean(keep.float().mean().item(), len(keep))
     if not keep.any():
-        return logp.sum() * 0.0, stats | {"pairs_kept": 0.0}
-    w = torch.where(first_wins, 0, 1)[keep]
+        return logp.sum() * 0.0, stats
     rows = keep.nonzero().squeeze(-1)
-    loss, more = pair_loss(logp[rows, w], logp[rows, 1 - w], ref[rows, w], ref[rows, 1 - w], hp["beta"])
-    loss = loss * _share_correction(state, "step_pairs", int(keep.sum().item()), len(batch.seqs))
-    return loss, stats | more | {"pairs_kept": keep.float().mean().item()}
-
-
-online_pairs_begin_step = _count_step("step_pairs", lambda b, hp: int(_kept_pairs(b.rewards.view(-1, 2), hp).sum().item()))
+    w = torch.where(rewards[:, 0] >= rewards[:, 1], 0, 1)[keep]
+    loss, more = pair_loss(logp[rows, w], logp[rows, 1 - w], ref[rows, w], ref[rows, 1 - w],
+                           (tokens[rows, w], tokens[rows, 1 - w]))
+    return loss, stats | more
 
 
 def online_dpo_objective(policy, batch, hp, state):
-    return _online_pairs(policy, batch, hp, state, losses.dpo_loss)
+    return _online_pairs(policy, batch, hp, lambda logp_w, logp_l, ref_w, ref_l, lengths:
+                         losses.dpo_loss(logp_w, logp_l, ref_w, ref_l, hp["beta"]))
 
 
 def online_ipo_objective(policy, batch, hp, state):
-    return _online_pairs(policy, batch, hp, state, losses.ipo_loss)
+    return _online_pairs(policy, batch, hp, lambda logp_w, logp_l, ref_w, ref_l, lengths: losses.ipo_loss(
+        logp_w, logp_l, ref_w, ref_l, hp["beta"], lengths if hp["length_normalise"] else None))
 
 
 def hypo_objective(policy, batch, hp, state):
@@ -211,7 +221,8 @@ def hypo_objective(policy, batch, hp, state):
     kl = logp.detach() - batch.samples.ref_logp
     penalty = kl + hp["length_penalty"] * target_mask(batch.samples.seqs).sum(-1)
     kl_term = losses.hypo_kl_term(logp.view(-1, batch.samples.k), penalty.view(-1, batch.samples.k))
-    return loss + hp["lam"] * kl_term, stats | more | {"online_kl_k1": kl.mean().item(), "dpo_loss": loss.item()}
+    return loss + hp["lam"] * kl_term, stats | more | {"online_kl_k1": Mean(kl.mean().item(), len(kl)),
+                                                       "dpo_loss": Mean(loss.item(), len(batch.pairs))}
 
 
 ALGORITHMS = {a.name: a for a in [
@@ -232,14 +243,14 @@ ALGORITHMS = {a.name: a for a in [
               "REINFORCE, leave-one-out baseline, KL penalty; clipped importance ratio to the collecting policy"),
     Algorithm("ppo", "RL", "on_policy", True, True, ppo_objective,
               "PPO: clipped ratio, value head and GAE, per-token KL penalty (fixed or adaptive)",
-              prepare=ppo_prepare, begin_step=ppo_begin_step, value_head=True),
+              prepare=ppo_prepare, value_head=True, loss_unit=_count_response_tokens),
     Algorithm("dpo", "contrastive", "offline", True, False, dpo_objective, "DPO on the preference pairs"),
     Algorithm("ipo", "contrastive", "offline", True, False, ipo_objective, "IPO on the preference pairs"),
     Algorithm("online_dpo", "contrastive", "on_policy", True, True, online_dpo_objective,
-              "on-policy DPO: pairs of fresh samples ordered by the RM", begin_step=online_pairs_begin_step,
+              "on-policy DPO: pairs of fresh samples ordered by the RM", loss_unit=_count_kept_pairs,
               pairs_of_samples=True),
     Algorithm("online_ipo", "contrastive", "on_policy", True, True, online_ipo_objective,
-              "on-policy IPO: pairs of fresh samples ordered by the RM", begin_step=online_pairs_begin_step,
+              "on-policy IPO: pairs of fresh samples ordered by the RM", loss_unit=_count_kept_pairs,
               pairs_of_samples=True),
     Algorithm("hypo", "contrastive", "hybrid", True, False, hypo_objective,
               "HyPO: DPO on the pairs + lambda * reverse KL on unlabelled fresh samples"),

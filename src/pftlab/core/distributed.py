@@ -54,22 +54,3 @@ def all_finite(loss: torch.Tensor) -> bool:
     if world_size() > 1:
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     return bool(finite.item())
-
-
-def mean_over_processes(values: list, rows: int) -> list:
-    """Each process's per-row means, averaged over all processes weighted by their rows: what one process
-    holding the whole minibatch would log. Unchanged in a single process; a NaN anywhere is NaN everywhere."""
-    if world_size() == 1:
-        return values
-    sums = torch.tensor([v * rows for v in values] + [rows], dtype=torch.float64, device=device())
-    torch.distributed.all_reduce(sums)
-    return (sums[:-1] / sums[-1]).tolist()
-
-
-def sum_over_processes(values: list) -> list:
-    """Counts summed over all processes (e.g. a minibatch's response tokens); unchanged in a single process."""
-    if world_size() == 1:
-        return values
-    sums = torch.tensor(values, dtype=torch.float64, device=device())
-    torch.distributed.all_reduce(sums)
-    return [int(v) if float(v).is_integer() else v for v in sums.tolist()]

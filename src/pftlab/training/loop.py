@@ -57,8 +57,7 @@ def train_policy(algorithm, hp: dict, cfg: LoopKnobs, seed: int, policy, ref, so
         state["value_head"] = place(ValueHead(policy.config.hidden_size))
     parameters = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapter only
     parameters += list(state["value_head"].parameters()) if algorithm.value_head else []
-    rank, world = distributed.rank(), distributed.world_size()
-    micro = micro_batching("policy.minibatch_size", cfg.minibatch_size, cfg.micro_batch_size, world)
+    micro = micro_batching(cfg.minibatch_size, cfg.micro_batch_size, distributed.world_size())
     modules = {k: v for k, v in state.items() if isinstance(v, torch.nn.Module)}
     model = torch.nn.ModuleDict({"policy": policy, **modules}) if modules else policy  # what DeepSpeed wraps
     updater = optimization.Updater(model, parameters, cfg, total_steps, micro.accumulation, micro.size,
@@ -89,13 +88,13 @@ def train_policy(algorithm, hp: dict, cfg: LoopKnobs, seed: int, policy, ref, so
                 at.order = torch.randperm(len(batch), generator=shuffle)
             while at.minibatch * cfg.minibatch_size < len(batch):
                 first = at.minibatch * cfg.minibatch_size
-                # this process's share of the minibatch (all of it on one device), in micro-batches
-                rows = at.order[first : first + cfg.minibatch_size][rank::world]
+                rows = at.order[first : first + cfg.minibatch_size]  # the whole minibatch; the step splits it
                 if algorithm.begin_step is not None:  # once per optimizer step, on the whole minibatch
                     algorithm.begin_step(batch.select(rows), hp, state)
                 loss, stats, grad_norm = training_step(
                     updater, rows, lambda part: algorithm.objective(policy, batch.select(part), hp, state), micro.size,
-                    nonfinite, at.step, f"iteration {at.iteration}")
+                    nonfinite, at.step, f"iteration {at.iteration}",
+                    units=lambda part: algorithm.units(batch.select(part), hp))
                 elapsed = time.time() - start
                 row = {"step": at.step, "iteration": at.iteration, "loss": loss, "grad_norm": grad_norm,
                        "lr": updater.lr, "samples": at.samples,

@@ -1,39 +1,82 @@
-"""One optimizer step, shared by SFT, the reward model and every policy algorithm.
+"""One optimizer step, shared by SFT, the reward model and every policy algorithm, and the one rule for how a
+minibatch is weighted when it is split over processes and micro-batches.
 
-A step takes this process's rows of a minibatch and a `loss_fn(rows) -> (loss, stats)`; it splits the rows
-into micro-batches, back-propagates each micro-batch's mean loss weighted by its share of the rows (so the
-gradient is that of the whole minibatch's mean, however it is split), agrees with the other processes on
-whether the loss is finite, averages the logged loss and stats over micro-batches and processes, and then
-updates, skips (counted, up to `max_nonfinite`) or stops on a non-finite loss or gradient.
+The rule: an objective's loss is a mean over its unit (rows, response tokens, pairs kept), so the step counts
+that unit over the whole minibatch before any backward pass (`units(rows) -> int`; every process holds the
+whole minibatch) and back-propagates each micro-batch's mean loss weighted by its share of that count. Each
+process takes `rows[rank::world]`; shares may differ by a row, and the weight includes `world` because
+DeepSpeed averages the processes' gradients. The gradient is then the whole minibatch's, however it is split.
+Every process runs the same number of micro-batches (a process whose share runs out repeats a row with weight
+0), so the collectives of DeepSpeed and ZeRO-3's forward passes stay in step.
+
+Every logged number follows the same rule: the loss is weighted by its unit, each stat by the count it
+averages over (`losses.Mean`; a plain float counts the micro-batch's rows). A stat that a micro-batch or a
+process cannot produce (no pair kept) has count 0 there and is left out of the mean; if no one produced it,
+it is absent from the step's row. The stats travel between processes as (sum, count) per key, so a process
+that lacks a key never breaks the collective. One unsplit minibatch logs its values untouched.
 """
 import math
 from dataclasses import dataclass
 
 from pftlab.core import distributed
-from pftlab.core.errors import ParamError, PftlabError
+from pftlab.core.errors import PftlabError
 
 
 @dataclass(frozen=True)
 class MicroBatching:
-    """How one minibatch is split: `size` rows per micro-batch on each process, `accumulation` of them."""
+    """How one minibatch is split: `size` rows per micro-batch, `accumulation` micro-batches per process."""
     size: int
     accumulation: int
 
 
-def micro_batching(section: str, batch_size: int, micro_batch_size=None, world: int = 1) -> MicroBatching:
-    """The one rule for every loop: each of `world` processes gets batch_size / world rows (the batch must
-    divide evenly, or process shares would weigh unequally), split into micro-batches of `micro_batch_size`
-    rows (default: no split); a shorter last micro-batch is exact, since each is weighted by its rows."""
-    if batch_size % world:
-        raise ParamError(f"params.yaml: '{section}' ({batch_size}) must be a multiple of the {world} processes")
-    per_process = batch_size // world
+def micro_batching(batch_size: int, micro_batch_size=None, world: int = 1) -> MicroBatching:
+    """Micro-batches of `micro_batch_size` rows (default: no split) of a process's share of a `batch_size`
+    minibatch (at most ceil(batch_size / world) rows). Any split is exact under `accumulate`'s rule."""
+    per_process = -(-batch_size // world)
     micro = min(micro_batch_size or per_process, per_process)
-    return MicroBatching(micro, math.ceil(per_process / micro))
+    return MicroBatching(micro, -(-per_process // micro))
 
 
 def split(rows, size: int) -> list:
     """Consecutive micro-batches of `size` rows (a list or a 1-D index tensor)."""
     return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def process_parts(rows, micro_size: int, rank: int, world: int) -> list:
+    """This process's micro-batches of the minibatch `rows`: (part, counts) pairs. Every process gets the same
+    number of them, the most any process needs; the missing ones repeat the minibatch's first row and count
+    for nothing (counts False)."""
+    mine = rows[rank::world]
+    parts = [(part, True) for part in split(mine, micro_size)]
+    needed = -(-(-(-len(rows) // world)) // micro_size)
+    return parts + [(rows[:1], False)] * (needed - len(parts))
+
+
+class WeightedMeans:
+    """Per key, the (sum, count) of a mean over micro-batches and processes."""
+
+    def __init__(self):
+        self.parts = {}  # key -> list of (value, count)
+
+    def add(self, key: str, value: float, count: int):
+        if count > 0:
+            self.parts.setdefault(key, []).append((float(value), count))
+        else:
+            self.parts.setdefault(key, [])
+
+    def over_processes(self) -> dict:
+        """key -> the mean over every process's parts (keys in first-seen order; absent where no part counted)."""
+        merged = {}
+        for parts in distributed.all_gather(self.parts):
+            for key, values in parts.items():
+                merged.setdefault(key, []).extend(values)
+        return {key: _mean(values) for key, values in merged.items() if values}
+
+
+def _mean(values: list) -> float:
+    if len(values) == 1:  # one part: the value as it was computed (no round trip through sum / count)
+        return values[0][0]
+    return math.fsum(v * c for v, c in values) / sum(c for _, c in values)
 
 
 class NonFiniteSteps:
@@ -51,29 +94,35 @@ class NonFiniteSteps:
                               f"lower the learning rate; {last}")
 
 
-def accumulate(updater, rows, loss_fn, micro_size: int):
-    """Zero the gradients and back-propagate `rows` in micro-batches. Returns the loss and stats averaged
-    over micro-batches and processes (what one process holding the whole minibatch would log)."""
+def accumulate(updater, rows, loss_fn, micro_size: int, units=len):
+    """Zero the gradients and back-propagate this process's micro-batches of the minibatch `rows` (all of it,
+    as every process holds it), each weighted by its share of `units(rows)`. Returns the loss and stats that
+    one process holding the whole minibatch would log (the loss NaN if any micro-batch's was not finite)."""
     updater.zero_grad()
-    losses, parts_stats = [], []
-    parts = split(rows, micro_size)
-    for i, part in enumerate(parts):
+    rank, world = distributed.rank(), distributed.world_size()
+    total = units(rows)
+    means, finite = WeightedMeans(), True
+    parts = process_parts(rows, micro_size, rank, world)
+    for i, (part, counts) in enumerate(parts):
         part_loss, part_stats = loss_fn(part)
-        if distributed.all_finite(part_loss):
-            updater.backward(part_loss, len(part) / len(rows), last=i == len(parts) - 1)
-        losses.append(part_loss.item())
-        parts_stats.append(part_stats)
-    loss, stats = sum(losses) / len(losses), parts_stats[0]
-    if len(parts_stats) > 1:  # the minibatch's stats: the mean over its micro-batches
-        stats = {k: sum(s[k] for s in parts_stats) / len(parts_stats) for k in stats}
-    loss, *means = distributed.mean_over_processes([loss, *stats.values()], len(rows))
-    return loss, dict(zip(stats, means))
+        count = units(part) if counts else 0
+        if distributed.all_finite(part_loss):  # agreed: every process back-propagates, or none does
+            updater.backward(part_loss, world * count / total if total else 0.0, last=i == len(parts) - 1)
+        else:
+            finite = False
+        means.add("loss", part_loss.item(), count)
+        for key, value in part_stats.items():
+            means.add(key, value, (getattr(value, "count", len(part))) if counts else 0)
+    stats = means.over_processes()
+    loss = stats.pop("loss", 0.0) if finite else float("nan")
+    return loss, stats
 
 
-def training_step(updater, rows, loss_fn, micro_size: int, nonfinite: NonFiniteSteps, step: int, where: str):
+def training_step(updater, rows, loss_fn, micro_size: int, nonfinite: NonFiniteSteps, step: int, where: str,
+                  units=len):
     """Accumulate, then update. A non-finite loss or gradient skips the update (the schedule moves on) and
     is counted by `nonfinite`, which stops the stage past its allowance. Returns (loss, stats, grad_norm)."""
-    loss, stats = accumulate(updater, rows, loss_fn, micro_size)
+    loss, stats = accumulate(updater, rows, loss_fn, micro_size, units)
     finite = math.isfinite(loss)
     grad_norm = updater.step() if finite else float("nan")
     if not math.isfinite(grad_norm):

@@ -16,14 +16,14 @@ from pftlab.training.step import NonFiniteSteps, micro_batching, training_step
 
 
 def train_supervised(model, examples: list, cfg: SupervisedConfig, seed: int, batch_loss, *, section: str,
-                     evaluate=None, eval_every: int = 25, tracker=None, checkpointer=None, desc="train"):
-    """`batch_loss(list of examples) -> (loss, stats dict)`; `evaluate() -> dict` every `eval_every` steps and
-    at the last. `cfg`: the params section (`sft`, `reward_model`) with its optimiser knobs. Returns the
-    per-step history."""
+                     units=len, evaluate=None, eval_every: int = 25, tracker=None, checkpointer=None, desc="train"):
+    """`batch_loss(list of examples) -> (loss, stats dict)`, the loss a mean over `units(examples)` (rows by
+    default; SFT: response tokens), which weighs micro-batches and processes (`step.accumulate`);
+    `evaluate() -> dict` every `eval_every` steps and at the last. `cfg`: the params section (`sft`,
+    `reward_model`) with its optimiser knobs. Returns the per-step history."""
     steps_per_epoch = -(-len(examples) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    rank, world = distributed.rank(), distributed.world_size()
-    micro = micro_batching(f"{section}.batch_size", cfg.batch_size, cfg.micro_batch_size, world)
+    micro = micro_batching(cfg.batch_size, cfg.micro_batch_size, distributed.world_size())
     updater = optimization.Updater(model, list(model.parameters()), cfg, total, micro.accumulation, micro.size,
                                    cfg.weight_decay, cfg.deepspeed)
     nonfinite = NonFiniteSteps(cfg.skip_nonfinite_steps or 0, f"{section}.skip_nonfinite_steps", checkpointer)
@@ -54,9 +54,8 @@ def train_supervised(model, examples: list, cfg: SupervisedConfig, seed: int, ba
         while run["position"] < len(examples):
             step = run["step"]
             chunk = [examples[j] for j in run["order"][run["position"] : run["position"] + cfg.batch_size]]
-            mine = chunk[rank::world]  # this process's share of the batch (all of it on one device)
-            loss, stats, _ = training_step(updater, mine, batch_loss, micro.size, nonfinite, step,
-                                           f"{desc}, epoch {run['epoch']}")
+            loss, stats, _ = training_step(updater, chunk, batch_loss, micro.size, nonfinite, step,
+                                           f"{desc}, epoch {run['epoch']}", units)
             row = {"step": step, "epoch": run["epoch"], "train_loss": loss, **stats}
             if evaluate is not None and (step % eval_every == 0 or step == total - 1):
                 row |= evaluate()
@@ -74,25 +73,39 @@ def train_supervised(model, examples: list, cfg: SupervisedConfig, seed: int, ba
 
 
 # --- the two supervised trainings of the pipeline ----------------------------------------------------
-def train_sft(model, train, held_out, cfg, pad_id, seed, tracker=None, eval_every=25, checkpointer=None):
-    """`train`/`held_out`: lists of (prompt_ids, response_ids). Returns per-step history."""
-
+def sft_batch_loss(model, pad_id):
+    """SFT's loss on a list of (prompt_ids, response_ids): the mean NLL per response token."""
     def batch_loss(chunk):
         seqs = pack([c[0] for c in chunk], [c[1] for c in chunk], pad_id).to(model)
         loss, _ = sft_loss(token_logprobs(model, seqs), target_mask(seqs))
         return loss, {}
+    return batch_loss
 
-    return train_supervised(model, train, cfg, seed, batch_loss, section="sft",
+
+def sft_units(pad_id):
+    """What SFT's loss averages over: response tokens, so a batch's gradient is its per-token mean however it
+    is split (the gradient-accumulation fix transformers made in 2024)."""
+    return lambda chunk: int(target_mask(pack([c[0] for c in chunk], [c[1] for c in chunk], pad_id)).sum())
+
+
+def reward_model_batch_loss(rm, pad_id):
+    """Bradley-Terry on a list of preference pairs (dicts of prompt_ids / chosen_ids / rejected_ids)."""
+    def batch_loss(chunk):
+        chosen, rejected = pack_pairs(chunk, pad_id)
+        loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
+        return loss, {"train_accuracy": stats["accuracy"]}
+    return batch_loss
+
+
+def train_sft(model, train, held_out, cfg, pad_id, seed, tracker=None, eval_every=25, checkpointer=None):
+    """`train`/`held_out`: lists of (prompt_ids, response_ids). Returns per-step history."""
+    return train_supervised(model, train, cfg, seed, sft_batch_loss(model, pad_id), section="sft",
+                            units=sft_units(pad_id),
                             evaluate=lambda: {"eval_loss": eval_loss(model, held_out, pad_id)}, eval_every=eval_every,
                             tracker=tracker, checkpointer=checkpointer, desc="sft")
 
 
 def train_reward_model(rm, train_pairs, cfg, pad_id, seed, tracker=None, checkpointer=None):
     """Bradley-Terry on preference pairs (dicts of prompt_ids / chosen_ids / rejected_ids)."""
-    def batch_loss(chunk):
-        chosen, rejected = pack_pairs(chunk, pad_id)
-        loss, stats = bradley_terry_loss(score(rm, chosen), score(rm, rejected))
-        return loss, {"train_accuracy": stats["accuracy"]}
-
-    return train_supervised(rm, train_pairs, cfg, seed, batch_loss, section="reward_model", tracker=tracker,
-                            checkpointer=checkpointer, desc="reward model")
+    return train_supervised(rm, train_pairs, cfg, seed, reward_model_batch_loss(rm, pad_id), section="reward_model",
+                            tracker=tracker, checkpointer=checkpointer, desc="reward model")

@@ -95,7 +95,8 @@ def _batch(source, k=4, prompts=3):
 
 
 HP = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "kl_coef": 0.05, "baseline_decay": 0.9,
-      "min_reward_gap": 0.0, "length_normalise": True, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1", "adaptive_kl": True, "kl_target": 1.0,
+      "min_reward_gap": 0.0, "length_normalise": True, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1",
+      "adaptive_kl": True, "kl_target": 1.0,
       "kl_horizon": 100, "clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "gae_lambda": 0.95}
 
 

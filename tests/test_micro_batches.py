@@ -4,7 +4,6 @@ processes (a 7-row minibatch: shares of 4 and 3 rows), give the same gradient an
 stats (`step.accumulate`, the one rule). Rows have responses of unequal length, so a per-micro-batch token
 mean would differ; on-policy DPO / IPO drop pairs by `min_reward_gap` so that a micro-batch and a process
 keep none."""
-import copy
 import os
 
 import pytest

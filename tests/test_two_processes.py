@@ -157,10 +157,11 @@ def test_steps_on_the_gathered_samples_are_the_one_process_steps(two_process_run
 
 def assert_same_weights(ranks: dict, alone: dict, start: dict, steps: int):
     """Weights after `steps` steps of two float32 runs that sum in another order: each tensor's difference is
-    bounded by what that order can produce, a small share of how far the tensor moved (measured on this CPU: at
-    most 9e-5 of it after 12 steps, an attention bias 1.2e-5 apart in absolute terms; Adam turns a rounding-sized gradient difference on a near-zero gradient
-    into an lr-sized step, so a fixed absolute bound is broken by rounding alone). A real difference in the
-    gradient (13% from unequal process weights, say) moves weights by a large share of their movement."""
+    bounded by what that order can produce, a small share of how far the tensor moved. Measured on this CPU: at
+    most 9e-5 of it after 12 steps (an attention bias 1.2e-5 apart in absolute terms). Adam turns a
+    rounding-sized gradient difference on a near-zero gradient into an lr-sized step, so a fixed absolute
+    bound is broken by rounding alone; a real difference in the gradient (13% from unequal process weights,
+    say) moves weights by a large share of their movement."""
     for key, value in alone.items():
         moved = (value - start[key]).norm().item()
         off = (ranks[key] - value).norm().item()

@@ -48,7 +48,7 @@ def process_parts(rows, micro_size: int, rank: int, world: int) -> list:
     for nothing (counts False)."""
     mine = rows[rank::world]
     parts = [(part, True) for part in split(mine, micro_size)]
-    needed = -(-(-(-len(rows) // world)) // micro_size)
+    needed = math.ceil(math.ceil(len(rows) / world) / micro_size)
     return parts + [(rows[:1], False)] * (needed - len(parts))
 
 

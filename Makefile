@@ -28,14 +28,16 @@ repro: setup
 	dvc repro
 
 # Two workers, one test file each at a time (--dist loadfile keeps a file's pipeline fixture in one worker):
-# the smoke pipeline runs beside the hh-smollm pipeline and the unit tests, using both cores.
+# the smoke pipeline runs beside the hh-smollm pipeline and the unit tests, using both cores. Beside each
+# other, OpenMP's default active wait spins torch's idle threads against the other worker's (3-15x slower
+# beside a busy neighbour); passive waiting gives the core back, and no number changes.
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 test-fast: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV)

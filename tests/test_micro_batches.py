@@ -4,6 +4,7 @@ processes (a 7-row minibatch: shares of 4 and 3 rows), give the same gradient an
 stats (`step.accumulate`, the one rule). Rows have responses of unequal length, so a per-micro-batch token
 mean would differ; on-policy DPO / IPO drop pairs by `min_reward_gap` so that a micro-batch and a process
 keep none."""
+import copy
 import os
 
 import pytest
@@ -201,3 +202,41 @@ def test_every_process_runs_as_many_micro_batches():
     assert [p for p, _ in first] == [[0], [2], [4], [6]] and all(c for _, c in first)
     assert [p for p, _ in second] == [[1], [3], [5], [0]] and [c for _, c in second] == [True, True, True, False]
     assert step.process_parts([0], 2, 1, 2) == [([0], False)]  # a process with no row still steps with the others
+
+
+def test_a_non_finite_micro_batch_ends_the_step_with_a_nan_loss():
+    """A NaN in a micro-batch that counts for nothing (no pair kept) still makes the step's loss NaN (so it is
+    skipped), and nothing after it is back-propagated: a later micro-batch cannot close the step on a partial
+    gradient."""
+    parameters, index, loss_fn, units = case("online_dpo", 8)
+    backward_calls = []
+
+    class Recording(Summing):
+        def backward(self, loss, weight=1.0, last=True):
+            backward_calls.append(last)
+
+    def nan_in_the_first(part):
+        loss, stats = loss_fn(part)
+        return (loss * float("nan") if part[0] == 0 else loss), stats
+
+    loss, stats = step.accumulate(Recording(parameters), index, nan_in_the_first, 3, units)
+    assert loss != loss and "loss" not in stats and backward_calls == []
+    assert step._mean([(float("inf"), 2), (float("-inf"), 1)]) != step._mean([(1.0, 1)])  # no fsum ValueError
+
+
+def test_mean_keeps_its_count_through_pickle_and_copy():
+    import pickle
+
+    from pftlab.algorithms.losses import Mean
+
+    for twin in (pickle.loads(pickle.dumps(Mean(0.25, 3))), copy.deepcopy(Mean(0.25, 3))):
+        assert twin == 0.25 and twin.count == 3 and isinstance(twin, Mean)
+
+
+def test_skipping_non_finite_steps_under_deepspeed_micro_batches_is_refused():
+    from pftlab.core.errors import ParamError
+    from tests.test_checkpoint import CFG, loop_config
+
+    cfg = loop_config(CFG | {"skip_nonfinite_steps": 1})
+    with pytest.raises(ParamError, match="skip_nonfinite_steps"):
+        Updater(tiny_model(), list(tiny_model().parameters()), cfg, 4, accumulation=2, deepspeed="configs/deepspeed/zero2.json")

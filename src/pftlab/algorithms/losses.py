@@ -17,6 +17,9 @@ class Mean(float):
         mean.count = int(count)
         return mean
 
+    def __reduce__(self):  # pickle and deepcopy through __new__'s two arguments
+        return Mean, (float(self), self.count)
+
 
 def _mean(x: torch.Tensor) -> Mean:
     return Mean(x.float().mean().item(), x.numel())

@@ -192,14 +192,14 @@ def _online_pairs(policy, batch, hp, pair_loss):
     tokens = target_mask(batch.seqs).sum(-1)
     logp, ref, rewards, tokens = (x.view(-1, 2) for x in (logp, batch.ref_logp, batch.rewards, tokens))
     keep = _kept_pairs(rewards, hp)
-    stats["pairs_kept"] = Mean(keep.float().mean().item(), len(keep))
+    kept = {"pairs_kept": Mean(keep.float().mean().item(), len(keep))}
     if not keep.any():
-        return logp.sum() * 0.0, stats
+        return logp.sum() * 0.0, stats | kept
     rows = keep.nonzero().squeeze(-1)
     w = torch.where(rewards[:, 0] >= rewards[:, 1], 0, 1)[keep]
     loss, more = pair_loss(logp[rows, w], logp[rows, 1 - w], ref[rows, w], ref[rows, 1 - w],
                            (tokens[rows, w], tokens[rows, 1 - w]))
-    return loss, stats | more
+    return loss, stats | more | kept
 
 
 def online_dpo_objective(policy, batch, hp, state):

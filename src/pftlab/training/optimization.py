@@ -39,6 +39,9 @@ class Updater:
         self.scheduler = get_scheduler(SCHEDULES[cfg.lr_schedule], self.optimizer,
                                        num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
         self.engine, self.engine_dir, self._last_tag = None, None, None
+        if deepspeed and accumulation > 1 and getattr(cfg, "skip_nonfinite_steps", None):
+            raise ParamError("skip_nonfinite_steps > 0 with DeepSpeed and micro-batches cannot skip exactly (ZeRO reduces "
+                             "each micro-batch's gradient as it goes): set skip_nonfinite_steps: 0 or no micro_batch_size")
         if deepspeed:
             self.engine = deepspeed_engine(model, self.optimizer, self.scheduler, deepspeed, micro_batch_size,
                                            accumulation, cfg.max_grad_norm)
@@ -48,8 +51,8 @@ class Updater:
             self.optimizer.zero_grad(set_to_none=True)
 
     def backward(self, loss, weight: float = 1.0, last: bool = True):
-        """`loss`: a micro-batch's mean; `weight`: its share of this process's rows in the step, so that the
-        gradient is that of the mean over all of them even when the last minibatch of an epoch is short."""
+        """`loss`: a micro-batch's mean over its units; `weight`: what `step.accumulate` gives it (the processes
+        times its share of the whole minibatch's units), so that the gradient is the whole minibatch's mean."""
         if self.engine is None:
             (loss * weight).backward()
         else:  # DeepSpeed: our weights instead of its 1/accumulation, and the step's boundary set by us

@@ -76,7 +76,9 @@ class WeightedMeans:
 def _mean(values: list) -> float:
     if len(values) == 1:  # one part: the value as it was computed (no round trip through sum / count)
         return values[0][0]
-    return math.fsum(v * c for v, c in values) / sum(c for _, c in values)
+    weighted = [v * c for v, c in values]
+    total = math.fsum(weighted) if all(map(math.isfinite, weighted)) else sum(weighted)  # fsum raises on inf - inf
+    return total / sum(c for _, c in values)
 
 
 class NonFiniteSteps:
@@ -97,7 +99,9 @@ class NonFiniteSteps:
 def accumulate(updater, rows, loss_fn, micro_size: int, units=len):
     """Zero the gradients and back-propagate this process's micro-batches of the minibatch `rows` (all of it,
     as every process holds it), each weighted by its share of `units(rows)`. Returns the loss and stats that
-    one process holding the whole minibatch would log (the loss NaN if any micro-batch's was not finite)."""
+    one process holding the whole minibatch would log. A non-finite micro-batch (on any process) ends the step
+    there: nothing after it is back-propagated, so a later one cannot close the step on a partial gradient, and
+    the loss is NaN (the step is then skipped or stops the stage)."""
     updater.zero_grad()
     rank, world = distributed.rank(), distributed.world_size()
     total = units(rows)
@@ -106,16 +110,16 @@ def accumulate(updater, rows, loss_fn, micro_size: int, units=len):
     for i, (part, counts) in enumerate(parts):
         part_loss, part_stats = loss_fn(part)
         count = units(part) if counts else 0
-        if distributed.all_finite(part_loss):  # agreed: every process back-propagates, or none does
-            updater.backward(part_loss, world * count / total if total else 0.0, last=i == len(parts) - 1)
-        else:
+        if not distributed.all_finite(part_loss):  # agreed: every process stops here, or none does
             finite = False
+            break
+        updater.backward(part_loss, world * count / total if total else 0.0, last=i == len(parts) - 1)
         means.add("loss", part_loss.item(), count)
         for key, value in part_stats.items():
             means.add(key, value, (getattr(value, "count", len(part))) if counts else 0)
     stats = means.over_processes()
-    loss = stats.pop("loss", 0.0) if finite else float("nan")
-    return loss, stats
+    loss = stats.pop("loss", 0.0)
+    return (loss if finite else float("nan")), stats
 
 
 def training_step(updater, rows, loss_fn, micro_size: int, nonfinite: NonFiniteSteps, step: int, where: str,

@@ -118,12 +118,16 @@ def case(name: str, rows: int):
             lambda part: algorithm.units(batch.select(part), hp))
 
 
+def flat_gradient(parameters) -> torch.Tensor:
+    return torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in parameters])
+
+
 def gradient_loss_stats(name: str, rows: int, micro: int):
     """This process's weighted gradient, and the loss and stats `accumulate` logs, for one minibatch."""
     parameters, index, loss_fn, units = case(name, rows)
     updater = Summing(parameters)
     loss, stats = step.accumulate(updater, index, loss_fn, micro, units)
-    grad = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in parameters])
+    grad = flat_gradient(parameters)
     return grad, loss, stats
 
 
@@ -153,7 +157,7 @@ def test_the_check_sees_a_per_micro_batch_normaliser(monkeypatch):
         parameters, index, loss_fn, _ = case(name, 8)
         updater = Summing(parameters)
         step.accumulate(updater, index, loss_fn, 3, len)
-        by_rows = torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in parameters])
+        by_rows = flat_gradient(parameters)
         assert (whole[0] - by_rows).abs().max() > 1e-3 * whole[0].abs().max(), name
 
 

@@ -2,8 +2,10 @@
 on the aligned and misaligned rewards, every seed of a cell in one batched run, and the sample-reuse
 ablation (metrics/didactic/bandit.json; curves, mean, 95% interval, min and max over seeds, in
 metrics/curves/bandit_<reward>_<offline|on_policy>.csv and bandit_reuse.csv)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from statistics import mean
 
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from pftlab.core.io import write_csv
 from pftlab.core.stage import run_stage
 from pftlab.core.stats import mean_ci
+from pftlab.core.threads import thread_count
 from pftlab.didactic import bandit
 
 
@@ -48,7 +51,7 @@ def main(p, tracker):
     cells = [(r, m, s) for r in b["rewards"] for m in cfg.methods for s in ("offline", "on_policy")]
     cells += [("misaligned", m, f"reuse_{t}") for m in cfg.reuse.methods for t in cfg.reuse.values]
     jobs = [(cfg, dict(b["rewards"]), *cell) for cell in cells]
-    workers = min(len(jobs), os.cpu_count() or 1)
+    workers = min(len(jobs), thread_count())  # this process's cores (core/threads.py), one cell each
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         outs = list(tqdm(pool.map(run_cell, jobs), total=len(jobs), desc=f"bandit cells (all seeds at once, {workers} at a time)",
                          disable=None))

@@ -1,5 +1,8 @@
 """Stage coverage: Song et al.'s synthetic experiments, RLHF / DPO / HyPO with and without function
 approximation over several seeds (metrics/didactic/coverage.json, curves in metrics/curves/coverage_<kind>.csv)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 from statistics import mean
 
 import torch

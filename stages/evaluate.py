@@ -2,6 +2,9 @@
 policy under the task's gold reward and reward model. `sft` = the SFT baseline; the main task's
 evaluate@sft also draws the reference samples every win rate is judged against. Writes
 metrics/[variants/<gold>/]eval/<name>.json and data/[variants/<gold>/]eval/<name>.jsonl."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 import sys
 
 import numpy as np

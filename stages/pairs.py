@@ -1,6 +1,9 @@
 """Stage pairs (pairs_variant@<gold> with --variant <gold>): the SFT sample pairs labelled by a gold
 reward through Bradley-Terry (Tajwar et al.'s synthetic LLM problem), or with `pairs.source: human` the
 data's own labelled pairs, judged later by the reward model. Writes <task>/pairs/{pairs.jsonl, gold.json}."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 import numpy as np
 
 from pftlab.core.errors import ParamError

@@ -2,6 +2,9 @@
 with --seed <s>, another training seed): fine-tune the SFT policy with one algorithm of the table on the task's
 pairs and reward model (<task>/policy/<algorithm>/, metrics/[variants/<gold>/]policy/<algorithm>.json and
 curves/policy_<algorithm>.csv; core/paths.py)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 import dataclasses
 import sys
 

@@ -2,6 +2,9 @@
 folder under data/raw/ or a pinned hub dataset, in one of the layouts of lm/layouts.py) -> SFT examples,
 prompts and preference pairs per split (data/prepared/), rendered with the model's chat template if it has
 one. Every skipped row is counted with its line and reason in metrics/prepare.json."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 from pftlab.core.io import atomic_dir, atomic_write_jsonl
 from pftlab.core.stage import run_stage
 from pftlab.lm.data import check_tracked, prepare, read_pairs, source_spec

@@ -1,6 +1,9 @@
 """Stage report: metrics/report.md and metrics/claims.json: the claims with verdicts, the LLM tasks' tables
 (over training seeds for the policies of `training_seeds`, and for every policy when metrics/seeds/ holds other
 whole runs' seeds), figures and stage times."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 from pftlab.core.stage import run_stage
 from pftlab.reporting.report import build_report
 

@@ -1,5 +1,8 @@
 """Stage reward_model (reward_model_variant@<gold> with --variant <gold>): SFT backbone + scalar head trained
 with Bradley-Terry on the task's pairs (<task>/reward_model/)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 import numpy as np
 from transformers.utils import logging as hf_logging
 

@@ -1,5 +1,8 @@
 """Stage sft: prompt -> chosen reply, on a GPT-2-style LM from scratch or on a pretrained model
 (`model.pretrained`, saved here in Hugging Face format) (models/sft/)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 from transformers.utils import logging as hf_logging
 
 from pftlab.core.distributed import is_main_process

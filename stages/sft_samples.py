@@ -1,5 +1,8 @@
 """Stage sft_samples: two SFT samples per train prompt (data/sft_samples/samples.jsonl). Every gold
 reward of the LLM task (stages pairs, pairs_variant@<gold>) labels these same responses."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 import numpy as np
 from transformers.utils import logging as hf_logging
 

@@ -1,5 +1,8 @@
 """Stage token_bandit: Tajwar et al.'s token-level bandit through the LLM trainer, offline and on-policy
 methods on the aligned and misaligned rewards over several seeds (metrics/didactic/token_bandit.json)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 from statistics import mean
 
 from tqdm.auto import tqdm

@@ -1,5 +1,8 @@
 """Stage tokenizer: a byte-level BPE trained on the SFT training text, or a pretrained model's own
 tokenizer (`model.pretrained`, with a padding token of its own) (models/tokenizer/)."""
+import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
+
+# isort: split
 from pftlab.core.io import atomic_dir, read_jsonl
 from pftlab.core.stage import run_stage
 from pftlab.lm.hub import pretrained_tokenizer

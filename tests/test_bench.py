@@ -35,3 +35,28 @@ def test_collection_split_bench_runs_both_ways(tmp_path):
     result = run_bench("collection_split.py", tmp_path, "--prompts", "4", "--k", "2", "--new-tokens", "4",
                        "--repeats", "1")
     assert result["processes"] == 2 and result["seconds_one_process"] > 0 and result["seconds_2_processes"] > 0
+
+
+def test_busy_neighbour_bench_times_a_command_three_ways(tmp_path):
+    command = f"{sys.executable} -c 'import pftlab, torch; torch.randn(64, 64) @ torch.randn(64, 64)'"
+    result = run_bench("busy_neighbour.py", tmp_path, "--command", command)
+    assert result["command"] == command and result["threads"] >= 1
+    assert all(result[k] > 0 for k in ("seconds_alone", "seconds_beside_neighbour", "seconds_beside_neighbour_active_wait",
+                                       "ratio_beside_neighbour", "ratio_beside_neighbour_active_wait"))
+
+
+def test_repro_timeline_splits_wall_time_into_work_startup_and_the_rest():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from repro_timeline import timeline
+
+    lines = [(0.5, "Running stage 'prepare':"), (12.0, "stage 'prepare' done in 3.0s -> metrics/prepare.json"),
+             (15.0, "Stage 'tokenizer' didn't change, skipping"), (16.0, "Running stage 'sft':"),
+             (40.0, "stage 'sft' done in 20.0s -> metrics/sft.json"), (44.0, "")]
+    metrics = {"metrics/prepare.json": {"seconds": 3.0, "startup_seconds": 8.0},
+               "metrics/sft.json": {"seconds": 20.0, "startup_seconds": 3.5}}
+    result = timeline(lines, metrics.__getitem__)
+    assert result["wall_seconds"] == 44.0 and result["stages_run"] == 2
+    assert result["work_seconds"] == 23.0 and result["startup_seconds"] == 11.5
+    assert result["dvc_and_exit_seconds"] == 9.5  # 44 - 23 - 11.5
+    assert result["share_outside_work"] == round(1 - 23 / 44, 3) and result["per_stage_outside_work"] == 10.5
+    assert [s["stage"] for s in result["stages"]] == ["prepare", "sft"]

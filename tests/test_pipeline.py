@@ -157,7 +157,7 @@ def fingerprint(repo):
     out = {}
     for path in sorted((repo / "metrics").rglob("*.json")):
         data = json.loads(path.read_text())
-        out[str(path.relative_to(repo))] = {k: v for k, v in data.items() if k != "seconds"}
+        out[str(path.relative_to(repo))] = {k: v for k, v in data.items() if k not in ("seconds", "startup_seconds")}
     for path in sorted((repo / "metrics" / "curves").glob("*.csv")):
         lines = [line.split(",") for line in path.read_text().splitlines()]
         keep = [i for i, c in enumerate(lines[0]) if "second" not in c]

@@ -11,4 +11,15 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# Threads and OpenMP's wait policy before anything loads torch (core/threads.py): stages import pftlab first.
+from pftlab.core.threads import cooperate  # noqa: E402
+
+cooperate()
+
+# In a DVC stage's process, its MLflow writer starts now, so that its start-up overlaps the stage's imports.
+if os.environ.get("DVC_STAGE"):
+    from pftlab.core.tracking import prestart_writer
+
+    prestart_writer()
+
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 from pftlab.core.checkpoint import Checkpointer, checkpoint_dir, fingerprint, remove_checkpoint
 from pftlab.core.errors import PftlabError
@@ -22,6 +23,18 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; NaN elsewhere): what a stage spends starting Python and
+    importing its libraries before it runs, reported per stage as `startup_seconds`."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return float("nan")
+
+
 def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed", params_path="params.yaml",
               models=(), results_prefix=None):
     """Run `main(params, tracker) -> metrics dict`; write the metrics (plus wall time) atomically.
@@ -30,7 +43,7 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
     metrics also go, under this prefix, to the run of the policy the stage belongs to (held-out results).
     A PftlabError (bad param, bad data) ends the stage with its one-line message and exit status 1.
     """
-    start = time.time()
+    start, startup = time.time(), process_age()
     _running.update(name=name, sections=sections)
     try:
         check_writable(metrics_path)
@@ -46,6 +59,7 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
             if not main_process:
                 return
             metrics["seconds"] = round(time.time() - start, 2)
+            metrics["startup_seconds"] = round(startup, 2)
             torch = sys.modules.get("torch")  # only where the stage used it: light stages never import it
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
                 metrics["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)

@@ -133,12 +133,45 @@ def dvc_inputs(stage: str, lock_path="dvc.lock") -> list:
     return out
 
 
+PRESTARTED = "PFTLAB_TRACKING_WRITER"  # set once a stage process started its writer: its children start none
+_prestarted = None  # that writer, until the stage's Tracker takes it
+
+
+def _spawn_writer():
+    return subprocess.Popen([sys.executable, "-m", "pftlab.core.tracking"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def prestart_writer(env=os.environ):
+    """In a DVC stage's process, start its writer now (`import pftlab` calls this before torch loads): MLflow's
+    import and store opening (~3-7 s) then overlap the stage's own imports instead of following them.
+
+    Only where a Tracker will log: a DVC stage (`DVC_STAGE`), tracking on, rank 0 of a launch. The marker it sets
+    is inherited, so the stage's own children (spawned workers) start none."""
+    global _prestarted
+    if (not env.get("DVC_STAGE") or env.get(PRESTARTED) or env.get("PFTLAB_MLFLOW", "1") == "0"
+            or env.get("RANK", "0") != "0"):
+        return
+    env[PRESTARTED] = str(os.getpid())
+    try:
+        _prestarted = _spawn_writer()
+    except OSError:  # the Tracker tries again and warns
+        _prestarted = None
+
+
+def _take_prestarted():
+    global _prestarted
+    writer, _prestarted = _prestarted, None
+    return writer if writer is not None and writer.poll() is None else None
+
+
 class Tracker:
     """`with Tracker(stage, params) as t: t.log_metrics({...}, step)`; buffered, flushed in batches.
 
     A writer process (`python -m pftlab.core.tracking`) imports MLflow and logs what the stage sends it over a
-    pipe: the ~3 s of importing MLflow and opening its store overlap the stage's own work instead of adding to
-    it (a thread would not: both halves are Python and would take turns on the GIL). Metrics stream as they
+    pipe: the ~3 s of importing MLflow and opening its store overlap the stage's own imports and work instead of
+    adding to them (a thread would not: both halves are Python and would take turns on the GIL). Under DVC the
+    writer starts with the stage's process (`prestart_writer`), else here. Metrics stream as they
     come, so a long run can be watched live. The writer reports its first failure when the stage ends, as one
     warning; the stage never waits on a failed store nor stops for one.
 
@@ -165,11 +198,13 @@ class Tracker:
             self._finish(f"{type(err).__name__}: {err}")
 
     def __enter__(self):
+        prestarted = _take_prestarted()
         if not self.enabled:
+            if prestarted is not None:
+                prestarted.stdin.close()  # no message: it ends without touching the store's runs
             return self
         try:
-            self._writer = subprocess.Popen([sys.executable, "-m", "pftlab.core.tracking"], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, text=True)
+            self._writer = prestarted or _spawn_writer()
         except OSError as err:
             self._fail(f"{type(err).__name__}: {err}")
             return self
@@ -230,21 +265,9 @@ class Tracker:
 class _Writer:
     """The writer process's side: the nested runs of one stage (see the module docstring)."""
 
-    def __init__(self, message: dict):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        from mlflow.tracking import MlflowClient
-
+    def __init__(self, message: dict, store: tuple):
         self.stage, self.dvc_stage = message["stage"], message["dvc_stage"]
-        self.client = _patiently(MlflowClient, tracking_uri=tracking_uri())
-        exp = _patiently(self.client.get_experiment_by_name, EXPERIMENT)
-        if exp is None:  # artifacts beside the repository's mlflow.db, not in a temporary workspace
-            artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repository_root() / "mlruns").as_uri()
-            self.exp_id = _patiently(self.client.create_experiment, EXPERIMENT, artifact_location=artifacts)
-        else:
-            self.exp_id = exp.experiment_id
-        if (exp.tags if exp else {}).get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # open on the runs table
-            _patiently(self.client.set_experiment_tag, self.exp_id, *EXPERIMENT_KIND)
+        self.client, self.exp_id = store
         self.pipeline_run = pipeline_run_id()
         commit = _git_commit()
         source = {"mlflow.source.type": "LOCAL", "mlflow.source.name": message.get("entry_point") or self.stage,
@@ -346,18 +369,41 @@ class _Writer:
             _patiently(self.client.set_terminated, run_id, status=status)
 
 
+def _open_store() -> tuple:
+    """(client, experiment id): MLflow's import and the store's opening, the slow part of a writer's start, done
+    before the stage's first message arrives."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow.tracking import MlflowClient
+
+    client = _patiently(MlflowClient, tracking_uri=tracking_uri())
+    exp = _patiently(client.get_experiment_by_name, EXPERIMENT)
+    if exp is None:  # artifacts beside the repository's mlflow.db, not in a temporary workspace
+        artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repository_root() / "mlruns").as_uri()
+        exp_id = _patiently(client.create_experiment, EXPERIMENT, artifact_location=artifacts)
+    else:
+        exp_id = exp.experiment_id
+    if (exp.tags if exp else {}).get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # open on the runs table
+        _patiently(client.set_experiment_tag, exp_id, *EXPERIMENT_KIND)
+    return client, exp_id
+
+
 def _write_from_pipe(lines):
     """The writer process: log each message of one stage's run; on the first failure stop logging (keep reading,
     so the stage is never blocked on a full pipe) and print `ERROR <why>` for the stage to warn with."""
-    writer = error = None
+    writer = error = store = None
     ended = False
+    try:
+        store = _open_store()
+    except Exception as err:  # noqa: BLE001 - reported like any later failure
+        error = f"{type(err).__name__}: {err}"
     for line in lines:
         if error:
             continue
         try:
             message = json.loads(line)
             if "open" in message:
-                writer = _Writer(message["open"])
+                writer = _Writer(message["open"], store)
             elif "metrics" in message:
                 writer.metrics(message["metrics"])
             elif "results" in message:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pftlab.core import tracking
 from pftlab.core.errors import ParamError
 from pftlab.core.io import atomic_dir, atomic_write_json
 from pftlab.core.params import Params, check_algorithm_params, check_batch, load_params
@@ -119,6 +120,30 @@ def test_tracking_logs_params_metrics_and_tags(tmp_path, monkeypatch):
     assert run.data.params["sft.lr"] == "0.001"
     assert run.data.tags["stage"] == "sft" and len(run.data.tags["pipeline_run"]) == 12
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
+
+
+@pytest.mark.parametrize("env, starts", [
+    ({"DVC_STAGE": "policy@dpo"}, True),
+    ({}, False),                                                                  # not a DVC stage
+    ({"DVC_STAGE": "policy@dpo", "PFTLAB_MLFLOW": "0"}, False),                   # tracking off
+    ({"DVC_STAGE": "policy@dpo", "RANK": "1"}, False),                            # only rank 0 tracks
+    ({"DVC_STAGE": "policy@dpo", tracking.PRESTARTED: "123"}, False),             # a child of a stage that started one
+])
+def test_a_dvc_stage_starts_its_writer_with_its_process_and_its_tracker_takes_it(env, starts, tmp_path, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(tracking, "_spawn_writer", lambda: spawned.append(object()) or subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read(); print('OK')"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True))
+    tracking.prestart_writer(env)
+    assert len(spawned) == int(starts)
+    if starts:  # inherited by the stage's children (and the writer), which start none
+        assert env[tracking.PRESTARTED] == str(os.getpid())
+    prestarted = tracking._prestarted
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with Tracker("sft", {}) as t:  # takes the prestarted writer instead of starting another
+        assert t._writer is prestarted if starts else t._writer is not None
+    assert len(spawned) == 1 and tracking._prestarted is None
 
 
 def test_readme_algorithm_table_is_the_generated_one():

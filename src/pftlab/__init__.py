@@ -16,8 +16,9 @@ from pftlab.core.threads import cooperate  # noqa: E402
 
 cooperate()
 
-# In a DVC stage's process, its MLflow writer starts now, so that its start-up overlaps the stage's imports.
-if os.environ.get("DVC_STAGE"):
+# In a DVC stage's process, its MLflow writer starts now, so that its start-up overlaps the stage's imports
+# (not in the writer itself, nor in any other child of a stage that started one: they inherit the marker).
+if os.environ.get("DVC_STAGE") and not os.environ.get("PFTLAB_TRACKING_WRITER"):
     from pftlab.core.tracking import prestart_writer
 
     prestart_writer()

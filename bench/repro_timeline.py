@@ -35,13 +35,14 @@ def timeline(lines, read_metrics) -> dict:
             stages.append({"stage": DONE.search(line)["name"], "done": round(at, 2),
                            "startup_seconds": metrics.get("startup_seconds", float("nan")),
                            "seconds": metrics.get("seconds", float("nan"))})
-    done = [s for s in stages if "done" in s]
+    done = [s for s in stages if "done" in s]  # runs: a seeds@ stage reports one per seed and kind
+    ran = sum("started" in s for s in stages) or len(done)  # DVC stages (processes)
     work = sum(s["seconds"] for s in done)
     startup = sum(s["startup_seconds"] for s in done)
-    return {"wall_seconds": round(wall, 1), "stages_run": len(done), "work_seconds": round(work, 1),
+    return {"wall_seconds": round(wall, 1), "stages_run": ran, "runs": len(done), "work_seconds": round(work, 1),
             "startup_seconds": round(startup, 1), "dvc_and_exit_seconds": round(wall - work - startup, 1),
             "share_outside_work": round(1 - work / wall, 3) if wall else float("nan"),
-            "per_stage_outside_work": round((wall - work) / len(done), 1) if done else float("nan"),
+            "per_stage_outside_work": round((wall - work) / ran, 1) if ran else float("nan"),
             "stages": done}
 
 

@@ -60,3 +60,10 @@ def test_repro_timeline_splits_wall_time_into_work_startup_and_the_rest():
     assert result["dvc_and_exit_seconds"] == 9.5  # 44 - 23 - 11.5
     assert result["share_outside_work"] == round(1 - 23 / 44, 3) and result["per_stage_outside_work"] == 10.5
     assert [s["stage"] for s in result["stages"]] == ["prepare", "sft"]
+    # a seeds@ stage: one DVC stage (one process, one start-up) reporting a run per seed and kind
+    lines += [(45.0, "Running stage 'seeds@dpo':"), (60.0, "stage 'policy_seed@dpo-1' done in 6.0s -> a.json"),
+              (70.0, "stage 'evaluate_seed@dpo-1' done in 4.0s -> b.json"), (72.0, "")]
+    metrics |= {"a.json": {"seconds": 6.0, "startup_seconds": 8.0}, "b.json": {"seconds": 4.0, "startup_seconds": 0.0}}
+    result = timeline(lines, metrics.__getitem__)
+    assert result["stages_run"] == 3 and result["runs"] == 4 and result["work_seconds"] == 33.0
+    assert result["per_stage_outside_work"] == round((72 - 33) / 3, 1)

@@ -22,7 +22,7 @@ from pftlab.reporting.report import build_report
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["dpo", "rloo", "hypo", "ppo"]  # smoke.yaml; trained as LoRA adapters (policy.reference: lora)
 VARIANTS = {"rewards": ["mode_length"], "algorithms": ["dpo"]}  # smoke.yaml: the task relabelled
-TRAINING_SEEDS = {"algorithms": ["dpo", "hypo"], "seeds": [1]}  # smoke.yaml: dpo and hypo again with seed 1
+TRAINING_SEEDS = {"algorithms": ["dpo", "hypo"], "seeds": [1, 2]}  # smoke.yaml: dpo and hypo again with seeds 1 and 2
 pytestmark = pytest.mark.slow
 
 
@@ -32,6 +32,8 @@ def copy_repo(dest: Path, params: Path = ROOT / "params" / "smoke.yaml") -> Path
     for name in files:
         if (name.startswith("metrics/") and not name.endswith("/README.md")) or not (ROOT / name).is_file():
             continue  # the committed default-run metrics must not stand in for the smoke run's (folder notes stay)
+        if name == "dvc.lock":  # the default run's: it locks nothing here, and DVC rereads and rewrites the whole
+            continue            # file after every stage (6,600 lines: ~3.6 s a stage, measured; the copy's own lock is small)
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
     shutil.copy2(params, dest / "params.yaml")
@@ -121,15 +123,19 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
         assert (repo / "models/variants/mode_length/policy" / name / "model.safetensors").exists()
         assert load(repo, f"variants/mode_length/eval/{name}.json")["kl_k3"] > 0
     assert "under the `mode_length` gold reward" in report and "| policy_variant@mode_length-dpo |" in report
-    # training seeds: dpo again with seed 1 (same SFT, pairs, RM), its own model and evaluation, and claims over seeds
-    seed_eval = load(repo, "training_seeds/s1/eval/dpo.json")
-    assert (repo / "models/training_seeds/s1/policy/dpo/model.safetensors").exists()
-    assert seed_eval["kl_k1"] != load(repo, "eval/dpo.json")["kl_k1"]  # the seed changed the run
-    assert ((repo / "models/training_seeds/s1/policy/dpo/model.safetensors").read_bytes()
-            != (repo / "models/policy/dpo/model.safetensors").read_bytes())
-    assert load(repo, "training_seeds/s1/policy/dpo.json")["steps"] == load(repo, "policy/dpo.json")["steps"]
+    # training seeds: dpo again with seeds 1 and 2 (same SFT, pairs, RM), trained and evaluated by one stage
+    # seeds@dpo: each its own model and evaluation; and claims over seeds
+    for s in TRAINING_SEEDS["seeds"]:
+        seed_eval = load(repo, f"training_seeds/dpo/s{s}/eval.json")
+        assert (repo / f"models/training_seeds/dpo/s{s}/model.safetensors").exists()
+        assert seed_eval["kl_k1"] != load(repo, "eval/dpo.json")["kl_k1"]  # the seed changed the run
+        assert ((repo / f"models/training_seeds/dpo/s{s}/model.safetensors").read_bytes()
+                != (repo / "models/policy/dpo/model.safetensors").read_bytes())
+        assert load(repo, f"training_seeds/dpo/s{s}/policy.json")["steps"] == load(repo, "policy/dpo.json")["steps"]
+        assert (repo / f"metrics/curves/training_seeds/dpo/policy_s{s}.csv").exists()
     assert "### Across training seeds" in report and "| min_length | dpo |" in report
-    assert any(c["over"] == "training seeds (0, 1)" for c in claims["8"]["checks"])  # DPO vs HyPO over seeds
+    assert "| seeds@dpo: policy_seed@dpo-2 |" in report  # stage times: the seeds' runs of one stage
+    assert any(c["over"] == "training seeds (0, 1, 2)" for c in claims["8"]["checks"])  # DPO vs HyPO over seeds
     bandit = load(repo, "didactic/bandit.json")
     assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
     assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
@@ -158,7 +164,7 @@ def fingerprint(repo):
     for path in sorted((repo / "metrics").rglob("*.json")):
         data = json.loads(path.read_text())
         out[str(path.relative_to(repo))] = {k: v for k, v in data.items() if k not in ("seconds", "startup_seconds")}
-    for path in sorted((repo / "metrics" / "curves").glob("*.csv")):
+    for path in sorted((repo / "metrics" / "curves").rglob("*.csv")):
         lines = [line.split(",") for line in path.read_text().splitlines()]
         keep = [i for i, c in enumerate(lines[0]) if "second" not in c]
         out[str(path.relative_to(repo))] = [[row[i] for i in keep if i < len(row)] for row in lines]
@@ -262,6 +268,27 @@ def test_two_processes_under_torchrun_or_accelerate_train_the_single_process_pol
     weights = [load_file(r / "models" / "policy" / "dpo" / "model.safetensors") for r in (smoke_run, repo)]
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-6
     assert load(repo, "policy/dpo.json")["final_loss"] == pytest.approx(load(smoke_run, "policy/dpo.json")["final_loss"], abs=1e-6)
+
+
+def test_a_training_seed_run_alone_equals_the_same_seed_after_another_in_one_process(smoke_run, tmp_path):
+    """seeds@dpo trains seeds 1 and 2 in one process, then evaluates them: nothing of seed 1's runs leaks into seed
+    2's. Seed 2 alone, in a fresh process, gives the same model bytes, curve and metrics; and a seed list that
+    repeats a seed is refused before any work, with one line."""
+    repo = Path(shutil.copytree(smoke_run, tmp_path / "seed2", symlinks=True))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["training_seeds"]["seeds"] = [2]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc(repo, "repro", "-s", "seeds@dpo")
+    alone, after = fingerprint(repo), fingerprint(smoke_run)
+    seed2 = [k for k in after if "training_seeds/dpo/s2" in k or k.endswith("policy_s2.csv") and "/dpo/" in k]
+    assert len(seed2) >= 4 and {k: alone[k] for k in seed2} == {k: after[k] for k in seed2}
+    assert not (repo / "models/training_seeds/dpo/s1").exists()  # only the listed seeds
+    params["training_seeds"]["seeds"] = [2, 2]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = subprocess.run([sys.executable, "stages/seeds.py", "dpo"], cwd=repo, env=env(False), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "error in stage 'seeds@dpo'" in out.stderr and "lists 2 more than once" in out.stderr
 
 
 def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
@@ -389,14 +416,15 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
 
 
 def test_eval_knob_reruns_only_evaluation_and_report(smoke_run):
-    """Runs after the other smoke tests: it changes the smoke run's params."""
+    """Runs after the other smoke tests: it changes the smoke run's params. The seeds@ stages rerun as well:
+    they train and evaluate their seeds in one process (one start-up per algorithm, not two per seed)."""
     repo = smoke_run
     assert "up to date" in dvc(repo, "status")
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("num_prompts: 16", "num_prompts: 12"))
     evaluation = {"evaluate_sft"} | {f"evaluate@{a}" for a in ALGORITHMS} | {"evaluate_variant_sft@mode_length"}
     evaluation |= {f"evaluate_variant@mode_length-{a}" for a in VARIANTS["algorithms"]}
-    evaluation |= {f"evaluate_seed@{a}-{s}" for a in TRAINING_SEEDS["algorithms"] for s in TRAINING_SEEDS["seeds"]}
+    evaluation |= {f"seeds@{a}" for a in TRAINING_SEEDS["algorithms"]}  # trains and evaluates: it reads eval too
     dry = dvc(repo, "repro", "--dry")
     planned = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
     assert evaluation <= planned <= evaluation | {"report"}, dry  # DVC's plan for `dvc repro`: no training stage

@@ -5,24 +5,26 @@ import json
 import pytest
 
 from pftlab.core.errors import DataError
-from pftlab.core.paths import Task, task_from_argv
+from pftlab.core.paths import Task, seeds_stage, task_from_argv
 from pftlab.core.stats import mean_ci
 from pftlab.reporting import claims, seeds
 from pftlab.reporting.report import seed_values, seeds_table
 
 
 def test_a_seed_run_has_its_own_files_and_shares_the_task_data():
-    task = task_from_argv(["dpo", "--seed", "2"])
-    assert task == Task(seed=2)
-    assert task.policy("dpo") == "models/training_seeds/s2/policy/dpo"
-    assert task.metrics("eval", "dpo") == "metrics/training_seeds/s2/eval/dpo.json"
-    assert task.eval_samples("dpo") == "data/training_seeds/s2/eval/dpo.jsonl"
+    task = Task(seed=2)
+    assert task.policy("dpo") == "models/training_seeds/dpo/s2"  # one folder per algorithm: the outs of seeds@dpo
+    assert task.metrics("eval", "dpo") == "metrics/training_seeds/dpo/s2/eval.json"
+    assert task.metrics("policy", "dpo") == "metrics/training_seeds/dpo/s2/policy.json"
+    assert task.eval_samples("dpo") == "data/training_seeds/dpo/s2/eval.jsonl"
+    assert task.curve("policy", "dpo") == "metrics/curves/training_seeds/dpo/policy_s2.csv"
     assert task.stage("policy", "dpo") == "policy_seed@dpo-2" and task.stage("evaluate", "dpo") == "evaluate_seed@dpo-2"
+    assert seeds_stage("dpo") == "seeds@dpo"
     assert (task.pairs, task.reward_model, task.gold) == (Task().pairs, Task().reward_model, Task().gold)  # shared
     assert task_from_argv(["dpo"]).policy("dpo") == "models/policy/dpo"
-    for bad in (["dpo", "--seed"], ["dpo", "--seed", "x"], ["dpo", "--seed", "1", "--variant", "mode_length"]):
-        with pytest.raises(SystemExit):
-            task_from_argv(bad)
+    assert task_from_argv(["dpo", "--variant", "mode_length"]) == Task("mode_length")
+    with pytest.raises(SystemExit):
+        task_from_argv(["dpo", "--variant"])
 
 
 def write(root, path, values):
@@ -53,12 +55,14 @@ def test_pipeline_seed_runs_and_their_aggregation(tmp_path):
 
 
 def test_a_missing_seed_evaluation_names_the_stage_to_run(tmp_path):
-    with pytest.raises(DataError, match="evaluate_seed@dpo-1"):
+    with pytest.raises(DataError, match="dvc repro seeds@dpo"):
         seeds.pipeline_seed_runs({"algorithms": ["dpo"], "seeds": [1]}, "min_length", tmp_path)
 
 
 @pytest.mark.parametrize("change, message", [({"algorithms": ["dpo", "rloo"]}, "rloo, not in 'algorithms'"),
                                              ({"seeds": [0, 1]}, "repeats 'seed'"),
+                                             ({"seeds": [1, 2, 1]}, "lists 1 more than once"),
+                                             ({"seeds": []}, "'training_seeds.seeds' is empty"),
                                              ({"algorithms": ["dpoo"]}, "unknown algorithm 'dpoo'")])
 def test_training_seeds_params_are_checked_before_any_work(change, message):
     from pftlab.core.errors import ParamError

@@ -153,8 +153,15 @@ class Params:
             extra = set(self["training_seeds.algorithms"]) - set(self["algorithms"])
             if extra:
                 raise ParamError(f"{self.path}: 'training_seeds.algorithms' names {', '.join(sorted(extra))}, not in 'algorithms'")
-            if self["seed"] in self["training_seeds.seeds"]:
+            seeds = self["training_seeds.seeds"]
+            if self["seed"] in seeds:
                 raise ParamError(f"{self.path}: 'training_seeds.seeds' repeats 'seed' ({self['seed']}): list the other seeds")
+            twice = sorted({s for s in seeds if seeds.count(s) > 1})
+            if twice:
+                raise ParamError(f"{self.path}: 'training_seeds.seeds' lists {', '.join(map(str, twice))} more than once")
+            if self["training_seeds.algorithms"] and not seeds:
+                raise ParamError(f"{self.path}: 'training_seeds.algorithms' names policies but 'training_seeds.seeds' is "
+                                 "empty: list seeds, or no algorithms")
         return self
 
     def check_stage_lists(self):

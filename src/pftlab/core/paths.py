@@ -4,7 +4,8 @@ The main task (labelled by `gold.reward`) uses the top-level layout; every gold 
 `variants.rewards` gets the same layout under `variants/<reward>/`. Both label the same SFT samples
 (data/sft_samples/), so tasks differ only in their labels and everything trained on them. A policy trained
 with another seed (`training_seeds`: the same SFT model, pairs and reward model) lives under
-`training_seeds/s<seed>/`.
+`training_seeds/<algorithm>/s<seed>`: one folder per algorithm, the output of its stage seeds@<algorithm>, which
+trains and evaluates every seed in one process.
 """
 import sys
 from dataclasses import dataclass
@@ -22,10 +23,6 @@ class Task:
     def _at(self, top: str, rest: str) -> str:
         return f"{top}/variants/{self.variant}/{rest}" if self.variant else f"{top}/{rest}"
 
-    def _trained(self, top: str, rest: str) -> str:
-        """Where what a policy run makes lives: per training seed, beside the task's shared data."""
-        return self._at(top, rest) if self.seed is None else f"{top}/training_seeds/s{self.seed}/{rest}"
-
     @property
     def pairs_dir(self) -> str:
         return self._at("data", "pairs")
@@ -42,22 +39,35 @@ class Task:
     def reward_model(self) -> str:
         return self._at("models", "reward_model")
 
+    def _seed_run(self, top: str, name: str) -> str:
+        return f"{top}/training_seeds/{name}/s{self.seed}"
+
     def policy(self, name: str) -> str:
-        return SFT_MODEL if name == "sft" else self._trained("models", f"policy/{name}")
+        if name == "sft":
+            return SFT_MODEL
+        return self._at("models", f"policy/{name}") if self.seed is None else self._seed_run("models", name)
 
     def eval_samples(self, name: str) -> str:
-        return self._trained("data", f"eval/{name}.jsonl")
+        return self._at("data", f"eval/{name}.jsonl") if self.seed is None else self._seed_run("data", name) + "/eval.jsonl"
 
     def metrics(self, kind: str, name: str = "") -> str:
-        """metrics/<kind>.json, or metrics/<kind>/<name>.json for per-policy kinds (policy, eval)."""
-        return self._trained("metrics", f"{kind}/{name}.json") if name else self._at("metrics", f"{kind}.json")
+        """metrics/<kind>.json, or metrics/<kind>/<name>.json for per-policy kinds (policy, eval);
+        metrics/training_seeds/<name>/s<seed>/<kind>.json for a training seed's."""
+        if not name:
+            return self._at("metrics", f"{kind}.json")
+        return self._at("metrics", f"{kind}/{name}.json") if self.seed is None else self._seed_run("metrics", name) + f"/{kind}.json"
 
     def curve(self, kind: str, name: str = "") -> str:
-        return self._trained("metrics", f"curves/{kind}_{name}.csv") if name else self._at("metrics", f"curves/{kind}.csv")
+        if not name:
+            return self._at("metrics", f"curves/{kind}.csv")
+        if self.seed is None:
+            return self._at("metrics", f"curves/{kind}_{name}.csv")
+        return f"metrics/curves/training_seeds/{name}/{kind}_s{self.seed}.csv"  # a folder of csv only: DVC plots it
 
     def stage(self, kind: str, name: str = "") -> str:
-        """The DVC stage name: policy@dpo, policy_variant@mode_length-dpo, reward_model_variant@mode_length,
-        policy_seed@dpo-1."""
+        """The DVC stage name: policy@dpo, policy_variant@mode_length-dpo, reward_model_variant@mode_length. A
+        training seed's runs are parts of stage seeds@<name> (`seeds_stage`): policy_seed@dpo-1 and
+        evaluate_seed@dpo-1 name them in MLflow, checkpoints and progress bars."""
         if self.seed is not None:
             return f"{kind}_seed@{name}-{self.seed}"
         if not self.variant:
@@ -67,22 +77,17 @@ class Task:
         return f"{kind}_variant@{self.variant}-{name}" if name else f"{kind}_variant@{self.variant}"
 
 
+def seeds_stage(name: str) -> str:
+    """The DVC stage that trains and evaluates every training seed of policy `name`."""
+    return f"seeds@{name}"
+
+
 def task_from_argv(argv=None) -> Task:
-    """The task a stage's command line names: `--variant <gold reward>` or `--seed <training seed>` (a policy
-    of the main task trained with another seed), else the main task."""
+    """The task a stage's command line names: `--variant <gold reward>`, else the main task."""
     args = sys.argv[1:] if argv is None else argv
-    if "--variant" in args and "--seed" in args:
-        raise SystemExit("--variant and --seed: training seeds are of the main task only")
-    if "--seed" in args:
-        seed = _value(args, "--seed")
-        if not seed.isdigit():
-            raise SystemExit(f"--seed needs an integer >= 0 (got {seed!r})")
-        return Task(seed=int(seed))
-    return Task(_value(args, "--variant")) if "--variant" in args else Task()
-
-
-def _value(args: list, flag: str) -> str:
-    i = args.index(flag)
+    if "--variant" not in args:
+        return Task()
+    i = args.index("--variant")
     if i + 1 >= len(args):
-        raise SystemExit(f"{flag} needs a value")
-    return args[i + 1]
+        raise SystemExit("--variant needs a value")
+    return Task(args[i + 1])

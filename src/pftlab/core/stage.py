@@ -36,14 +36,17 @@ def process_age() -> float:
 
 
 def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed", params_path="params.yaml",
-              models=(), results_prefix=None):
+              models=(), results_prefix=None, keep_checkpoint=False):
     """Run `main(params, tracker) -> metrics dict`; write the metrics (plus wall time) atomically.
 
     `models`: the model directories the stage writes, logged to MLflow as models; `results_prefix`: the
     metrics also go, under this prefix, to the run of the policy the stage belongs to (held-out results).
     A PftlabError (bad param, bad data) ends the stage with its one-line message and exit status 1.
+    A process may run several (stage seeds@: one run per training seed): each is a run of its own, the first
+    carries the process's start-up, and `keep_checkpoint` leaves its checkpoint for the caller to remove once
+    every run is written (DVC reruns the whole stage: a finished run then resumes at its end).
     """
-    start, startup = time.time(), process_age()
+    start, startup = time.time(), (process_age() if not _running else 0.0)
     _running.update(name=name, sections=sections)
     try:
         check_writable(metrics_path)
@@ -71,7 +74,8 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
             tracker.log_artifact(metrics_path)
             for path in models:
                 tracker.log_model(path)
-        remove_checkpoint(name)  # every output is written; DVC commits them when this process exits
+        if not keep_checkpoint:
+            remove_checkpoint(name)  # every output is written; DVC commits them when this process exits
     except PftlabError as err:
         print(f"error in stage '{name}': {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 1))

@@ -8,7 +8,7 @@ import matplotlib
 
 from pftlab.algorithms.table import table_markdown
 from pftlab.core.io import atomic_write_json, atomic_write_text, read_jsonl
-from pftlab.core.paths import Task
+from pftlab.core.paths import Task, seeds_stage
 from pftlab.core.stats import mean_ci
 from pftlab.reporting import claims as claims_lib
 from pftlab.reporting.paper_numbers import paper_evidence_markdown
@@ -518,12 +518,12 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         stage_files += [(task.stage(kind), root / task.metrics(kind)) for kind in ("pairs", "reward_model")]
         stage_files += [(task.stage("policy", a), root / task.metrics("policy", a)) for a in task_names if a != "sft"]
         stage_files += [(task.stage("evaluate", n), root / task.metrics("eval", n)) for n in task_names]
-    for run in seed_runs:
-        if run["experiment"] == "training_seeds":
-            task = Task(seed=run["seed"])
-            for n in run["tasks"][gold_name]:
-                stage_files += [(task.stage(kind, n), root / task.metrics(folder, n)) for kind, folder in (("policy", "policy"),
-                                                                                                         ("evaluate", "eval"))]
+    pipeline_seeds = [run for run in seed_runs if run["experiment"] == "training_seeds"]
+    for n in dict.fromkeys(n for run in pipeline_seeds for n in run["tasks"][gold_name]):
+        # stage seeds@<n>: its runs in the order it runs them, in one process (start-up on the first)
+        tasks = [Task(seed=run["seed"]) for run in pipeline_seeds if n in run["tasks"][gold_name]]
+        stage_files += [(f"{seeds_stage(n)}: {task.stage(kind, n)}", root / task.metrics(folder, n))
+                        for kind, folder in (("policy", "policy"), ("evaluate", "eval")) for task in tasks]
     stage_files += [(s, m / "didactic" / f"{s}.json") for s in ("bandit", "token_bandit", "coverage")
                     if (m / "didactic" / f"{s}.json").exists()]
     total = startup_total = 0.0

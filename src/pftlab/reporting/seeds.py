@@ -1,5 +1,5 @@
 """Training seeds of the LLM task, for the report's seed-level claims: the pipeline's own
-(`training_seeds`: stages policy_seed@ / evaluate_seed@, read by `pipeline_seed_runs`) and whole runs with
+(`training_seeds`: stages seeds@<algorithm>, read by `pipeline_seed_runs`) and whole runs with
 another `seed` collected from `dvc exp` (below).
 
     for s in 3 4 5 6; do dvc exp run --queue -S seed=$s; done && dvc queue start -j 1 && dvc queue status
@@ -75,7 +75,7 @@ def pipeline_seed_runs(training_seeds: dict, reward: str, root=".") -> list:
     """The training seeds the pipeline ran (params `training_seeds`), in the form of collected seed runs:
     `[{"seed": s, "tasks": {reward: {policy: {gold_reward, kl_k1, win_rate_vs_sft}}}}]`. A missing file is an
     error naming the stage that makes it."""
-    from pftlab.core.paths import Task
+    from pftlab.core.paths import Task, seeds_stage
 
     runs = []
     for seed in training_seeds.get("seeds", []):
@@ -83,7 +83,7 @@ def pipeline_seed_runs(training_seeds: dict, reward: str, root=".") -> list:
         for name in training_seeds.get("algorithms", []):
             path = Path(root) / task.metrics("eval", name)
             if not path.exists():
-                raise DataError(f"{path} is missing: run `dvc repro {task.stage('evaluate', name)}`")
+                raise DataError(f"{path} is missing: run `dvc repro {seeds_stage(name)}`")
             values = json.loads(path.read_text())
             policies[name] = {k: values[k] for k in KEYS if k in values}
         if policies:

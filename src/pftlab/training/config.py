@@ -74,7 +74,7 @@ class CheckpointConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainingSeedsConfig:
     """`training_seeds`: the policy stage again, for these algorithms, with each of these seeds besides `seed`
-    (the same SFT model, pairs and reward model): stages policy_seed@<algorithm>-<seed> and evaluate_seed@...,
-    and the report's intervals over training seeds."""
+    (the same SFT model, pairs and reward model): stage seeds@<algorithm> trains and evaluates them all, and the
+    report compares policies over training seeds."""
     algorithms: list = knob(list_of(lambda v: isinstance(v, str), empty=True), "a list of names from `algorithms`")
     seeds: list = knob(list_of(nonneg_int, empty=True), "a list of integers >= 0 other than `seed`")

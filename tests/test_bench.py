@@ -43,6 +43,8 @@ def test_busy_neighbour_bench_times_a_command_three_ways(tmp_path):
     assert result["command"] == command and result["threads"] >= 1
     assert all(result[k] > 0 for k in ("seconds_alone", "seconds_beside_neighbour", "seconds_beside_neighbour_active_wait",
                                        "ratio_beside_neighbour", "ratio_beside_neighbour_active_wait"))
+    quicker = run_bench("busy_neighbour.py", tmp_path, "--command", command, "--no-active-wait")  # long commands
+    assert quicker["ratio_beside_neighbour"] > 0 and quicker["seconds_beside_neighbour_active_wait"] is None
 
 
 def test_repro_timeline_splits_wall_time_into_work_startup_and_the_rest():

@@ -3,14 +3,14 @@ small multiples, seed bands that are the 95% interval over training seeds."""
 import matplotlib
 
 from pftlab.core.stats import mean_ci
-from pftlab.reporting import report
+from pftlab.reporting import figures
 
 matplotlib.use("Agg")
 
 
 def test_styles_encode_family_by_colour_and_sampling_by_line():
     names = ["sft", "pref_ft", "bon", "rloo", "ppo", "dpo", "online_dpo", "hypo"]
-    styles = report.algorithm_styles(names)
+    styles = figures.algorithm_styles(names)
     assert styles["sft"]["color"] == "black"
     assert [styles[n]["linestyle"] for n in ("bon", "pref_ft", "hypo")] == ["-", "--", ":"]
     assert [styles[n]["marker"] for n in ("online_dpo", "dpo", "hypo")] == ["o", "s", "D"]
@@ -26,7 +26,7 @@ def test_a_seed_band_is_the_95_percent_interval_over_seeds(tmp_path):
 
     runs = [[{"step": 0, "loss": 1.0}, {"step": 1, "loss": v}] for v in (0.5, 0.7, 0.9)]
     fig, ax = plt.subplots()
-    report.plot_curve(ax, runs, "loss", report.algorithm_styles(["dpo"])["dpo"], "dpo")
+    figures.plot_curve(ax, runs, "loss", figures.algorithm_styles(["dpo"])["dpo"], "dpo")
     line = ax.lines[0]
     assert list(line.get_ydata()) == [1.0, 0.7] and line.get_label() == "dpo (3 seeds)"
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
@@ -38,17 +38,17 @@ def test_a_seed_band_is_the_95_percent_interval_over_seeds(tmp_path):
 
 def test_learning_curves_and_labelled_reward_vs_kl_are_written(tmp_path):
     curve = [{"step": s, "loss": 1.0 / (s + 1), "proxy_reward": 0.1 * s, "kl_k1": 0.2 * s} for s in range(5)]
-    report.plot_learning_curves({"dpo": [curve, curve], "rloo": [curve]}, tmp_path / "a.png", tmp_path / "b.png")
+    figures.plot_learning_curves({"dpo": [curve, curve], "rloo": [curve]}, tmp_path / "a.png", tmp_path / "b.png")
     evals = {"sft": {"kl_k1": 0.0, "gold_reward": -30.0, "gold_reward_ci95": 1.0},
              "dpo": {"kl_k1": 2.0, "gold_reward": -20.0, "gold_reward_ci95": 2.0}}
-    report.plot_reward_vs_kl(evals, tmp_path / "c.png")
+    figures.plot_reward_vs_kl(evals, tmp_path / "c.png")
     assert all((tmp_path / f).stat().st_size > 5000 for f in ("a.png", "b.png", "c.png"))
 
 
 def test_reward_vs_kl_labels_do_not_overlap():
     """Four policies within a few points of each other (as ppo, rwr, reinforce and online_dpo sit): their labels
     are moved apart, each at least a label's height from any other whose x range it shares."""
-    from pftlab.reporting.report import label_offsets
+    from pftlab.reporting.figures import label_offsets
 
     points = {"ppo": (300.0, 200.0), "rwr": (305.0, 198.0), "reinforce": (310.0, 197.0), "online_dpo": (308.0, 195.0),
               "far": (100.0, 198.0)}

@@ -8,7 +8,8 @@ from pftlab.core.errors import DataError
 from pftlab.core.paths import Task, seeds_stage, task_from_argv
 from pftlab.core.stats import mean_ci
 from pftlab.reporting import claims, seeds
-from pftlab.reporting.report import seed_values, seeds_table
+from pftlab.reporting.results import seed_values
+from pftlab.reporting.tables import seeds_table
 
 
 def test_a_seed_run_has_its_own_files_and_shares_the_task_data():

@@ -8,7 +8,8 @@ functions or `if`/`try` blocks, `importlib.import_module("a.b")` with a literal 
 out, so the lock file does not carry seven files that cannot change a number). A module is "project" when it
 resolves to a file under the repository: the script's own directory (sys.path[0] for
 `python stages/x.py`) or `src/` (where the editable install points). Everything else (torch, the
-standard library) is left out. Nothing is imported, so this needs only the standard library.
+standard library) is left out. Nothing is imported: the closure needs only the standard library, and
+dvc.yaml is read with a YAML parser (PyYAML's node tree: every value with its line).
 
 CLI, from the repository root (or anywhere below it):
 
@@ -34,6 +35,8 @@ import sys
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 CODE_DIRS = ("src/", "stages/")
 KEEP_MARK = re.compile(r"#\s*deps:\s*keep\b")
@@ -173,73 +176,28 @@ def import_closure(script_path: str | os.PathLike, root: str | os.PathLike, *,
 
 
 # ---------------------------------------------------------------------------------------------------
-# dvc.yaml, read and edited by lines (comments and layout stay as they are)
+# dvc.yaml, read with a YAML parser (PyYAML's node tree, which keeps every value's line and column) and
+# edited by lines (comments and layout stay as they are)
 # ---------------------------------------------------------------------------------------------------
-
-_KEY = re.compile(r"^( *)(?:\"([^\"]*)\"|'([^']*)'|([^\s#'\"\-][^:#]*?)):(?:\s+(.*))?$")
-_ITEM = re.compile(r"^( *)- +(.*?)\s*$")
-
-
-def _is_blank(line: str) -> bool:
-    s = line.strip()
-    return not s or s.startswith("#")
-
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
-def _block_end(lines: list[str], start: int, indent: int) -> int:
-    """End (exclusive) of the value of the key on line `start` at `indent`: up to the next content line
-    that is less indented, or as indented and not a sequence item (YAML lets `key:\\n- a` share it)."""
-    i = start + 1
-    while i < len(lines):
-        line = lines[i]
-        if not _is_blank(line):
-            ind = _indent(line)
-            if ind < indent or (ind == indent and not line.lstrip(" ").startswith("- ") and line.strip() != "-"):
-                break
-        i += 1
-    while i > start + 1 and _is_blank(lines[i - 1]):  # trailing blank/comment lines belong to what follows
-        i -= 1
-    return i
+def _mapping(node) -> dict:
+    """A YAML mapping node's entries, {key text: (key node, value node)}; {} for anything else."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def _keys(lines: list[str], start: int, end: int) -> dict[str, tuple[int, int]]:
-    """The mapping keys directly inside lines[start:end] -> (line, end of its value)."""
-    out: dict[str, tuple[int, int]] = {}
-    child = None
-    i = start
-    while i < end:
-        line = lines[i]
-        if _is_blank(line):
-            i += 1
-            continue
-        ind = _indent(line)
-        if child is None:
-            child = ind
-        if ind != child:
-            i += 1
-            continue
-        m = _KEY.match(line.rstrip())
-        if m is None:
-            i += 1
-            continue
-        name = next(g for g in m.group(2, 3, 4) if g is not None).strip()
-        stop = min(_block_end(lines, i, ind), end)
-        out[name] = (i, stop)
-        i = max(stop, i + 1)
-    return out
-
-
-def _scalar(text: str) -> str:
-    """A one-line YAML scalar without its comment and quotes."""
-    text = text.strip()
-    if text[:1] in "\"'":
-        q = text[0]
-        j = text.find(q, 1)
-        return text[1:j] if j > 0 else text[1:]
-    return re.split(r"\s+#", text, maxsplit=1)[0].strip()
+def _text(node) -> str:
+    """A scalar's text, a list's items joined by spaces (a cmd may be a list of commands), else ""."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    if isinstance(node, yaml.SequenceNode):
+        return " ".join(_text(item) for item in node.value)
+    return ""
 
 
 @dataclass
@@ -266,64 +224,36 @@ class Stage:
 
 
 def read_stages(text: str) -> list[Stage]:
-    """The stages of a dvc.yaml text, by lines: each stage's cmd (foreach/matrix unexpanded) and deps."""
+    """The stages of a dvc.yaml text: each stage's cmd (foreach/matrix unexpanded), params keys, and deps with
+    the line each is on, from the parser's node tree."""
     lines = text.splitlines()
-    top = _keys(lines, 0, len(lines))
-    if "stages" not in top:
-        return []
-    s0, s1 = top["stages"]
+    stages_node = _mapping(yaml.compose(text, Loader=yaml.SafeLoader)).get("stages", (None, None))[1]
     stages = []
-    for name, (a, b) in _keys(lines, s0 + 1, s1).items():
-        body = _keys(lines, a + 1, b)
+    for name, (_, spec) in _mapping(stages_node).items():
+        body = _mapping(spec)
         if "do" in body:  # foreach: cmd and deps sit under do
-            d0, d1 = body["do"]
-            body = {**body, **_keys(lines, d0 + 1, d1)}
-        cmd = ""
-        if "cmd" in body:
-            c0, c1 = body["cmd"]
-            m = _KEY.match(lines[c0].rstrip())
-            first = (m.group(5) or "") if m else ""
-            rest = [ln.strip() for ln in lines[c0 + 1:c1] if not _is_blank(ln)]
-            first = "" if first.strip()[:1] in ("|", ">") else _scalar(first) if first.strip() else ""
-            cmd = " ".join([first] + [r[2:] if r.startswith("- ") else r for r in rest]).strip()
-        wdir = None
-        if "wdir" in body:
-            m = _KEY.match(lines[body["wdir"][0]].rstrip())
-            wdir = _scalar(m.group(5) or "") if m else None
-        st = Stage(name, cmd, None, None, wdir=wdir)
-        if "params" in body:
-            p0, p1 = body["params"]
-            for i in range(p0 + 1, p1):
-                im = _ITEM.match(lines[i])
-                if im is not None and not _is_blank(lines[i]):
-                    st.params.append(_scalar(im.group(2)).rstrip(":"))
+            body = {**body, **_mapping(body["do"][1])}
+        wdir = _text(body["wdir"][1]) if "wdir" in body else None
+        st = Stage(name, _text(body["cmd"][1]).strip() if "cmd" in body else "", None, None, wdir=wdir)
+        if "params" in body and isinstance(body["params"][1], yaml.SequenceNode):
+            for item in body["params"][1].value:  # a key, or {params file: [keys]} (named by its file)
+                st.params += [item.value] if isinstance(item, yaml.ScalarNode) else list(_mapping(item))
         if "deps" in body:
-            k0, k1 = body["deps"]
-            m = _KEY.match(lines[k0].rstrip())
-            inline = (m.group(5) or "").strip() if m else ""
-            if inline and not inline.startswith("#"):
-                raise ValueError(f"dvc.yaml, stage {name}: deps written inline ({inline!r}); "
+            key, deps = body["deps"]
+            if isinstance(deps, yaml.SequenceNode) and deps.flow_style:
+                raise ValueError(f"dvc.yaml, stage {name}: deps written inline ({lines[key.start_mark.line].strip()!r}); "
                                  f"write them as a block list, one `- path` a line")
-            st.deps_line, st.deps_end = k0, k1
-            for i in range(k0 + 1, k1):
-                im = _ITEM.match(lines[i])
-                if im is None or _is_blank(lines[i]):
+            st.deps_line = st.deps_end = key.start_mark.line
+            for item in deps.value if isinstance(deps, yaml.SequenceNode) else []:
+                if not isinstance(item, yaml.ScalarNode):
                     continue
+                line = item.start_mark.line
+                rest = lines[line][item.end_mark.column:].strip() if item.end_mark.line == line else ""
+                st.items.append(DepItem(line, item.value, rest if rest.startswith("#") else ""))
                 if st.item_indent is None:
-                    st.item_indent = len(im.group(1))
-                if len(im.group(1)) != st.item_indent:
-                    continue
-                value = im.group(2)
-                comment = ""
-                if value[:1] not in "\"'":
-                    parts = re.split(r"\s+(?=#)", value, maxsplit=1)
-                    value, comment = parts[0], (parts[1] if len(parts) > 1 else "")
-                else:
-                    q = value[0]
-                    j = value.find(q, 1)
-                    comment = value[j + 1:].strip() if j > 0 else ""
-                    value = value[1:j] if j > 0 else value[1:]
-                st.items.append(DepItem(i, value, comment))
+                    st.item_indent = _indent(lines[line])
+                st.deps_end = item.end_mark.line
+            st.deps_end += 1
         stages.append(st)
     return stages
 
@@ -467,16 +397,12 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
 
 
 def _verify(text: str, root: Path) -> None:
-    """After a rewrite: nothing left to change, and (where PyYAML is installed) it still parses to the
-    same stages, with the same non-code deps, as before."""
+    """After a rewrite: nothing left to change, and it still parses to the same stages, with the same
+    non-code deps, as before."""
     again = plan(text, root)
     bad = [p.stage.name for p in again if p.missing or p.extra]
     if bad:
         raise RuntimeError(f"rewrite did not converge for stages {bad}; dvc.yaml left as it was")
-    try:
-        import yaml  # optional: a check only
-    except ImportError:
-        return
     doc = yaml.safe_load(text)
     for p in again:
         spec = doc["stages"][p.stage.name]

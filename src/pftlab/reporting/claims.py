@@ -7,9 +7,12 @@ than two values). A claim with several checks is reproduced when all are, not re
 not, inconclusive otherwise.
 """
 import math
+from pathlib import Path
 from statistics import mean
 
+from pftlab.core.io import read_jsonl
 from pftlab.core.stats import mean_ci, t_half_width
+from pftlab.reporting.results import seed_values
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 
@@ -259,3 +262,27 @@ def all_claims(bandit: dict = None, coverage: dict = None, token_bandit: dict = 
         checks = [c | {"setting": setting} for setting, claims in parts for c in claims.get(cid, [])]
         out[cid] = {"claim": text, "verdict": combine(checks) if checks else INCONCLUSIVE, "checks": checks}
     return out
+
+
+def llm_claim_parts(tasks: dict, evals: dict, seed: int, seed_runs: list, root: Path) -> tuple:
+    """The LLM tasks' claims over held-out prompts (every policy, one training seed) and, for the policies that
+    other training seeds exist for, over training seeds too. Returns (parts, what the intervals vary over)."""
+    tasks = {r: t for r, t in tasks.items() if r in PEAK_WHERE_SFT_IS_LIKELY}  # a gold reward to judge by
+    over = "held-out prompts, one training seed"
+    gold, kl = {}, {}
+    for reward, (task, names) in tasks.items():
+        for n in names:
+            rows = read_jsonl(root / task.eval_samples(n))
+            gold.setdefault(reward, {})[n] = per_prompt(rows, "gold")
+            kl.setdefault(reward, {})[n] = per_prompt(rows, "kl_k1")
+    parts = [(f"synthetic LLM task ({reward})", llm_claims(gold[reward], kl[reward], reward, over)) for reward in gold]
+    parts.append(("synthetic LLM task (across gold rewards)", llm_peak_claims(gold, over)))
+    gold_s, kl_s = seed_values(evals, seed_runs, tasks)
+    if gold_s:
+        seeds = [seed] + [r["seed"] for r in seed_runs]
+        over_seeds = f"training seeds ({', '.join(map(str, seeds))})"
+        parts += [(f"synthetic LLM task ({reward}), policies with {len(seeds)} training seeds",
+                   llm_claims(gold_s[reward], kl_s[reward], reward, over_seeds)) for reward in gold_s]
+        parts.append(("synthetic LLM task (across gold rewards), training seeds", llm_peak_claims(gold_s, over_seeds)))
+        over = f"{over}; for {', '.join(sorted({n for g in gold_s.values() for n in g}))} also {over_seeds}"
+    return parts, over

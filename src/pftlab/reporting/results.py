@@ -1,0 +1,43 @@
+"""What the report reads from the stages' outputs: curves, the LLM tasks (main and variants) with their
+held-out evaluations, and each policy's values over training seeds."""
+import csv
+import json
+from pathlib import Path
+
+from pftlab.core.paths import Task
+
+
+def read_curve(path) -> list:
+    if not Path(path).exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
+    """{gold reward: (Task, policy names)} of the main task and every variant that has results."""
+    main_reward = json.loads((root / Task().metrics("pairs")).read_text())["gold_reward"]
+    tasks = {main_reward: (Task(), ["sft"] + list(algorithms))}
+    for reward in variants.get("rewards", []):
+        if reward != main_reward:
+            tasks[reward] = (Task(reward), ["sft"] + list(variants["algorithms"]))
+    return tasks
+
+
+def load_evals(tasks: dict, root: Path) -> dict:
+    """{gold reward: {policy: its metrics/[variants/<gold>/]eval/<policy>.json}}, read once."""
+    return {reward: {n: json.loads((root / task.metrics("eval", n)).read_text()) for n in names}
+            for reward, (task, names) in tasks.items()}
+
+
+def seed_values(evals: dict, seed_runs: list, tasks: dict) -> tuple:
+    """{reward: {policy: [this run's value, then each other seed's]}} of gold reward and KL, for the policies
+    every seed run has."""
+    gold, kl = {}, {}
+    for reward in tasks:
+        for n, own in evals.get(reward, {}).items():
+            runs = [r["tasks"].get(reward, {}).get(n) for r in seed_runs]
+            if seed_runs and all(runs):
+                gold.setdefault(reward, {})[n] = [own["gold_reward"]] + [r["gold_reward"] for r in runs]
+                kl.setdefault(reward, {})[n] = [own["kl_k1"]] + [r["kl_k1"] for r in runs]
+    return gold, kl

@@ -1,0 +1,141 @@
+"""The report's markdown: tables and short sections, each written from metrics already read (results.py)
+and verdicts already judged (claims.py)."""
+import json
+import statistics
+from pathlib import Path
+
+from pftlab.core.stats import mean_ci
+from pftlab.reporting.paper_numbers import paper_evidence_markdown
+from pftlab.reporting.results import seed_values
+
+EVAL_COLUMNS = [("gold_reward", "gold reward"), ("proxy_reward", "proxy reward"), ("kl_k1", "KL k1"),
+                ("kl_k3", "KL k3"), ("win_rate_vs_sft", "win rate vs SFT"), ("response_length", "length"),
+                ("eos_fraction", "ends with EOS")]
+
+
+# Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL
+DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w) of the training pairs"), ("logp_rejected", "log pi(y_l) of the training pairs"),
+                 ("response_tokens", "length of fresh samples (tokens)"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
+
+
+def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict) -> list:
+    """What the curves say, computed: first and last value of each quantity, per seed."""
+    lines = ["### Offline DPO, step by step", "",
+             "| seed | log pi(y_w): start -> end | log pi(y_l): start -> end | length of fresh samples: start -> end | "
+             "KL k1: end |", "|---|---|---|---|---|"]
+    for label, rows in curves.items():
+        first = lambda k: next((r[k] for r in rows if k in r), float("nan"))
+        last = lambda k: next((r[k] for r in reversed(rows) if k in r), float("nan"))
+        lines.append(f"| {label} | {first('logp_chosen'):.1f} -> {last('logp_chosen'):.1f} | {first('logp_rejected'):.1f} -> "
+                     f"{last('logp_rejected'):.1f} | {first('response_tokens'):.1f} -> {last('response_tokens'):.1f} | "
+                     f"{last('kl_k1'):.1f} |")
+    lines += ["", f"Held-out: DPO gold reward {dpo['gold_reward']:.2f} (SFT {sft['gold_reward']:.2f}), length "
+              f"{dpo['response_length']:.1f} (SFT {sft['response_length']:.1f}), ends with EOS {dpo['eos_fraction']:.2f} "
+              f"(SFT {sft['eos_fraction']:.2f}), KL k1 {dpo['kl_k1']:.1f}.", "", "![offline DPO](figures/dpo_diagnosis.png)", ""]
+    return lines
+
+
+def final_reward_table(runs: dict, title: str) -> list:
+    """Rows `reward/method[/sampling]` -> final eval reward, mean [95% CI] over seeds."""
+    lines = [f"| {title} | final eval reward, mean [95% CI over seeds] | median | min - max over seeds | seeds |",
+             "|---|---|---|---|---|"]
+    for key, v in runs.items():
+        m, half = mean_ci(v["final_reward"])
+        values = sorted(v["final_reward"])
+        lines.append(f"| {key} | {m:.3f} [{m - half:.3f}, {m + half:.3f}] | {statistics.median(values):.3f} | "
+                     f"{values[0]:.3f} - {values[-1]:.3f} | {len(values)} |")
+    return lines
+
+
+def claims_markdown(claims: dict) -> list:
+    """One row per claim: our verdict, our checks, and beside them what the papers report (paper_numbers.py)."""
+    lines = ["| claim | verdict | our checks: setting, comparison, mean [95% CI] over n, verdict | the papers: where, what they report |",
+             "|---|---|---|---|"]
+    for cid, c in claims.items():
+        checks = "<br>".join(f"{x['setting']}: {x['comparison']} ({x['quantity']}): {x['mean']:.3g} "
+                             f"[{x['ci95'][0]:.3g}, {x['ci95'][1]:.3g}] over {x['n']} {x['over']}: *{x['verdict']}*"
+                             for x in c["checks"]) or "no setting measures it in this run"
+        lines.append(f"| {cid}. {c['claim']} | **{c['verdict']}** | {checks} | {paper_evidence_markdown(cid) or '-'} |")
+    return lines
+
+
+def uncovered_mass_section(table: dict) -> list:
+    """Claim 6 examined: the uncovered mass under DPO by optimiser, parametrisation and start."""
+    lines = ["#### Claim 6: where the uncovered mass goes under DPO", "",
+             "With independent logits the DPO gradient of a pair is -beta sigma(-m) (e_w - e_l): under SGD the uncovered "
+             "logits never move and the covered logits keep their sum, so the uncovered mass rises only if the covered "
+             "probabilities become more even. From a start uniform over the covered responses (the paper's pi_ref) "
+             "it can never exceed its start (the sum of exponentials at a fixed sum is least when all are equal). "
+             "The table runs the paper's bandit under both optimisers, from other starts (random; `anti`: favouring "
+             "the responses the data calls worse) and with shared 16-dim features (src/pftlab/didactic/coverage_mass.py, "
+             "tests/test_coverage_mass.py; docs/SETUPS.md).", "",
+             "| optimiser / parametrisation / start | uncovered mass at start | at end, mean [min, max] over seeds | "
+             "seeds where it rose | change of the covered logits' sum |", "|---|---|---|---|---|"]
+    for case, v in table.items():
+        rose = sum(e > s + 1e-6 for s, e in zip(v["start"], v["end"]))
+        end = f"{statistics.mean(v['end']):.3f} [{min(v['end']):.3f}, {max(v['end']):.3f}]"
+        lines.append(f"| {case} | {statistics.mean(v['start']):.3f} | {end} | {rose} / {len(v['end'])} | "
+                     f"{statistics.mean(v['covered_logit_sum_change']):.2g} |")
+    return lines + [""]
+
+
+def sweep_section(summary: dict) -> list:
+    """The hyperparameter sweep's table per algorithm, best validation reward first, and its rule."""
+    lines = ["### Hyperparameter sweep", "", f"Selection rule: {summary['rule']}. Each row is one `dvc exp` "
+             "(`python -m pftlab.reporting.sweep`, README); the evaluated prompts' reward is shown, never used to select.", "",
+             "| algorithm | setting (what varies) | validation gold reward [95% CI over prompts] | validation KL k1 "
+             "| evaluated gold reward | |",
+             "|---|---|---|---|---|---|"]
+    kept = [a for a, e in summary["algorithms"].items() if "kept" in e or any(r.get("earlier") for r in e["rows"])]
+    for algorithm, entry in summary["algorithms"].items():
+        # only the knobs that differ between the algorithm's rows; an absent lr is policy.lr
+        keys = sorted({k for r in entry["rows"] for k in r["setting"]})
+        varying = [k for k in keys if len({repr(r["setting"].get(k)) for r in entry["rows"]}) > 1]
+        for row in entry["rows"]:
+            if row["experiment"] == "workspace" and any(r is not row and r["setting"] == row["setting"] for r in entry["rows"]):
+                continue  # the workspace at an experiment's setting: the same numbers twice
+            v, half = row["validation_gold_reward"], row.get("validation_gold_reward_ci95", float("nan"))
+            shown = {k: row["setting"].get(k, "policy.lr" if k == "lr" else "-") for k in varying}
+            setting = ", ".join(f"{k}={x}" for k, x in shown.items()) or "(defaults)"
+            mark = "selected" if row["setting"] == entry["selected"] else ("params.yaml" if row["setting"] == entry["current"] else "")
+            label = f"{algorithm} (earlier)" if "kept" in entry or row.get("earlier") else algorithm
+            lines.append(f"| {label} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
+                         f"{row.get('validation_kl_k1', float('nan')):.2f} | {row.get('gold_reward', float('nan')):.2f} | {mark} |")
+    if kept:
+        lines += ["", f"(earlier): rows of {', '.join(kept)} kept from an earlier summary (a sweep run before other "
+                  "params changed, or the previous default run): shown, not selected from (a selection made then stays in "
+                  "params.yaml)."]
+    return lines + [""]
+
+
+def seeds_table(evals: dict, seed: int, seed_runs: list) -> list:
+    """One row per policy with other training seeds: each seed's held-out gold reward, then the mean and its
+    95% interval over seeds, and the same for KL."""
+    seeds = [seed] + [r["seed"] for r in seed_runs]
+    lines = ["| gold reward | policy | " + " | ".join(f"seed {s}" for s in seeds) +
+             " | gold reward, mean [95% CI over seeds] | KL k1, mean [95% CI over seeds] |", "|---" * (len(seeds) + 4) + "|"]
+    gold, kl = seed_values(evals, seed_runs, evals)
+    for reward, policies in gold.items():
+        for n, values in policies.items():
+            (g, g_half), (k, k_half) = mean_ci(values), mean_ci(kl[reward][n])
+            lines.append(f"| {reward} | {n} | " + " | ".join(f"{v:.2f}" for v in values) +
+                         f" | {g:.2f} [{g - g_half:.2f}, {g + g_half:.2f}] | {k:.2f} [{k - k_half:.2f}, {k + k_half:.2f}] |")
+    return lines
+
+
+def eval_table(evals: dict) -> list:
+    """One row per policy; the gold reward's ± is the half-width of its 95% interval over held-out prompts."""
+    lines = ["| policy | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |", "|---" * (len(EVAL_COLUMNS) + 1) + "|"]
+    for n, e in evals.items():
+        cells = [f"{e['gold_reward']:.2f} ± {e['gold_reward_ci95']:.2f}"] + [f"{e[k]:.3f}" for k, _ in EVAL_COLUMNS[1:]]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rm_sentence(path) -> str:
+    rm = json.loads(Path(path).read_text())
+    text = f"Reward model on held-out pairs: label accuracy {rm['held_out_label_accuracy']:.3f}"
+    if "held_out_gold_correlation" not in rm:
+        return text + f" (untrained {rm['held_out_label_accuracy_untrained']:.3f})."
+    return text + (f", gold-order accuracy {rm['held_out_gold_order_accuracy']:.3f}, correlation with gold "
+                   f"{rm['held_out_gold_correlation']:.3f}.")

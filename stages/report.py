@@ -1,6 +1,5 @@
 """Stage report: metrics/report.md and metrics/claims.json: the claims with verdicts, the LLM tasks' tables
-(over training seeds for the policies of `training_seeds`, and for every policy when metrics/seeds/ holds other
-whole runs' seeds), figures and stage times."""
+(over the training seeds of `training_seeds`, and over other whole runs' seeds that metrics/seeds/ holds), figures and stage times."""
 import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
 
 # isort: split
@@ -9,11 +8,11 @@ from pftlab.reporting.report import build_report
 
 
 def main(p, tracker):
-    build_report(p["algorithms"], p["variants"], p["seed"], training_seeds=p["training_seeds"])
+    build_report(p["algorithms"], p["variants"], p["seed"], training_seeds=p["training_seeds"], policy_lr=p["policy.lr"])
     tracker.log_artifact("metrics/report.md")
     tracker.log_artifact("metrics/figures")
     return {"policies": 1 + len(p["algorithms"])}
 
 
 if __name__ == "__main__":
-    run_stage("report", ["seed", "algorithms", "variants", "training_seeds"], main, "metrics/report_summary.json")
+    run_stage("report", ["seed", "algorithms", "variants", "training_seeds", "policy.lr"], main, "metrics/report_summary.json")

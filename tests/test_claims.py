@@ -1,6 +1,8 @@
 """The LLM tasks' claims and the seed collection, on synthetic metric values."""
 import json
 
+import pytest
+
 from pftlab.core.paths import Task
 from pftlab.reporting import claims, seeds
 
@@ -18,7 +20,11 @@ def test_llm_claims_follow_the_metrics_and_skip_halves_the_reward_does_not_test(
     verdict = lambda cid: [c["verdict"] for c in out[cid]]
     assert verdict("1") == [claims.REPRODUCED]  # online_dpo - dpo = +8
     assert verdict("3") == [claims.REPRODUCED]  # dpo - pref_ft = +8
-    assert verdict("4") == [claims.REPRODUCED] and "online_dpo" in out["4"][0]["comparison"] and "rloo" in out["4"][0]["comparison"]
+    # claim 4, two readings: taxonomy (online_dpo, rloo have both; pref_ft, dpo, hypo lack one) and literal
+    assert verdict("4") == [claims.REPRODUCED, claims.REPRODUCED]
+    assert [c["reading"] for c in out["4"]] == ["taxonomy", "literal"]
+    assert "(online_dpo)" in out["4"][0]["comparison"] and "(dpo)" in out["4"][0]["comparison"]  # -4 vs -12
+    assert "(online_dpo)" in out["4"][1]["comparison"] and "(rloo)" in out["4"][1]["comparison"]  # -4 vs -6
     assert verdict("8") == [claims.REPRODUCED, claims.NOT_REPRODUCED]  # lower KL, but 2 tokens worse than DPO
     assert abs(out["8"][1]["mean"] + 2.0) < 1e-9
     # the same numbers under a reward whose peak the SFT policy already covers: claims 1 and 3 do not apply
@@ -26,8 +32,25 @@ def test_llm_claims_follow_the_metrics_and_skip_halves_the_reward_does_not_test(
     assert "1" not in likely and "3" not in likely and "4" in likely
     # offline wins: claim 4 not reproduced
     worse = claims.llm_claims(_gold(dpo=-3, online_dpo=-8, pref_ft=-9), {}, "min_length", over="prompts")
-    assert [c["verdict"] for c in worse["4"]] == [claims.NOT_REPRODUCED]
+    assert [c["verdict"] for c in worse["4"]] == [claims.NOT_REPRODUCED, claims.NOT_REPRODUCED]
     assert [c["verdict"] for c in worse["1"]] == [claims.NOT_REPRODUCED]
+
+
+def test_claim_4_picks_each_best_on_validation_prompts_and_has_a_verdict_per_reading():
+    """The held-out scores would pick rloo and pref_ft; the validation prompts pick ppo and dpo, and those are compared.
+    With both readings' checks, the claim's verdict is the taxonomy reading's; each reading has its own."""
+    gold = _gold(pref_ft=-10, dpo=-11, rloo=-2, ppo=-3, online_dpo=-9)
+    validation = {"pref_ft": -12.0, "dpo": -9.0, "rloo": -4.0, "ppo": -1.0, "online_dpo": -20.0}
+    taxonomy, literal = claims.llm_claims(gold, {}, "min_length", over="prompts", validation=validation)["4"]
+    assert "(ppo)" in taxonomy["comparison"] and "(dpo)" in taxonomy["comparison"]
+    assert "validation prompts" in taxonomy["comparison"] and abs(taxonomy["mean"] - 8.0) < 1e-9
+    assert "(online_dpo)" in literal["comparison"] and "(ppo)" in literal["comparison"] and literal["mean"] < 0
+    out = claims.all_claims(llm_parts=[("llm", {"4": [taxonomy, literal]})])["4"]
+    assert out["verdict"] == claims.REPRODUCED
+    assert out["verdicts_by_reading"] == {"taxonomy": claims.REPRODUCED, "literal": claims.NOT_REPRODUCED}
+    assert out["reading"].startswith("two readings")
+    assert claims.on_policy_with_negative_gradient("rloo") and not claims.on_policy_with_negative_gradient("hypo")
+    assert not claims.on_policy_with_negative_gradient("bon") and not claims.on_policy_with_negative_gradient("dpo")
 
 
 def test_on_policy_gain_compared_across_gold_rewards():
@@ -95,3 +118,43 @@ def test_task_paths_put_variants_beside_the_main_task():
     assert (main.stage("policy", "dpo"), mode.stage("policy", "dpo"), mode.stage("evaluate", "sft"), mode.stage("pairs")) == (
         "policy@dpo", "policy_variant@mode_length-dpo", "evaluate_variant_sft@mode_length", "pairs_variant@mode_length")
     assert json.dumps(main.metrics("pairs")) == '"metrics/pairs.json"'
+
+
+def test_frontier_and_kl_at_matched_reward_by_hand():
+    points = [(1.0, -20.0), (2.0, -25.0), (4.0, -10.0), (8.0, -12.0), (10.0, -5.0)]
+    assert claims.frontier(points) == [(1.0, -20.0), (4.0, -10.0), (10.0, -5.0)]  # (2, -25) and (8, -12) are beaten
+    assert claims.kl_at_reward(points, -15.0) == 2.5  # halfway from (1, -20) to (4, -10)
+    assert claims.kl_at_reward(points, -7.5) == 7.0
+    assert claims.kl_at_reward(points, -30.0) == 1.0  # below the frontier's first reward: its least KL
+    assert claims.kl_at_reward(points, -4.0) is None  # never reached
+
+
+def test_claim_8_at_matched_settings_from_the_sweep():
+    """Cells the sweep ran for both at one (beta, lr), HyPO's other knobs at its selection; a row without lr ran at
+    policy.lr. HyPO lower KL by a factor e in each cell, and better reward: reproduced on that reading."""
+    import math
+
+    row = lambda name, setting, gold, kl: {"experiment": name, "setting": setting, "gold_reward": gold, "kl_k1": kl}
+    summary = {"algorithms": {
+        "dpo": {"selected": {"beta": 0.3, "lr": 3e-5}, "rows": [
+            row("d1", {"beta": 0.3, "lr": 3e-5}, -25.0, 0.56 * math.e), row("d2", {"beta": 0.1, "lr": 1e-4}, -44.0, 20 * math.e),
+            row("d3", {"beta": 0.1, "lr": 1e-5}, -28.0, 0.04)]},
+        "hypo": {"selected": {"beta": 0.1, "lam": 0.01}, "rows": [
+            row("h1", {"beta": 0.1, "lam": 0.01}, -14.0, 20.0), row("h2", {"beta": 0.3, "lam": 0.01, "lr": 3e-5}, -24.0, 0.56),
+            row("h3", {"beta": 0.3, "lam": 0.1, "lr": 3e-5}, -99.0, 99.0)]}}}  # another lam: not matched
+    cells = claims.matched_cells(summary, default_lr=1e-4)
+    assert [(c[0], c[1]["experiment"], c[2]["experiment"]) for c in cells] == [
+        ({"beta": 0.3, "lr": 3e-5}, "d1", "h2"), ({"beta": 0.1, "lr": 1e-4}, "d2", "h1")]
+    kl, gold = claims.matched_settings_claims(cells)["8"]
+    assert kl["mean"] == pytest.approx(1.0) and kl["reading"] == "matched settings" and kl["n"] == 2
+    assert gold["mean"] == pytest.approx(15.5)
+    assert claims.matched_settings_claims(cells[:1]) == {}  # one setting: nothing to test over
+    assert claims.matched_cells({"algorithms": {"dpo": summary["algorithms"]["dpo"]}}, 1e-4) == []
+
+
+def test_docs_setups_states_every_claim_reading_as_the_report_does():
+    from pathlib import Path
+
+    setups = " ".join((Path(__file__).resolve().parents[1] / "docs" / "SETUPS.md").read_text().split())
+    for cid, text in claims.CLAIM_READING.items():
+        assert f"{cid}. {' '.join(text.split())}" in setups, cid

@@ -37,7 +37,7 @@ def chat_run(tmp_path_factory):
     params["data"].pop("raw")
     params["data"]["source"] = {"id": "data/raw/chat.jsonl", "layout": "conversational"}
     params["model"]["max_prompt_tokens"] = 384  # whole prompts: every turn must reach the model
-    params |= {"algorithms": ["dpo"], "training_seeds": {"algorithms": [], "seeds": [1]},
+    params |= {"algorithms": ["dpo"], "training_seeds": {"seeds": []},
                "variants": {"rewards": [], "algorithms": []}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc(repo, "repro", "policy@dpo")

@@ -5,7 +5,7 @@ from pftlab.reporting import sweep
 
 CURRENT = {"seed": 0, "algorithms": ["pref_ft", "dpo", "online_dpo"], "policy": {"lr": 1e-4},
            "algos": {"dpo": {"beta": 0.1}, "online_dpo": {"beta": 0.1}},
-           "training_seeds": {"algorithms": ["dpo"], "seeds": [1, 2]}, "variants": {"rewards": ["mode_length"], "algorithms": ["dpo"]}}
+           "training_seeds": {"seeds": [1, 2]}, "variants": {"rewards": ["mode_length"], "algorithms": ["dpo"]}}
 
 
 def experiment(name, params, evaluation: dict):
@@ -15,7 +15,7 @@ def experiment(name, params, evaluation: dict):
 
 
 def one_algorithm(name, lr=None, beta=0.1, **other):
-    params = {**CURRENT, "algorithms": [name], "training_seeds": {"algorithms": [], "seeds": [1, 2]},
+    params = {**CURRENT, "algorithms": [name], "training_seeds": {"seeds": []},
               "variants": {"rewards": ["mode_length"], "algorithms": []},
               "algos": {**CURRENT["algos"], name: {"beta": beta} | ({"lr": lr} if lr else {})}} | other
     return params
@@ -50,7 +50,7 @@ def test_queue_commands_cover_the_grid_and_run_one_algorithm_alone():
     commands = sweep.queue_commands("dpo", {"lr": [1e-5, 3e-5], "beta": [0.1, 0.3]}, {"beta": 0.1})
     assert len(commands) == 4
     sets = [" ".join(c) for c in commands]
-    assert all("-S algorithms=[dpo]" in s and "-S training_seeds.algorithms=[]" in s for s in sets)
+    assert all("-S algorithms=[dpo]" in s and "-S training_seeds.seeds=[]" in s for s in sets)
     assert sum("-S +algos.dpo.lr=1e-05" in s and "-S algos.dpo.beta=0.3" in s for s in sets) == 1  # a new key: +
 
 
@@ -103,3 +103,24 @@ def test_the_workspace_competes_only_with_the_setting_it_was_trained_with(tmp_pa
     (tmp_path / "dvc.lock").write_text("stages:\n  policy@bon:\n    params:\n      params.yaml:\n        algos.bon:\n"
                                       "          top: 1\n          lr: 3e-05\n")
     assert sweep.trained_as_now("bon", {"algos": {"bon": {"top": 1, "lr": 3e-5}}}, locked_stages(tmp_path / "dvc.lock"))
+
+
+def test_ladder_steps_and_where_a_selection_sits_in_its_grid():
+    assert [sweep.ladder_step(3e-4, True), sweep.ladder_step(3e-4, False)] == [1e-3, 1e-4]
+    assert [sweep.ladder_step(0.1, False), sweep.ladder_step(0.3, True), sweep.ladder_step(0.05, True)] == [0.03, 1.0, 0.1]
+    row = lambda setting, earlier=False: {"experiment": "x", "setting": setting, "earlier": earlier}
+    entry = {"selected": {"beta": 0.3, "lr": 3e-4}, "rows": [
+        row({"beta": 0.3, "lr": 3e-4}), row({"beta": 0.3, "lr": 3e-5}), row({"beta": 0.3}),  # lr: 3e-5, 1e-4 (policy.lr), 3e-4
+        row({"beta": 0.1, "lr": 3e-4}), row({"beta": 1.0, "lr": 3e-4}, earlier=True),  # earlier rows do not count
+        row({"beta": 3.0, "lr": 1e-4})]}  # another lr: not in beta's grid at the selection
+    status = sweep.grid_status(entry, {"lr": 1e-4})
+    assert status["lr"] == {"tried": [3e-5, 1e-4, 3e-4], "selected": 3e-4, "status": "high edge"}
+    assert status["beta"]["tried"] == [0.1, 0.3] and status["beta"]["status"] == "high edge"
+    assert sweep.extension_points(status) == [("lr", 1e-3), ("beta", 1.0)]
+    interior = sweep.grid_status({"selected": {"lr": 1e-4}, "rows": [row({"lr": 3e-5}), row({"lr": 3e-4}), row({})]}, {"lr": 1e-4})
+    assert interior["lr"]["status"] == "interior" and sweep.extension_points(interior) == []
+    never = sweep.grid_status({"selected": {"beta": 0.1, "lr": 3e-4}, "rows": [row({"beta": 0.1, "lr": 3e-4})]}, {"lr": 1e-4})
+    assert never["beta"]["status"] == "not swept"
+    assert {("beta", 0.03), ("beta", 0.3)} <= set(sweep.extension_points(never))
+    bound = sweep.grid_status({"selected": {"lr": 3e-3}, "rows": [row({"lr": 1e-3}), row({"lr": 3e-3})]}, {"lr": 1e-4})
+    assert bound["lr"]["status"] == "high edge (at bound)" and sweep.extension_points(bound) == []

@@ -46,7 +46,7 @@ def section_modules(section: str) -> list:
     """The modules that checking a params section imports: what a stage declaring it depends on."""
     head = section.split(".")[0]
     names = [SECTIONS[head]] if head in SECTIONS else []
-    if head in ("algorithms", "variants", "training_seeds"):  # they name algorithms
+    if head in ("algorithms", "variants"):  # they name algorithms
         names.append(SECTIONS["algorithms"])
     return sorted({name.rsplit(".", 1)[0] for name in names})
 
@@ -136,6 +136,9 @@ class Params:
 
     def check(self, *sections):
         """Validate every known key under the given sections; reject unknown keys there."""
+        if "training_seeds" in sections and isinstance(self.get("training_seeds"), dict) and "algorithms" in self["training_seeds"]:
+            raise ParamError(f"{self.path}: 'training_seeds.algorithms' is no longer a key: every policy of 'algorithms' "
+                             "is trained with each seed of 'training_seeds.seeds' (stage seeds@<algorithm>); remove it")
         for section in sections:
             head = section.split(".")[0]
             if head not in SECTIONS and head not in TOP_LEVEL:
@@ -143,25 +146,19 @@ class Params:
                 raise ParamError(f"{self.path}: unknown section '{head}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             known = known_rules(section)
             config.check_tree(self[section], known, section, self.path, REPLACED_BY, lambda k: self.get(k) is not None)
-        for key in ("algorithms", "variants.algorithms", "training_seeds.algorithms"):
+        for key in ("algorithms", "variants.algorithms"):
             if key in sections or key.split(".")[0] in sections:
                 for name in self[key]:
                     if name not in algorithm_names():
                         raise ParamError(f"{self.path}: '{key}' names unknown algorithm {name!r}; "
                                          f"known: {', '.join(algorithm_names())}")
-        if "training_seeds" in sections:  # other seeds of policies the main run trains
-            extra = set(self["training_seeds.algorithms"]) - set(self["algorithms"])
-            if extra:
-                raise ParamError(f"{self.path}: 'training_seeds.algorithms' names {', '.join(sorted(extra))}, not in 'algorithms'")
+        if "training_seeds" in sections:  # other seeds of every policy the main run trains
             seeds = self["training_seeds.seeds"]
             if self["seed"] in seeds:
                 raise ParamError(f"{self.path}: 'training_seeds.seeds' repeats 'seed' ({self['seed']}): list the other seeds")
             twice = sorted({s for s in seeds if seeds.count(s) > 1})
             if twice:
                 raise ParamError(f"{self.path}: 'training_seeds.seeds' lists {', '.join(map(str, twice))} more than once")
-            if self["training_seeds.algorithms"] and not seeds:
-                raise ParamError(f"{self.path}: 'training_seeds.algorithms' names policies but 'training_seeds.seeds' is "
-                                 "empty: list seeds, or no algorithms")
         return self
 
     def check_stage_lists(self):

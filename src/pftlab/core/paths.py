@@ -82,6 +82,11 @@ def seeds_stage(name: str) -> str:
     return f"seeds@{name}"
 
 
+def seed_folders(name: str) -> list:
+    """The output folders of stage seeds@<name>: its models, samples, metrics and curves, one sub-folder per seed."""
+    return [f"{top}/training_seeds/{name}" for top in ("models", "data", "metrics", "metrics/curves")]
+
+
 def task_from_argv(argv=None) -> Task:
     """The task a stage's command line names: `--variant <gold reward>`, else the main task."""
     args = sys.argv[1:] if argv is None else argv

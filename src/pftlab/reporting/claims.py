@@ -4,7 +4,8 @@ A check is a list of per-seed (or per-prompt) differences that the claim says sh
 verdict: "reproduced" when the 95% Student-t interval of the mean (core/stats.py, the project's one
 interval) lies above zero, "not reproduced" when it lies below, "inconclusive" otherwise (or with fewer
 than two values). A claim with several checks is reproduced when all are, not reproduced when any is
-not, inconclusive otherwise.
+not, inconclusive otherwise. Where a comparison exists over training seeds, the same comparison over one
+seed's held-out prompts (or preference pairs) is shown as a second line that does not decide the verdict.
 """
 import math
 from pathlib import Path
@@ -17,11 +18,13 @@ from pftlab.reporting.results import seed_values
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 
 
-def check(quantity: str, comparison: str, differences: list, over: str = "seeds", margin: float = 0.0) -> dict:
+def check(quantity: str, comparison: str, differences: list, over: str = "seeds", margin: float = 0.0,
+          reading: str = None) -> dict:
     """One comparison; `differences` should be > 0 if the claim holds. With a margin, "equal or better":
-    the claim holds when the interval of the difference lies above -margin."""
+    the claim holds when the interval of the difference lies above -margin. `reading`: which of the claim's
+    readings (READINGS) it tests, where it has several."""
     m, half = mean_ci(differences)
-    return _verdict(quantity, comparison, len(differences), over, margin, m, half)
+    return _verdict(quantity, comparison, len(differences), over, margin, m, half) | ({"reading": reading} if reading else {})
 
 
 def check_from_summary(quantity: str, comparison: str, m: float, sd: float, n: int, over: str, margin: float = 0.0) -> dict:
@@ -42,7 +45,8 @@ def _verdict(quantity, comparison, n, over, margin, m, half) -> dict:
 
 
 def combine(checks: list) -> str:
-    verdicts = [c["verdict"] for c in checks]
+    """The claim's verdict from its deciding checks (a second line, `decides: False`, is shown only)."""
+    verdicts = [c["verdict"] for c in checks if c.get("decides", True)]
     if verdicts and all(v == REPRODUCED for v in verdicts):
         return REPRODUCED
     if any(v == NOT_REPRODUCED for v in verdicts):
@@ -94,8 +98,16 @@ def bandit_claims(bandit: dict) -> dict:
                          paired(per_seed(neg, "offline"), per_seed(ml, "offline")))]
     others = [per_seed([m], s) for m in methods for s in ("offline", "on_policy") if not (m in neg and s == "on_policy")]
     best_other = [max(seed) for seed in zip(*others)]
-    claims["4"] = [check("final eval reward, misaligned", "best on-policy DPO/IPO - best of every other method and sampling",
-                         paired([max(x) for x in zip(*[per_seed([m], "on_policy") for m in neg])], best_other))]
+    claims["4"] = [check("final eval reward, misaligned", "best on-policy DPO/IPO - best of every other method and sampling "
+                         "(best per seed)", paired([max(x) for x in zip(*[per_seed([m], "on_policy") for m in neg])], best_other),
+                         reading="literal")]
+    with_both = [per_seed([m], "on_policy") for m in methods if m in ("reinforce", "ppo", "dpo", "ipo")]  # the table's rows
+    lacking = [per_seed([m], s) for m in methods for s in ("offline", "on_policy")
+               if s == "offline" or m not in ("reinforce", "ppo", "dpo", "ipo")]
+    if with_both and lacking:
+        claims["4"].insert(0, check("final eval reward, misaligned", "best on-policy with negative gradient (REINFORCE, PPO, "
+                                    "DPO, IPO) - best lacking either (best per seed)",
+                                    paired([max(x) for x in zip(*with_both)], [max(x) for x in zip(*lacking)]), reading="taxonomy"))
     seeking = [m for m in ("reinforce", "ppo", "dpo", "ipo") if m in methods]
     claims["5"] = [check("mean eval reward over training (speed), misaligned, on-policy",
                          "reverse-KL methods (REINFORCE, PPO, DPO, IPO) - forward-KL (best-of-N, RWR)",
@@ -119,12 +131,20 @@ def token_bandit_claims(tb: dict) -> dict:
                              gap("misaligned")),
                        check("final eval reward", "(on-policy - offline gap) misaligned - aligned",
                              paired(gap("misaligned"), gap("aligned")))]
+    best = lambda ns: [max(x) for x in zip(*[runs[f"misaligned/{n}"]["final_reward"] for n in ns])]
+    both = [n for n in names if on_policy_with_negative_gradient(n)]
+    lacking = [n for n in names if n not in both]
     contrastive_on = [n for n in on if ALGORITHMS[n].family == "contrastive"]
     others = [n for n in names if n not in contrastive_on]
+    claims["4"] = []
+    if both and lacking:
+        claims["4"].append(check("final eval reward, misaligned", f"best of {', '.join(both)} (on-policy, negative gradient) - "
+                                 f"best of {', '.join(lacking)} (best per seed)", paired(best(both), best(lacking)), reading="taxonomy"))
     if contrastive_on and others:
-        best = lambda ns: [max(x) for x in zip(*[runs[f"misaligned/{n}"]["final_reward"] for n in ns])]
-        claims["4"] = [check("final eval reward, misaligned", f"best of {', '.join(contrastive_on)} - best of {', '.join(others)}",
-                             paired(best(contrastive_on), best(others)))]
+        claims["4"].append(check("final eval reward, misaligned", f"best of {', '.join(contrastive_on)} - best of {', '.join(others)} "
+                                 "(best per seed)", paired(best(contrastive_on), best(others)), reading="literal"))
+    if not claims["4"]:
+        del claims["4"]
     return claims
 
 
@@ -169,6 +189,36 @@ CLAIM_TEXT = {
 }
 
 
+# How each claim is read: the comparison that tests it (docs/SETUPS.md says the same).
+CLAIM_READING = {
+    "1": "the on-policy version of a method ends with higher reward than its offline counterpart (same objective) "
+         "where the reward peaks where pi_ref is unlikely, and the gap is smaller where it peaks where pi_ref is likely.",
+    "2": "on the bandit with samples and steps fixed: PPO's mean reward over training is higher at its best T between "
+         "the smallest and the largest than at the smallest (reuse saves fresh samples); best-of-N's is lower at the "
+         "largest T than at the smallest (too much reuse hurts); and best-of-N loses more to reuse than PPO does.",
+    "3": "offline DPO/IPO end above offline maximum likelihood (pref-FT, best-of-N, RWR on the same pairs) where the "
+         "reward peaks where pi_ref is unlikely; and under DPO the log-likelihood of the training pairs' y_w falls, "
+         "as y_l's does.",
+    "4": "two readings, each its own verdict. *taxonomy* (the claim's verdict): the best method with both on-policy "
+         "samples and a negative gradient (the algorithm table: REINFORCE, RLOO, PPO, on-policy DPO/IPO; HyPO's "
+         "on-policy samples enter only its KL term, so it counts as lacking) beats the best method lacking either; "
+         "*literal*: the best on-policy DPO/IPO beats the best of every other method. In the LLM task each \"best\" "
+         "is chosen on the validation prompts and scored on the held-out ones.",
+    "5": "mode-seeking methods (reverse KL: REINFORCE, PPO, DPO, IPO) gain reward faster than mode-covering ones "
+         "(best-of-N, RWR): mean reward over on-policy training on the bandit.",
+    "6": "under offline DPO the probability of responses the data never covers rises above its start, and ends "
+         "above RLHF's, whose reverse KL keeps it in check.",
+    "7": "with a linear (function-approximation) policy, DPO and RLHF both lower the log-probability of the "
+         "preferred responses while raising that of the best response, which no pair contains.",
+    "8": "two readings. *matched settings* (the claim's verdict; Song et al. run both at one beta and learning rate): "
+         "at the same (beta, lr), HyPO's reverse KL to pi_ref is lower than DPO's with reward equal (within 1) or better, "
+         "and DPO's KL keeps growing after the first epoch where HyPO's does not; *tuned each*: the same at each "
+         "one's selected setting. The LLM task's reward-vs-KL frontier (KL at matched gold reward) is shown beside.",
+}
+# A claim with two readings: its verdict is the first's; each reading also gets a verdict of its own.
+READINGS = {"4": ("taxonomy", "literal"), "8": ("matched settings", "tuned each")}
+
+
 # --- the synthetic LLM task -------------------------------------------------------------------------
 # Units are held-out prompts when the run has one training seed (sampling noise only), or training seeds
 # when `python -m pftlab.reporting.seeds` has collected other seeds' runs. Values of one unit are paired across
@@ -195,8 +245,9 @@ def _on_off(gold: dict) -> tuple:
     return [a for a, _ in pairs], [b for _, b in pairs], ", ".join(f"{a} vs {b}" for a, b in pairs)
 
 
-def llm_claims(gold: dict, kl: dict, reward: str, over: str) -> dict:
-    """Claims 1, 3, 4 and 8 on one LLM task: `gold[name]` / `kl[name]` = per-unit means of each policy."""
+def llm_claims(gold: dict, kl: dict, reward: str, over: str, validation: dict = None) -> dict:
+    """Claims 1, 3, 4 and 8 on one LLM task: `gold[name]` / `kl[name]` = per-unit means of each policy;
+    `validation[name]`: its mean gold reward on the validation prompts, which picks claim 4's "best"."""
     claims = {}
     peak_likely = PEAK_WHERE_SFT_IS_LIKELY[reward]
     on, off, label = _on_off(gold)
@@ -208,18 +259,100 @@ def llm_claims(gold: dict, kl: dict, reward: str, over: str) -> dict:
     if neg and ml and not peak_likely:
         claims["3"] = [check("gold reward", f"offline {'/'.join(neg)} - offline {'/'.join(ml)}",
                              paired(_average(gold, neg), _average(gold, ml)), over=over)]
-    online = [n for n in ("online_dpo", "online_ipo") if n in gold]
-    rest = [n for n in gold if n not in online and n != "sft"]
-    if online and rest:
-        best_online = max(online, key=lambda n: mean(gold[n]))
-        best_rest = max(rest, key=lambda n: mean(gold[n]))
-        claims["4"] = [check("gold reward", f"best on-policy contrastive ({best_online}) - best other ({best_rest})",
-                             paired(gold[best_online], gold[best_rest]), over=over)]
-    if "hypo" in gold and "dpo" in gold:
-        claims["8"] = [check("reverse KL to SFT (k1)", "DPO - HyPO (HyPO lower)", paired(kl["dpo"], kl["hypo"]), over=over),
-                       check("gold reward", "HyPO - DPO, equal or better within 1 (reward in tokens)",
-                             paired(gold["hypo"], gold["dpo"]), over=over, margin=1.0)]
+    claims["4"] = _claim_4(gold, over, validation or {})
+    if not claims["4"]:
+        del claims["4"]
+    if "hypo" in gold and "dpo" in gold:  # each at its selected setting
+        claims["8"] = [check("reverse KL to SFT (k1)", "DPO - HyPO (HyPO lower), each at its selected setting",
+                             paired(kl["dpo"], kl["hypo"]), over=over, reading="tuned each"),
+                       check("gold reward", "HyPO - DPO, equal or better within 1 (reward in tokens), each at its selected setting",
+                             paired(gold["hypo"], gold["dpo"]), over=over, margin=1.0, reading="tuned each")]
     return claims
+
+
+def on_policy_with_negative_gradient(name: str) -> bool:
+    """Claim 4's taxonomy, read from the algorithm table."""
+    from pftlab.algorithms.table import ALGORITHMS
+
+    return ALGORITHMS[name].source == "on_policy" and ALGORITHMS[name].negative_gradient
+
+
+def _claim_4(gold: dict, over: str, validation: dict) -> list:
+    """Both readings of claim 4 (READINGS), each group's best policy chosen by validation reward when known."""
+    names = [n for n in gold if n != "sft"]
+    chosen_on = "validation prompts" if all(n in validation for n in names) else "the compared values (no validation)"
+    best = lambda group: max(group, key=lambda n: validation.get(n, mean(gold[n])))
+    checks = []
+    both = [n for n in names if on_policy_with_negative_gradient(n)]
+    lacking = [n for n in names if n not in both]
+    if both and lacking:
+        b, other = best(both), best(lacking)
+        checks.append(check("gold reward", f"best on-policy with negative gradient ({b}) - best lacking either ({other}), "
+                            f"each chosen on {chosen_on}", paired(gold[b], gold[other]), over=over, reading="taxonomy"))
+    online = [n for n in ("online_dpo", "online_ipo") if n in gold]
+    rest = [n for n in names if n not in online]
+    if online and rest:
+        b, other = best(online), best(rest)
+        checks.append(check("gold reward", f"best on-policy contrastive ({b}) - best other ({other}), each chosen on "
+                            f"{chosen_on}", paired(gold[b], gold[other]), over=over, reading="literal"))
+    return checks
+
+
+def matched_cells(summary: dict, default_lr: float, a: str = "dpo", b: str = "hypo", keys=("beta", "lr")) -> list:
+    """The (beta, lr) settings the sweep (metrics/sweep/summary.json) ran for both `a` and `b`, with `b`'s other knobs at
+    its selection: [(setting, row of a, row of b)], in the order of `a`'s rows. A row without `lr` ran at `default_lr`."""
+    algorithms = summary.get("algorithms", {})
+    if a not in algorithms or b not in algorithms:
+        return []
+    cell = lambda row: tuple(row["setting"].get(k, default_lr if k == "lr" else None) for k in keys)
+    others = {k: v for k, v in algorithms[b]["selected"].items() if k not in keys}
+    rows_b = {}
+    for row in algorithms[b]["rows"]:
+        if all(row["setting"].get(k, v) == v for k, v in others.items()):
+            rows_b.setdefault(cell(row), row)
+    out, seen = [], set()
+    for row in algorithms[a]["rows"]:
+        if cell(row) in rows_b and cell(row) not in seen:
+            seen.add(cell(row))
+            out.append((dict(zip(keys, cell(row))), row, rows_b[cell(row)]))
+    return out
+
+
+def matched_settings_claims(cells: list) -> dict:
+    """Claim 8 as Song et al. ran it: DPO and HyPO at the same (beta, lr), one check over the settings run for both
+    (each one training seed; the KL compared on a log scale, since it spans orders of magnitude across settings)."""
+    if len(cells) < 2:
+        return {}
+    over = f"(beta, lr) settings run for both ({len(cells)}, one training seed each; the sweep's experiments)"
+    log_ratio = [math.log(max(d["kl_k1"], 1e-9)) - math.log(max(h["kl_k1"], 1e-9)) for _, d, h in cells]
+    return {"8": [check("log reverse KL to SFT (k1)", "log KL(DPO) - log KL(HyPO) at the same (beta, lr) (HyPO lower)",
+                        log_ratio, over=over, reading="matched settings"),
+                  check("gold reward", "HyPO - DPO at the same (beta, lr), equal or better within 1",
+                        [h["gold_reward"] - d["gold_reward"] for _, d, h in cells], over=over, margin=1.0,
+                        reading="matched settings")]}
+
+
+def frontier(points: list) -> list:
+    """The reward-vs-KL frontier of (kl, reward) points: those no other point beats on both (lower or equal KL and
+    higher or equal reward), by increasing KL (and so increasing reward)."""
+    out = []
+    for kl, reward in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not out or reward > out[-1][1]:
+            out.append((kl, reward))
+    return out
+
+
+def kl_at_reward(points: list, reward: float):
+    """The least KL at which the frontier of `points` reaches `reward`, linear between frontier points; None above
+    its best reward. At or below its first point: that point's KL."""
+    front = frontier(points)
+    if not front or reward > front[-1][1]:
+        return None
+    if reward <= front[0][1]:
+        return front[0][0]
+    for (k0, r0), (k1, r1) in zip(front, front[1:]):
+        if r0 <= reward <= r1:
+            return k0 + (k1 - k0) * (reward - r0) / (r1 - r0)
 
 
 def llm_peak_claims(tasks: dict, over: str) -> dict:
@@ -238,12 +371,28 @@ def llm_peak_claims(tasks: dict, over: str) -> dict:
     return {"1": checks} if checks else {}
 
 
-def dpo_likelihood_check(dpo_eval: dict) -> list:
-    """Claim 3's second half, from evaluate@dpo: log pi - log pi_ref of training pairs' y_w and y_l."""
-    return [check_from_summary(f"log pi(y_{'w' if side == 'chosen' else 'l'}) - log pi_ref of training pairs, DPO",
-                               "before - after (falls)", -dpo_eval[f"logp_{side}_change"], dpo_eval[f"logp_{side}_change_sd"],
-                               dpo_eval["likelihood_pairs"], over="preference pairs, one training seed")
-            for side in ("chosen", "rejected") if f"logp_{side}_change" in dpo_eval]
+def dpo_likelihood_check(dpo_evals: list, seeds: list) -> list:
+    """Claim 3's second half, from DPO's evaluations (one per training seed, `seeds` in the same order): log pi -
+    log pi_ref of training pairs' y_w and y_l falls. Over training seeds (each seed's mean over the pairs) when
+    there are several; seed `seeds[0]`'s interval over the pairs is then a second line."""
+    checks = []
+    for side in ("chosen", "rejected"):
+        key, quantity = f"logp_{side}_change", f"log pi(y_{'w' if side == 'chosen' else 'l'}) - log pi_ref of training pairs, DPO"
+        if key not in dpo_evals[0]:
+            continue
+        if len(dpo_evals) > 1 and all(key in e for e in dpo_evals):
+            checks.append(check(quantity, "before - after (falls)", [-e[key] for e in dpo_evals],
+                                over=f"training seeds ({', '.join(map(str, seeds))})"))
+        one = check_from_summary(quantity, "before - after (falls)", -dpo_evals[0][key], dpo_evals[0][f"{key}_sd"],
+                                 dpo_evals[0]["likelihood_pairs"], over=f"preference pairs, training seed {seeds[0]}")
+        checks.append(one | ({"decides": False} if len(checks) and checks[-1]["quantity"] == quantity else {}))
+    return checks
+
+
+def second_line(claims: dict, deciding: dict) -> dict:
+    """`claims` (one seed, over prompts) with every check of a claim that `deciding` (over seeds) also has
+    marked as a second line."""
+    return {cid: [c | {"decides": False} if deciding.get(cid) else c for c in checks] for cid, checks in claims.items()}
 
 
 def all_claims(bandit: dict = None, coverage: dict = None, token_bandit: dict = None, llm_parts: list = ()) -> dict:
@@ -260,7 +409,12 @@ def all_claims(bandit: dict = None, coverage: dict = None, token_bandit: dict = 
     out = {}
     for cid, text in CLAIM_TEXT.items():
         checks = [c | {"setting": setting} for setting, claims in parts for c in claims.get(cid, [])]
-        out[cid] = {"claim": text, "verdict": combine(checks) if checks else INCONCLUSIVE, "checks": checks}
+        out[cid] = {"claim": text, "reading": CLAIM_READING[cid], "checks": checks}
+        readings = READINGS.get(cid, (None,))
+        of = lambda reading: [c for c in checks if c.get("reading", readings[0]) == reading]
+        out[cid]["verdict"] = combine(of(readings[0])) if of(readings[0]) else INCONCLUSIVE
+        if len(readings) > 1:
+            out[cid]["verdicts_by_reading"] = {r: combine(of(r)) if of(r) else INCONCLUSIVE for r in readings}
     return out
 
 
@@ -275,14 +429,23 @@ def llm_claim_parts(tasks: dict, evals: dict, seed: int, seed_runs: list, root: 
             rows = read_jsonl(root / task.eval_samples(n))
             gold.setdefault(reward, {})[n] = per_prompt(rows, "gold")
             kl.setdefault(reward, {})[n] = per_prompt(rows, "kl_k1")
-    parts = [(f"synthetic LLM task ({reward})", llm_claims(gold[reward], kl[reward], reward, over)) for reward in gold]
-    parts.append(("synthetic LLM task (across gold rewards)", llm_peak_claims(gold, over)))
     gold_s, kl_s = seed_values(evals, seed_runs, tasks)
+    seeds = [seed] + [r["seed"] for r in seed_runs]
+    over_seeds = f"training seeds ({', '.join(map(str, seeds))})"
+    key = "validation_gold_reward"
+    validation = {r: {n: e[key] for n, e in evals.get(r, {}).items() if key in e} for r in gold}  # this run's seed
+    runs_of = lambda r, n: [run["tasks"].get(r, {}).get(n, {}) for run in seed_runs]
+    validation_s = {r: {n: mean([evals[r][n][key]] + [x[key] for x in runs_of(r, n)]) for n in gold_s[r]
+                        if key in evals[r][n] and all(key in x for x in runs_of(r, n))} for r in gold_s}  # mean over seeds
+    by_seeds = {reward: llm_claims(gold_s[reward], kl_s[reward], reward, over_seeds, validation_s[reward]) for reward in gold_s}
+    peak_by_seeds = llm_peak_claims(gold_s, over_seeds) if gold_s else {}
+    parts = [(f"synthetic LLM task ({reward})", second_line(llm_claims(gold[reward], kl[reward], reward, over, validation[reward]),
+                                                             by_seeds.get(reward, {}))) for reward in gold]
+    parts.append(("synthetic LLM task (across gold rewards)", second_line(llm_peak_claims(gold, over), peak_by_seeds)))
     if gold_s:
-        seeds = [seed] + [r["seed"] for r in seed_runs]
-        over_seeds = f"training seeds ({', '.join(map(str, seeds))})"
-        parts += [(f"synthetic LLM task ({reward}), policies with {len(seeds)} training seeds",
-                   llm_claims(gold_s[reward], kl_s[reward], reward, over_seeds)) for reward in gold_s]
-        parts.append(("synthetic LLM task (across gold rewards), training seeds", llm_peak_claims(gold_s, over_seeds)))
-        over = f"{over}; for {', '.join(sorted({n for g in gold_s.values() for n in g}))} also {over_seeds}"
+        parts += [(f"synthetic LLM task ({reward}), policies with {len(seeds)} training seeds", by_seeds[reward])
+                  for reward in gold_s]
+        parts.append(("synthetic LLM task (across gold rewards), training seeds", peak_by_seeds))
+        over = (f"{over}; for {', '.join(sorted({n for g in gold_s.values() for n in g}))} also {over_seeds}, "
+                "which then decide the verdict (the prompts' check is a second line)")
     return parts, over

@@ -141,6 +141,27 @@ def plot_reward_vs_kl(evals: dict, path):
     _save(fig, path)
 
 
+def plot_frontier(points: dict, path):
+    """DPO and HyPO: every run's (KL, gold reward), hollow for the sweep's experiments, filled for the training seeds,
+    and each method's frontier (claims.frontier) as a line."""
+    from pftlab.reporting.claims import frontier
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (name, pts), colour in zip(points.items(), ("tab:green", "tab:purple")):
+        for kind, face in (("sweep", "none"), ("seed", colour)):
+            xs = [(k, r) for k, r, where in pts if where == kind]
+            ax.scatter([k for k, _ in xs], [r for _, r in xs], facecolors=face, edgecolors=colour, s=36,
+                       label=f"{name}: {'sweep experiments' if kind == 'sweep' else 'training seeds'}")
+        front = frontier([(k, r) for k, r, _ in pts])
+        ax.step([k for k, _ in front], [r for _, r in front], where="post", color=colour, lw=1.2, alpha=0.7)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("reverse KL to SFT (k1, per sequence; log scale above 1)")
+    ax.set_ylabel("gold reward (held-out prompts)")
+    ax.set_title("DPO vs HyPO: up and to the left is better; lines: each method's frontier", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def plot_sft(rows, path):
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train")

@@ -11,13 +11,14 @@ from pftlab.reporting.figures import (
     plot_bandit,
     plot_bandit_seeds,
     plot_coverage,
+    plot_frontier,
     plot_learning_curves,
     plot_reuse,
     plot_reward_vs_kl,
     plot_sft,
     plot_step_panels,
 )
-from pftlab.reporting.results import llm_tasks, load_evals, read_curve
+from pftlab.reporting.results import llm_tasks, load_evals, read_curve, win_rates_per_prompt
 from pftlab.reporting.seeds import load_seed_runs, pipeline_seed_runs
 from pftlab.reporting.tables import (
     DPO_DIAGNOSIS,
@@ -25,14 +26,18 @@ from pftlab.reporting.tables import (
     dpo_diagnosis_text,
     eval_table,
     final_reward_table,
+    frontier_table,
+    matched_settings_table,
     rm_sentence,
     seeds_table,
+    self_win_rate_sentence,
     sweep_section,
     uncovered_mass_section,
 )
 
 
-def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".", training_seeds: dict = None) -> str:
+def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".", training_seeds: dict = None,
+                 policy_lr: float = None) -> str:
     """metrics/report.md, metrics/claims.json and the figures, from the files under `root`."""
     root = Path(root)
     m = root / "metrics"
@@ -47,11 +52,17 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         path = m / "didactic" / f"{name}.json"
         didactic[name] = json.loads(path.read_text()) if path.exists() else None
     bandit, coverage, token_bandit = didactic["bandit"], didactic["coverage"], didactic["token_bandit"]
-    seed_runs = pipeline_seed_runs(training_seeds or {}, gold_name, root)
+    seed_runs = pipeline_seed_runs(algorithms, training_seeds or {}, gold_name, root)
     seed_runs += [r for r in load_seed_runs(m / "seeds") if r["seed"] not in {s["seed"] for s in seed_runs}]
     llm_parts, over = claims_lib.llm_claim_parts(tasks, evals_by_task, seed, seed_runs, root)
-    if "dpo" in evals:
-        llm_parts.append((f"synthetic LLM task ({gold_name})", {"3": claims_lib.dpo_likelihood_check(evals["dpo"])}))
+    if "dpo" in evals:  # claim 3's likelihood check: over DPO's training seeds where they exist
+        dpo_runs = [r for r in seed_runs if "dpo" in r["tasks"].get(gold_name, {})]
+        dpo_evals = [evals["dpo"]] + [r["tasks"][gold_name]["dpo"] for r in dpo_runs]
+        llm_parts.append((f"synthetic LLM task ({gold_name})",
+                          {"3": claims_lib.dpo_likelihood_check(dpo_evals, [seed] + [r["seed"] for r in dpo_runs])}))
+    sweep = json.loads((m / "sweep" / "summary.json").read_text()) if (m / "sweep" / "summary.json").exists() else {}
+    cells = claims_lib.matched_cells(sweep, policy_lr) if "dpo" in evals and "hypo" in evals else []
+    llm_parts.append((f"synthetic LLM task ({gold_name}), hyperparameter sweep", claims_lib.matched_settings_claims(cells)))
     claims = claims_lib.all_claims(bandit, coverage, token_bandit, llm_parts)
     atomic_write_json(m / "claims.json", claims)
     lines = ["# pftlab report", "", "## The papers' claims", "",
@@ -70,14 +81,24 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
               "half-width of its 95% interval over held-out prompts (each prompt's mean over its samples): the sampling "
               "noise of one training run, not the spread between training runs.", "",
              ] + eval_table(evals)
+    if gold_name != "reward_model":  # with a gold reward: the win rate's noise floor, from the saved samples
+        lines += ["", self_win_rate_sentence(win_rates_per_prompt(root, main_task, "sft"))]
     lines += ["", rm_sentence(root / main_task.metrics("reward_model"))]
     for reward, (task, _) in variant_tasks:
         lines += ["", f"### The same task under the `{reward}` gold reward", "",
                   "The same SFT samples relabelled; a reward model and policies trained on those labels.", ""]
         lines += eval_table(evals_by_task[reward])
         lines += ["", rm_sentence(root / task.metrics("reward_model"))]
-    if (m / "sweep" / "summary.json").exists():
-        lines += [""] + sweep_section(json.loads((m / "sweep" / "summary.json").read_text()))
+    if sweep:
+        lines += [""] + sweep_section(sweep, policy_lr)
+    if cells:  # claim 8 as Song et al. ran it, and the frontier from every DPO and HyPO run at hand
+        points = {n: [(r["kl_k1"], r["gold_reward"], "sweep") for r in sweep["algorithms"][n]["rows"]]
+                  + [(e["kl_k1"], e["gold_reward"], "seed") for e in
+                     [evals[n]] + [r["tasks"][gold_name][n] for r in seed_runs if n in r["tasks"].get(gold_name, {})]]
+                  for n in ("dpo", "hypo")}
+        plot_frontier(points, figures / "dpo_hypo_frontier.png")
+        lines += [""] + matched_settings_table(cells) + [""] + frontier_table(points)
+        lines += ["", "![DPO and HyPO: gold reward against KL](figures/dpo_hypo_frontier.png)"]
     if seed_runs:
         lines += ["", "### Across training seeds", "",
                   "Each seed's held-out mean (the same SFT model, pairs and reward model; only the policy's training "
@@ -92,7 +113,9 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     if "dpo" in evals:
         dpo_curves = {f"seed {s}": rows for s, rows in policy_curves["dpo"].items()}
         plot_step_panels(dpo_curves, DPO_DIAGNOSIS, figures / "dpo_diagnosis.png")
-        lines += [""] + dpo_diagnosis_text(dpo_curves, evals["sft"], evals["dpo"])
+        dpo_by_seed = {f"seed {seed}": evals["dpo"]} | {f"seed {r['seed']}": r["tasks"][gold_name]["dpo"] for r in seed_runs
+                                                        if "dpo" in r["tasks"].get(gold_name, {})}
+        lines += [""] + dpo_diagnosis_text(dpo_curves, evals["sft"], evals["dpo"], dpo_by_seed)
     lines += ["", "## Algorithms", "", table_markdown(), "",
               "## Figures", "", "![learning curves](figures/learning_curves.png)", "",
               "![losses, one panel per algorithm](figures/losses.png)", "",

@@ -41,3 +41,19 @@ def seed_values(evals: dict, seed_runs: list, tasks: dict) -> tuple:
                 gold.setdefault(reward, {})[n] = [own["gold_reward"]] + [r["gold_reward"] for r in runs]
                 kl.setdefault(reward, {})[n] = [own["kl_k1"]] + [r["kl_k1"] for r in runs]
     return gold, kl
+
+
+def win_rates_per_prompt(root: Path, task: Task, name: str) -> list:
+    """Each held-out prompt's win rate of policy `name` against the SFT reference draw (ties half), from the saved
+    samples: the per-prompt form of the evaluation's `win_rate_vs_sft`."""
+    from pftlab.core.io import read_jsonl
+    from pftlab.core.paths import EVAL_REFERENCE
+    from pftlab.lm.gold import gold_reward
+
+    spec = json.loads((root / task.gold).read_text())
+    rows, reference = read_jsonl(root / task.eval_samples(name)), read_jsonl(root / EVAL_REFERENCE)
+    ref_gold = gold_reward(spec, [r["length"] for r in reference])
+    per_prompt = {}
+    for row, opponent in zip(rows, ref_gold):
+        per_prompt.setdefault(row["prompt_index"], []).append(float(row["gold"] > opponent) + 0.5 * (row["gold"] == opponent))
+    return [sum(v) / len(v) for _, v in sorted(per_prompt.items())]

@@ -21,7 +21,7 @@ from pftlab.core.io import atomic_write_json
 from pftlab.core.params import load_params
 
 SEEDS_DIR = Path("metrics/seeds")
-KEYS = ("gold_reward", "kl_k1", "win_rate_vs_sft")
+KEYS = ("gold_reward", "kl_k1", "win_rate_vs_sft", "validation_gold_reward", "logp_chosen_change", "logp_rejected_change")
 _EVAL_FILE = re.compile(r"metrics/(?:variants/(\w+)/)?eval/(\w+)\.json")
 
 
@@ -71,8 +71,9 @@ def collect(exp_show: list, current: dict) -> list:
     return [runs[s] for s in sorted(runs)]
 
 
-def pipeline_seed_runs(training_seeds: dict, reward: str, root=".") -> list:
-    """The training seeds the pipeline ran (params `training_seeds`), in the form of collected seed runs:
+def pipeline_seed_runs(algorithms: list, training_seeds: dict, reward: str, root=".") -> list:
+    """The training seeds the pipeline ran for every policy of `algorithms` (params `training_seeds`), in the
+    form of collected seed runs:
     `[{"seed": s, "tasks": {reward: {policy: {gold_reward, kl_k1, win_rate_vs_sft}}}}]`. A missing file is an
     error naming the stage that makes it."""
     from pftlab.core.paths import Task, seeds_stage
@@ -80,7 +81,7 @@ def pipeline_seed_runs(training_seeds: dict, reward: str, root=".") -> list:
     runs = []
     for seed in training_seeds.get("seeds", []):
         task, policies = Task(seed=seed), {}
-        for name in training_seeds.get("algorithms", []):
+        for name in algorithms:
             path = Path(root) / task.metrics("eval", name)
             if not path.exists():
                 raise DataError(f"{path} is missing: run `dvc repro {seeds_stage(name)}`")

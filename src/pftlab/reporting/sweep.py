@@ -5,17 +5,23 @@ numbers come from).
     python -m pftlab.reporting.sweep queue dpo --grid lr=1e-5,3e-5,1e-4 --grid beta=0.1,0.3
     dvc queue start -j 1 && dvc queue status      # each experiment trains and evaluates that one algorithm
     python -m pftlab.reporting.sweep summarise    # metrics/sweep/summary.json: the table and each selection
-    dvc repro report                              # the report shows the table and the rule
+    python -m pftlab.reporting.sweep extend       # queue one step outward for each selection on a grid edge
+    dvc repro report                              # the report shows the table, the rule and which are interior
 
 An experiment counts for algorithm `a` when it runs `a` alone (`algorithms=[a]`) and its params equal the
 workspace's except under `algos.*` (read only by each algorithm's own stage) and the lists that decide which stages
 exist. The rule: the setting with
 the highest mean validation gold reward; the workspace's own setting competes too. `summarise` prints the
 `algos.<a>.*` values to put in params.yaml; it never edits params.yaml itself.
+
+A selection is *interior* in a knob when the sweep tried a lower and a higher value of it at the selection's other
+knobs. `extend` queues, for each scale knob (STEPPED) of a selection on an edge or never swept, the next value
+outward on the 1-3-10 ladder, until the selection is interior or the knob's stated bound (BOUNDS) is reached.
 """
 import argparse
 import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +32,12 @@ from pftlab.core.params import load_params, locked_stages, read_yaml
 from pftlab.reporting.seeds import experiments
 
 SWEEP_DIR = Path("metrics/sweep")
-# Keys that only decide which stages exist: an experiment of one algorithm empties or narrows them.
+# Keys that only decide which stages exist: an experiment of one algorithm empties or narrows them
+# (training_seeds.algorithms: the key of experiments queued before every policy had the training seeds).
 STAGE_LISTS = ("algorithms", "training_seeds.algorithms", "training_seeds.seeds", "variants.algorithms", "variants.rewards")
+# Knobs swept on a log scale (the 1, 3, 10, 30... ladder) and where the search stops outward.
+BOUNDS = {"lr": (1e-6, 3e-3), "beta": (0.01, 3.0), "kl_coef": (0.001, 1.0), "lam": (1e-4, 1.0), "temperature": (0.1, 10.0)}
+STEPPED = tuple(BOUNDS)
 RULE = "highest mean validation gold reward (eval.validation_prompts, disjoint from the evaluated prompts)"
 
 
@@ -38,7 +48,7 @@ def queue_commands(algorithm: str, grid: dict, present: dict) -> list:
     commands = []
     for values in itertools.product(*(grid[k] for k in keys)):
         sets = [f"{'' if k in present else '+'}algos.{algorithm}.{k}={v}" for k, v in zip(keys, values)]
-        commands.append(["dvc", "exp", "run", "--queue", "-S", f"algorithms=[{algorithm}]", "-S", "training_seeds.algorithms=[]",
+        commands.append(["dvc", "exp", "run", "--queue", "-S", f"algorithms=[{algorithm}]", "-S", "training_seeds.seeds=[]",
                          "-S", "variants.algorithms=[]", *[x for s in sets for x in ("-S", s)]])
     return commands
 
@@ -116,6 +126,51 @@ def trained_as_now(algorithm: str, current: dict, stages: dict) -> bool:
     return flatten(locked.get(key) or {}) == flatten((current.get("algos") or {}).get(algorithm) or {})
 
 
+def ladder_step(value: float, up: bool) -> float:
+    """The next value of the 1-3-10 ladder above (or below) `value`."""
+    exponent = math.floor(math.log10(value))
+    rungs = sorted(m * 10.0 ** e for e in range(exponent - 2, exponent + 3) for m in (1, 3))
+    step = min(r for r in rungs if r > value * (1 + 1e-9)) if up else max(r for r in rungs if r < value * (1 - 1e-9))
+    return float(f"{step:.1g}")
+
+
+def grid_status(entry: dict, defaults: dict) -> dict:
+    """{knob: {"tried": [values at the selection's other knobs], "selected": value, "status": ...}} for each stepped
+    knob of an algorithm's selection. Status: interior, low edge, high edge, not swept (one value), or at bound.
+    A row without a knob ran at `defaults` (lr: policy.lr). Earlier rows (other code) do not count."""
+    value = lambda row, k: row["setting"].get(k, defaults.get(k))
+    chosen = {k: entry["selected"].get(k, defaults.get(k)) for k in set(entry["selected"]) | set(defaults)}
+    rows = [r for r in entry["rows"] if not r.get("earlier")]
+    out = {}
+    for knob in STEPPED:
+        v = chosen.get(knob)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        same_rest = [r for r in rows if all(value(r, k) == chosen[k] for k in chosen if k != knob)]
+        tried = sorted({value(r, knob) for r in same_rest if value(r, knob) is not None} | {v})
+        low, high = BOUNDS[knob]
+        if tried[0] < v < tried[-1]:
+            status = "interior"
+        elif len(tried) == 1:
+            status = "not swept"
+        else:
+            status = "low edge" if v == tried[0] else "high edge"
+            if (status == "low edge" and ladder_step(v, up=False) < low) or (status == "high edge" and ladder_step(v, up=True) > high):
+                status += " (at bound)"
+        out[knob] = {"tried": tried, "selected": v, "status": status}
+    return out
+
+
+def extension_points(status: dict) -> list:
+    """[(knob, value)]: one step outward for each edge (both ways for a knob never swept), within BOUNDS."""
+    points = []
+    for knob, s in status.items():
+        low, high = BOUNDS[knob]
+        ways = {"low edge": [False], "high edge": [True], "not swept": [False, True]}.get(s["status"], [])
+        points += [(knob, x) for x in (ladder_step(s["selected"], up) for up in ways) if low <= x <= high]
+    return points
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +178,9 @@ def main(argv=None):
     q.add_argument("algorithm")
     q.add_argument("--grid", action="append", default=[], help="key=v1,v2,... under algos.<algorithm> (repeatable)")
     sub.add_parser("summarise", help="read `dvc exp show --json`, write metrics/sweep/summary.json")
+    e = sub.add_parser("extend", help="queue one step outward for every selection on a grid edge (summary.json)")
+    e.add_argument("algorithms", nargs="*", help="default: every algorithm of the summary")
+    e.add_argument("--dry-run", action="store_true", help="print the commands, queue nothing")
     args = parser.parse_args(argv)
     params = load_params("params.yaml")
     if args.command == "queue":
@@ -138,6 +196,27 @@ def main(argv=None):
         for command in commands:
             subprocess.run(command, check=True)
         print(f"queued {len(commands)} experiments: dvc queue start -j 1")
+        return
+    if args.command == "extend":
+        summary = json.loads((SWEEP_DIR / "summary.json").read_text())
+        queued = 0
+        for algorithm in args.algorithms or list(summary["algorithms"]):
+            entry = summary["algorithms"].get(algorithm)
+            if entry is None or "kept" in entry:
+                print(f"{algorithm}: no current sweep in {SWEEP_DIR / 'summary.json'}: queue a grid first")
+                continue
+            if entry["selected"] != entry["current"]:
+                sys.exit(f"extend: params.yaml holds {entry['current']} for {algorithm}, the sweep selected "
+                         f"{entry['selected']}: set the selection first (see `summarise`)")
+            present = params.get(f"algos.{algorithm}") or {}
+            status = grid_status(entry, {"lr": params["policy.lr"]})
+            for knob, value in extension_points(status):
+                for command in queue_commands(algorithm, {knob: [value]}, present):
+                    print(" ".join(command))
+                    queued += 1
+                    if not args.dry_run:
+                        subprocess.run(command, check=True)
+        print(f"{'would queue' if args.dry_run else 'queued'} {queued} experiments" + ("" if args.dry_run else ": dvc queue start -j 1"))
         return
     out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], capture_output=True, text=True)  # any baseline
     if out.returncode != 0:

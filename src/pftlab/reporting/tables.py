@@ -13,25 +13,34 @@ EVAL_COLUMNS = [("gold_reward", "gold reward"), ("proxy_reward", "proxy reward")
                 ("eos_fraction", "ends with EOS")]
 
 
-# Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL
-DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w) of the training pairs"), ("logp_rejected", "log pi(y_l) of the training pairs"),
+# Offline DPO step by step, one line per training seed: the pairs' log-likelihoods, length and KL. The curves'
+# log-likelihoods are of each step's own minibatch (other pairs at every step): the change on the same pairs is
+# the evaluation's (evaluate@dpo: eval.likelihood_pairs training pairs before and after).
+DPO_DIAGNOSIS = [("logp_chosen", "log pi(y_w), each step's minibatch"), ("logp_rejected", "log pi(y_l), each step's minibatch"),
                  ("response_tokens", "length of fresh samples (tokens)"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
 
 
-def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict) -> list:
-    """What the curves say, computed: first and last value of each quantity, per seed."""
+def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict, dpo_by_seed: dict = None) -> list:
+    """What the curves and the evaluations say, computed, per seed: the change of log pi on the same training
+    pairs (`dpo_by_seed[label]`: that seed's evaluation), and the fresh samples' length and KL from the curve."""
+    dpo_by_seed = dpo_by_seed or {}
+    change = lambda label, side: (f"{dpo_by_seed[label][f'logp_{side}_change']:+.2f}"
+                                  if f"logp_{side}_change" in dpo_by_seed.get(label, {}) else "-")
     lines = ["### Offline DPO, step by step", "",
-             "| seed | log pi(y_w): start -> end | log pi(y_l): start -> end | length of fresh samples: start -> end | "
-             "KL k1: end |", "|---|---|---|---|---|"]
+             f"log pi(y) - log pi_ref(y): the change of the log-likelihood over training, on the same "
+             f"{dpo.get('likelihood_pairs', '')} training pairs (mean over pairs, evaluate@dpo).", "",
+             "| seed | log pi(y_w) - log pi_ref(y_w), same pairs | log pi(y_l) - log pi_ref(y_l), same pairs | "
+             "length of fresh samples: start -> end | KL k1: end |", "|---|---|---|---|---|"]
     for label, rows in curves.items():
         first = lambda k: next((r[k] for r in rows if k in r), float("nan"))
         last = lambda k: next((r[k] for r in reversed(rows) if k in r), float("nan"))
-        lines.append(f"| {label} | {first('logp_chosen'):.1f} -> {last('logp_chosen'):.1f} | {first('logp_rejected'):.1f} -> "
-                     f"{last('logp_rejected'):.1f} | {first('response_tokens'):.1f} -> {last('response_tokens'):.1f} | "
-                     f"{last('kl_k1'):.1f} |")
+        lines.append(f"| {label} | {change(label, 'chosen')} | {change(label, 'rejected')} | "
+                     f"{first('response_tokens'):.1f} -> {last('response_tokens'):.1f} | {last('kl_k1'):.1f} |")
     lines += ["", f"Held-out: DPO gold reward {dpo['gold_reward']:.2f} (SFT {sft['gold_reward']:.2f}), length "
               f"{dpo['response_length']:.1f} (SFT {sft['response_length']:.1f}), ends with EOS {dpo['eos_fraction']:.2f} "
-              f"(SFT {sft['eos_fraction']:.2f}), KL k1 {dpo['kl_k1']:.1f}.", "", "![offline DPO](figures/dpo_diagnosis.png)", ""]
+              f"(SFT {sft['eos_fraction']:.2f}), KL k1 {dpo['kl_k1']:.1f}. In the figure, log pi(y_w) and log pi(y_l) "
+              "are each step's own minibatch (other pairs at every step), so their trend, not step-to-step moves, is "
+              "what they show.", "", "![offline DPO](figures/dpo_diagnosis.png)", ""]
     return lines
 
 
@@ -48,15 +57,22 @@ def final_reward_table(runs: dict, title: str) -> list:
 
 
 def claims_markdown(claims: dict) -> list:
-    """One row per claim: our verdict, our checks, and beside them what the papers report (paper_numbers.py)."""
-    lines = ["| claim | verdict | our checks: setting, comparison, mean [95% CI] over n, verdict | the papers: where, what they report |",
-             "|---|---|---|---|"]
+    """One row per claim: how we read it, our verdict (per reading where it has two), our checks, and beside them
+    what the papers report (paper_numbers.py)."""
+    lines = ["| claim, and how we test it | verdict | our checks: setting, comparison, mean [95% CI] over n, verdict "
+             "| the papers: where, what they report |", "|---|---|---|---|"]
     for cid, c in claims.items():
-        checks = "<br>".join(f"{x['setting']}: {x['comparison']} ({x['quantity']}): {x['mean']:.3g} "
+        checks = "<br>".join((f"[{x['reading']}] " if "reading" in x else "") +
+                             f"{x['setting']}: {x['comparison']} ({x['quantity']}): {x['mean']:.3g} "
                              f"[{x['ci95'][0]:.3g}, {x['ci95'][1]:.3g}] over {x['n']} {x['over']}: *{x['verdict']}*"
+                             + ("" if x.get("decides", True) else " (second line, not deciding)")
                              for x in c["checks"]) or "no setting measures it in this run"
-        lines.append(f"| {cid}. {c['claim']} | **{c['verdict']}** | {checks} | {paper_evidence_markdown(cid) or '-'} |")
-    return lines
+        verdict = f"**{c['verdict']}**" + "".join(f"<br>{r}: {v}" for r, v in c.get("verdicts_by_reading", {}).items())
+        lines.append(f"| {cid}. {c['claim']}<br>*Read as:* {c['reading']} | {verdict} | {checks} | "
+                     f"{paper_evidence_markdown(cid) or '-'} |")
+    return lines + ["", "The papers' column quotes their own measures (GPT-4 and AlpacaEval win rates against their own "
+                    "references, reward-model scores, KL of 1B-8B models); ours are length rewards, length win rates and "
+                    "KL of a 1M-parameter model. They are not on one scale: compare directions and verdicts, not numbers."]
 
 
 def uncovered_mass_section(table: dict) -> list:
@@ -79,8 +95,11 @@ def uncovered_mass_section(table: dict) -> list:
     return lines + [""]
 
 
-def sweep_section(summary: dict) -> list:
-    """The hyperparameter sweep's table per algorithm, best validation reward first, and its rule."""
+def sweep_section(summary: dict, policy_lr: float = None) -> list:
+    """The hyperparameter sweep's table per algorithm, best validation reward first, its rule, and where each
+    selection sits in its grid (sweep.grid_status; a row without lr ran at `policy_lr`)."""
+    from pftlab.reporting.sweep import grid_status
+
     lines = ["### Hyperparameter sweep", "", f"Selection rule: {summary['rule']}. Each row is one `dvc exp` "
              "(`python -m pftlab.reporting.sweep`, README); the evaluated prompts' reward is shown, never used to select.", "",
              "| algorithm | setting (what varies) | validation gold reward [95% CI over prompts] | validation KL k1 "
@@ -101,11 +120,62 @@ def sweep_section(summary: dict) -> list:
             label = f"{algorithm} (earlier)" if "kept" in entry or row.get("earlier") else algorithm
             lines.append(f"| {label} | {setting} | {v:.2f} [{v - half:.2f}, {v + half:.2f}] | "
                          f"{row.get('validation_kl_k1', float('nan')):.2f} | {row.get('gold_reward', float('nan')):.2f} | {mark} |")
+    lines += ["", "Where each selection sits in its grid (scale knobs, values tried at the selection's other knobs; "
+              "earlier rows do not count; `python -m pftlab.reporting.sweep extend` queues one step outward for an edge):", "",
+              "| algorithm | knob | values tried | selected | |", "|---|---|---|---|---|"]
+    for algorithm, entry in summary["algorithms"].items():
+        if "kept" in entry:
+            lines.append(f"| {algorithm} | - | - | - | kept from an earlier summary: not re-swept under today's params |")
+            continue
+        for knob, st in grid_status(entry, {"lr": policy_lr}).items():
+            lines.append(f"| {algorithm} | {knob} | {', '.join(f'{x:g}' for x in st['tried'])} | {st['selected']:g} | {st['status']} |")
     if kept:
         lines += ["", f"(earlier): rows of {', '.join(kept)} kept from an earlier summary (a sweep run before other "
                   "params changed, or the previous default run): shown, not selected from (a selection made then stays in "
                   "params.yaml)."]
     return lines + [""]
+
+
+def self_win_rate_sentence(wins_per_prompt: list) -> str:
+    """SFT against the independent SFT draw every win rate is judged against: 0.5 in expectation, so its distance
+    from 0.5 is the win rate's sampling noise."""
+    m, half = mean_ci(wins_per_prompt)
+    return (f"The SFT policy's win rate against the independent SFT draw (the opponent of every win rate) is {m:.3f} "
+            f"[{m - half:.3f}, {m + half:.3f}] (95% interval over {len(wins_per_prompt)} held-out prompts): both are draws of "
+            "one policy, so 0.5 is expected and the distance from it is the two draws' sampling noise. The reference draw "
+            "is one draw shared by every win rate of the table, so its own noise shifts them all alike.")
+
+
+def matched_settings_table(cells: list) -> list:
+    """Claim 8 as Song et al. ran it: DPO and HyPO at each (beta, lr) the sweep ran for both."""
+    lines = ["### DPO and HyPO at the same settings (claim 8)", "",
+             "Each (beta, lr) the hyperparameter sweep ran for both (HyPO's other knobs at its selection), one training "
+             "seed each, held-out prompts. Song et al. compare the two at one beta and learning rate.", "",
+             "| beta | lr | DPO gold reward | HyPO gold reward | DPO KL (k1) | HyPO KL (k1) | experiments (DPO, HyPO) |",
+             "|---|---|---|---|---|---|---|"]
+    for setting, d, h in cells:
+        lines.append(f"| {setting['beta']:g} | {setting['lr']:g} | {d['gold_reward']:.2f} | {h['gold_reward']:.2f} | "
+                     f"{d['kl_k1']:.3g} | {h['kl_k1']:.3g} | {d['experiment']}, {h['experiment']} |")
+    return lines
+
+
+def frontier_table(points: dict) -> list:
+    """KL at matched gold reward on the DPO and HyPO frontiers (claims.kl_at_reward), at each frontier point's reward
+    inside the range both reach."""
+    from pftlab.reporting.claims import frontier, kl_at_reward
+
+    xy = {n: [(k, r) for k, r, _ in pts] for n, pts in points.items()}
+    low = max(min(r for _, r in v) for v in xy.values())
+    high = min(max(r for _, r in v) for v in xy.values())
+    levels = sorted({r for v in xy.values() for _, r in frontier(v) if low <= r <= high})
+    lines = ["The reward-vs-KL frontier: every DPO and HyPO run at hand (the sweep's experiments and the training "
+             "seeds); at each gold reward, the least KL at which each method's frontier reaches it (linear between "
+             "frontier points; `reporting/claims.py` `kl_at_reward`).", "",
+             "| gold reward | DPO: least KL (k1) | HyPO: least KL (k1) |", "|---|---|---|"]
+    for r in levels:
+        d, h = kl_at_reward(xy["dpo"], r), kl_at_reward(xy["hypo"], r)
+        lines.append(f"| {r:.2f} | {d:.3g} | {h:.3g} |")
+    return lines if levels else lines[:2] + ["The two methods' rewards do not overlap: no matched reward."]
 
 
 def seeds_table(evals: dict, seed: int, seed_runs: list) -> list:

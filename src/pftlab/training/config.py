@@ -73,8 +73,7 @@ class CheckpointConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingSeedsConfig:
-    """`training_seeds`: the policy stage again, for these algorithms, with each of these seeds besides `seed`
-    (the same SFT model, pairs and reward model): stage seeds@<algorithm> trains and evaluates them all, and the
-    report compares policies over training seeds."""
-    algorithms: list = knob(list_of(lambda v: isinstance(v, str), empty=True), "a list of names from `algorithms`")
+    """`training_seeds`: every policy of `algorithms` again with each of these seeds besides `seed` (the same SFT
+    model, pairs and reward model): stage seeds@<algorithm> trains and evaluates them all, and the report compares
+    policies over training seeds. Empty: one training seed per policy."""
     seeds: list = knob(list_of(nonneg_int, empty=True), "a list of integers >= 0 other than `seed`")

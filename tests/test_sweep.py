@@ -50,6 +50,7 @@ def test_queue_commands_cover_the_grid_and_run_one_algorithm_alone():
     commands = sweep.queue_commands("dpo", {"lr": [1e-5, 3e-5], "beta": [0.1, 0.3]}, {"beta": 0.1})
     assert len(commands) == 4
     sets = [" ".join(c) for c in commands]
+    assert all(s.startswith("dvc exp run evaluate@dpo --queue") for s in sets)  # that policy and its evaluation only
     assert all("-S algorithms=[dpo]" in s and "-S training_seeds.seeds=[]" in s for s in sets)
     assert sum("-S +algos.dpo.lr=1e-05" in s and "-S algos.dpo.beta=0.3" in s for s in sets) == 1  # a new key: +
 

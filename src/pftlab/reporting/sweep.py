@@ -48,7 +48,9 @@ def queue_commands(algorithm: str, grid: dict, present: dict) -> list:
     commands = []
     for values in itertools.product(*(grid[k] for k in keys)):
         sets = [f"{'' if k in present else '+'}algos.{algorithm}.{k}={v}" for k, v in zip(keys, values)]
-        commands.append(["dvc", "exp", "run", "--queue", "-S", f"algorithms=[{algorithm}]", "-S", "training_seeds.seeds=[]",
+        # the target evaluate@<algorithm>: its policy and evaluation only (the summary reads that evaluation)
+        commands.append(["dvc", "exp", "run", f"evaluate@{algorithm}", "--queue", "-S", f"algorithms=[{algorithm}]",
+                         "-S", "training_seeds.seeds=[]",
                          "-S", "variants.algorithms=[]", *[x for s in sets for x in ("-S", s)]])
     return commands
 

@@ -309,6 +309,8 @@ def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     shutil.copytree(repo / "metrics", tmp_path / "metrics")
     for held_out in ("data/eval", "data/variants", "data/training_seeds"):  # per-prompt samples: the checks over prompts
         shutil.copytree(repo / held_out, tmp_path / held_out)
+    (tmp_path / "data/pairs").mkdir()
+    shutil.copy(repo / "data/pairs/gold.json", tmp_path / "data/pairs/gold.json")  # judges the SFT reference draw
     other = {reward: {n: v | {"gold_reward": v["gold_reward"] + 1} for n, v in policies.items()}
              for reward, policies in runs[0]["tasks"].items()}
     seeds.write_seed_runs([{"seed": 7, "experiment": "fake", "tasks": other}], tmp_path / "metrics" / "seeds")

@@ -158,3 +158,30 @@ def test_docs_setups_states_every_claim_reading_as_the_report_does():
     setups = " ".join((Path(__file__).resolve().parents[1] / "docs" / "SETUPS.md").read_text().split())
     for cid, text in claims.CLAIM_READING.items():
         assert f"{cid}. {' '.join(text.split())}" in setups, cid
+
+
+def test_over_seeds_claim_4_is_chosen_on_the_validation_prompts_of_the_seed_that_scored_them(tmp_path):
+    """Training seeds' evaluations skip the validation prompts: the choice over seeds uses this run's seed's."""
+    from pftlab.core.paths import Task
+
+    names = ["sft", "dpo", "ppo", "online_dpo"]
+    held_out = {"sft": -30.0, "dpo": -5.0, "ppo": -2.0, "online_dpo": -3.0}
+    validation = {"sft": -30.0, "dpo": -20.0, "ppo": -9.0, "online_dpo": -1.0}  # picks online_dpo, not ppo
+    evals = {"min_length": {}}
+    for n in names:
+        for seed in (0, 1, 2):
+            task = Task() if seed == 0 else Task(seed=seed)
+            rows = [{"prompt_index": i, "gold": held_out[n] + 0.1 * i + 0.01 * seed, "kl_k1": 1.0} for i in range(4)]
+            (tmp_path / task.eval_samples(n)).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / task.eval_samples(n)).write_text("".join(json.dumps(r) + "\n" for r in rows))
+            values = {"gold_reward": held_out[n] + 0.15 + 0.01 * seed, "kl_k1": 1.0}
+            if seed == 0:
+                values["validation_gold_reward"] = validation[n]
+                evals["min_length"][n] = values
+            (tmp_path / task.metrics("eval", n)).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / task.metrics("eval", n)).write_text(json.dumps(values))
+    runs = seeds.pipeline_seed_runs(names[1:], {"seeds": [1, 2]}, "min_length", tmp_path)
+    parts, _ = claims.llm_claim_parts({"min_length": (Task(), names)}, evals, 0, runs, tmp_path)
+    over_seeds = [c for _, cl in parts for c in cl.get("4", []) if c["over"].startswith("training seeds")]
+    taxonomy = next(c for c in over_seeds if c["reading"] == "taxonomy")
+    assert "(online_dpo)" in taxonomy["comparison"] and "validation prompts" in taxonomy["comparison"]

@@ -435,8 +435,10 @@ def llm_claim_parts(tasks: dict, evals: dict, seed: int, seed_runs: list, root: 
     key = "validation_gold_reward"
     validation = {r: {n: e[key] for n, e in evals.get(r, {}).items() if key in e} for r in gold}  # this run's seed
     runs_of = lambda r, n: [run["tasks"].get(r, {}).get(n, {}) for run in seed_runs]
-    validation_s = {r: {n: mean([evals[r][n][key]] + [x[key] for x in runs_of(r, n)]) for n in gold_s[r]
-                        if key in evals[r][n] and all(key in x for x in runs_of(r, n))} for r in gold_s}  # mean over seeds
+    # over seeds: the mean over the seeds that scored the validation prompts (a training seed's evaluation skips them,
+    # so usually this run's seed alone)
+    validation_s = {r: {n: mean([evals[r][n][key]] + [x[key] for x in runs_of(r, n) if key in x]) for n in gold_s[r]
+                        if key in evals[r][n]} for r in gold_s}
     by_seeds = {reward: llm_claims(gold_s[reward], kl_s[reward], reward, over_seeds, validation_s[reward]) for reward in gold_s}
     peak_by_seeds = llm_peak_claims(gold_s, over_seeds) if gold_s else {}
     parts = [(f"synthetic LLM task ({reward})", second_line(llm_claims(gold[reward], kl[reward], reward, over, validation[reward]),

@@ -101,9 +101,9 @@ def bandit_claims(bandit: dict) -> dict:
     claims["4"] = [check("final eval reward, misaligned", "best on-policy DPO/IPO - best of every other method and sampling "
                          "(best per seed)", paired([max(x) for x in zip(*[per_seed([m], "on_policy") for m in neg])], best_other),
                          reading="literal")]
-    with_both = [per_seed([m], "on_policy") for m in methods if m in ("reinforce", "ppo", "dpo", "ipo")]  # the table's rows
-    lacking = [per_seed([m], s) for m in methods for s in ("offline", "on_policy")
-               if s == "offline" or m not in ("reinforce", "ppo", "dpo", "ipo")]
+    negative_gradient = ("reinforce", "ppo", "dpo", "ipo")  # the algorithm table's rows with one
+    with_both = [per_seed([m], "on_policy") for m in methods if m in negative_gradient]
+    lacking = [per_seed([m], s) for m in methods for s in ("offline", "on_policy") if s == "offline" or m not in negative_gradient]
     if with_both and lacking:
         claims["4"].insert(0, check("final eval reward, misaligned", "best on-policy with negative gradient (REINFORCE, PPO, "
                                     "DPO, IPO) - best lacking either (best per seed)",
@@ -380,12 +380,13 @@ def dpo_likelihood_check(dpo_evals: list, seeds: list) -> list:
         key, quantity = f"logp_{side}_change", f"log pi(y_{'w' if side == 'chosen' else 'l'}) - log pi_ref of training pairs, DPO"
         if key not in dpo_evals[0]:
             continue
-        if len(dpo_evals) > 1 and all(key in e for e in dpo_evals):
+        over_seeds = len(dpo_evals) > 1 and all(key in e for e in dpo_evals)
+        if over_seeds:
             checks.append(check(quantity, "before - after (falls)", [-e[key] for e in dpo_evals],
                                 over=f"training seeds ({', '.join(map(str, seeds))})"))
         one = check_from_summary(quantity, "before - after (falls)", -dpo_evals[0][key], dpo_evals[0][f"{key}_sd"],
                                  dpo_evals[0]["likelihood_pairs"], over=f"preference pairs, training seed {seeds[0]}")
-        checks.append(one | ({"decides": False} if len(checks) and checks[-1]["quantity"] == quantity else {}))
+        checks.append(one | ({"decides": False} if over_seeds else {}))
     return checks
 
 

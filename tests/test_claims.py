@@ -149,6 +149,13 @@ def test_claim_8_at_matched_settings_from_the_sweep():
     assert kl["mean"] == pytest.approx(1.0) and kl["reading"] == "matched settings" and kl["n"] == 2
     assert gold["mean"] == pytest.approx(15.5)
     assert claims.matched_settings_claims(cells[:1]) == {}  # one setting: nothing to test over
+    # training seeds at a cell: each cell's difference is the mean over the seeds both ran (not seed 0 alone);
+    # a seed only one of them ran is not compared
+    cells[0][1]["seeds"] = {"1": {"gold_reward": -15.0, "kl_k1": 0.56 * math.e ** 3}, "2": {"gold_reward": 0.0, "kl_k1": 1.0}}
+    cells[0][2]["seeds"] = {"1": {"gold_reward": -24.0, "kl_k1": 0.56}}
+    kl, gold = claims.matched_settings_claims(cells)["8"]
+    assert kl["mean"] == pytest.approx((2.0 + 1.0) / 2) and gold["mean"] == pytest.approx(((1.0 - 9.0) / 2 + 30.0) / 2)
+    assert "1-2 training seeds each" in kl["over"]
     assert claims.matched_cells({"algorithms": {"dpo": summary["algorithms"]["dpo"]}}, 1e-4) == []
 
 

@@ -125,3 +125,66 @@ def test_ladder_steps_and_where_a_selection_sits_in_its_grid():
     assert {("beta", 0.03), ("beta", 0.3)} <= set(sweep.extension_points(never))
     bound = sweep.grid_status({"selected": {"lr": 3e-3}, "rows": [row({"lr": 1e-3}), row({"lr": 3e-3})]}, {"lr": 1e-4})
     assert bound["lr"]["status"] == "high edge (at bound)" and sweep.extension_points(bound) == []
+
+
+def test_queue_with_training_seeds_runs_the_seeds_stage_too():
+    (command,) = sweep.queue_commands("hypo", {"lr": [3e-5]}, {"lr": 3e-3}, seeds=(1, 2))
+    assert command[:5] == ["dvc", "exp", "run", "evaluate@hypo", "seeds@hypo"]
+    assert "training_seeds.seeds=[1,2]" in command
+
+
+def commit(rev, params, metrics):
+    return {"rev": rev, "data": {"rev": rev, "params": {"params.yaml": {"data": params}},
+                                 "metrics": {k: {"data": v} for k, v in metrics.items()}}}
+
+
+def test_committed_runs_are_points_where_no_experiment_ran_their_setting():
+    """A commit's policies ran at its algos.<a>: the setting params.yaml held before a selection was copied in counts,
+    unless an experiment (or the workspace) ran it; a commit under other shared params does not count at all."""
+    before = {**CURRENT, "algos": {"dpo": {"beta": 0.1, "lr": 3e-4}, "online_dpo": {"beta": 0.1}}}
+    shown = [{"rev": "workspace", "data": {}, "experiments": [{"revs": [
+        experiment("a", one_algorithm("dpo", lr=3e-5), {"validation_gold_reward": -10.0})]}]},
+        commit("1234567abc", before, {"metrics/eval/dpo.json": {"validation_gold_reward": -12.0, "gold_reward": -1.0},
+                                      "metrics/eval/online_dpo.json": {"validation_gold_reward": -3.0},
+                                      "metrics/training_seeds/dpo/s1/eval.json": {"gold_reward": -2.0, "kl_k1": 1.0}}),
+        commit("89abcdef01", before | {"seed": 5}, {"metrics/eval/dpo.json": {"validation_gold_reward": 50.0}}),
+        commit("fedcba9876", {**CURRENT, "algos": {"dpo": {"beta": 0.1, "lr": 3e-5}}},
+               {"metrics/eval/dpo.json": {"validation_gold_reward": 40.0}})]
+    found = sweep.points(shown, CURRENT)
+    assert [r["experiment"] for r in found["dpo"]] == ["a", "commit 1234567", "commit fedcba9"]
+    assert found["dpo"][1]["seeds"] == {"1": {"gold_reward": -2.0, "kl_k1": 1.0}}  # its training seeds come along
+    summary = sweep.summarise(found, CURRENT, {"online_dpo": {"validation_gold_reward": -3.5}})
+    dpo = summary["algorithms"]["dpo"]
+    # fedcba9 ran lr 3e-5, which experiment a ran too: a's numbers count, not the commit's
+    assert [r["experiment"] for r in dpo["rows"]] == ["a", "commit 1234567"]
+    assert dpo["selected"] == {"beta": 0.1, "lr": 3e-5}
+    # the workspace beats a commit at its own setting
+    assert [r["experiment"] for r in summary["algorithms"]["online_dpo"]["rows"]] == ["workspace"]
+    assert summary["context"] == sweep.context_of(CURRENT) != sweep.context_of(before | {"seed": 5})
+    assert sweep.context_of(before) == sweep.context_of(CURRENT)  # algos.* are not shared params
+
+
+def test_an_earlier_summary_under_the_same_params_still_counts(tmp_path):
+    """Experiments gone from `dvc exp show` (another clone, `dvc exp gc`) keep counting while the shared params are the
+    same; the earlier workspace row too, as "earlier params.yaml"; a better earlier row is selected."""
+    import json
+
+    row = lambda name, lr, v: {"experiment": name, "setting": {"lr": lr}, "validation_gold_reward": v}
+    context = sweep.context_of(CURRENT)
+    old = {"rule": sweep.RULE, "context": context, "algorithms": {"dpo": {"current": {"lr": 1e-4}, "selected": {"lr": 3e-4}, "rows": [
+        row("x", 3e-4, -1.0), row("workspace", 1e-4, -2.0), row("y", 1e-5, -9.0) | {"earlier": True}]}}}
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    new = {"rule": sweep.RULE, "context": context, "algorithms": {"dpo": {"current": {"lr": 3e-4}, "selected": {"lr": 1e-3},
+                                                                         "rows": [row("z", 1e-3, -1.5)]}}}
+    merged = sweep.keep_earlier(new, tmp_path / "summary.json")["algorithms"]["dpo"]
+    assert [(r["experiment"], r.get("earlier", False)) for r in merged["rows"]] == [
+        ("x", False), ("z", False), ("earlier params.yaml", False), ("y", True)]
+    assert merged["selected"] == {"lr": 3e-4}
+    status = sweep.grid_status(merged, {"lr": 1e-4})
+    assert status["lr"]["status"] == "interior" and status["lr"]["tried"] == [1e-4, 3e-4, 1e-3]
+    # under other shared params every earlier row is marked and the earlier workspace row is dropped
+    (tmp_path / "summary.json").write_text(json.dumps(old | {"context": "other"}))
+    other = sweep.keep_earlier({**new, "algorithms": {"dpo": dict(new["algorithms"]["dpo"], rows=[row("z", 1e-3, -1.5)])}},
+                               tmp_path / "summary.json")["algorithms"]["dpo"]
+    assert [(r["experiment"], r.get("earlier", False)) for r in other["rows"]] == [("z", False), ("x", True), ("y", True)]
+    assert other["selected"] == {"lr": 1e-3}

@@ -92,7 +92,8 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     if sweep:
         lines += [""] + sweep_section(sweep, policy_lr)
     if cells:  # claim 8 as Song et al. ran it, and the frontier from every DPO and HyPO run at hand
-        points = {n: [(r["kl_k1"], r["gold_reward"], "sweep") for r in sweep["algorithms"][n]["rows"]]
+        points = {n: [(s["kl_k1"], s["gold_reward"], "sweep") for r in sweep["algorithms"][n]["rows"] if not r.get("earlier")
+                      for s in claims_lib.seed_scores(r).values()]
                   + [(e["kl_k1"], e["gold_reward"], "seed") for e in
                      [evals[n]] + [r["tasks"][gold_name][n] for r in seed_runs if n in r["tasks"].get(gold_name, {})]]
                   for n in ("dpo", "hypo")}

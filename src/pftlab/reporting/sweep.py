@@ -19,9 +19,11 @@ knobs. `extend` queues, for each scale knob (STEPPED) of a selection on an edge 
 outward on the 1-3-10 ladder, until the selection is interior or the knob's stated bound (BOUNDS) is reached.
 """
 import argparse
+import hashlib
 import itertools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,45 +41,81 @@ STAGE_LISTS = ("algorithms", "training_seeds.algorithms", "training_seeds.seeds"
 BOUNDS = {"lr": (1e-6, 3e-3), "beta": (0.01, 3.0), "kl_coef": (0.001, 1.0), "lam": (1e-4, 1.0), "temperature": (0.1, 10.0)}
 STEPPED = tuple(BOUNDS)
 RULE = "highest mean validation gold reward (eval.validation_prompts, disjoint from the evaluated prompts)"
+_SEED_EVAL = re.compile(r"metrics/training_seeds/(\w+)/s(\d+)/eval\.json")
 
 
-def queue_commands(algorithm: str, grid: dict, present: dict) -> list:
+def context_of(tree: dict) -> str:
+    """A fingerprint of the params every sweep point shares (all but algos.* and the stage lists): rows of a
+    summary written under another context were run with other data, SFT or evaluation, and stop counting."""
+    shared = {k: v for k, v in flatten(tree).items() if not k.startswith(("algos.", *STAGE_LISTS))}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def queue_commands(algorithm: str, grid: dict, present: dict, seeds: tuple = ()) -> list:
     """One `dvc exp run --queue` command per point of the grid ({key: [values]} under algos.<algorithm>);
-    `present`: the algorithm's keys in params.yaml now (DVC adds an absent one only as `+key=value`)."""
+    `present`: the algorithm's keys in params.yaml now (DVC adds an absent one only as `+key=value`); `seeds`:
+    training seeds run too (stage seeds@<algorithm>), for a comparison that must not rest on one seed."""
     keys = list(grid)
     commands = []
+    # the targets: that policy and its evaluation only (the summary reads that evaluation), and its seeds if asked
+    targets = [f"evaluate@{algorithm}"] + ([f"seeds@{algorithm}"] if seeds else [])
     for values in itertools.product(*(grid[k] for k in keys)):
         sets = [f"{'' if k in present else '+'}algos.{algorithm}.{k}={v}" for k, v in zip(keys, values)]
-        # the target evaluate@<algorithm>: its policy and evaluation only (the summary reads that evaluation)
-        commands.append(["dvc", "exp", "run", f"evaluate@{algorithm}", "--queue", "-S", f"algorithms=[{algorithm}]",
-                         "-S", "training_seeds.seeds=[]",
+        commands.append(["dvc", "exp", "run", *targets, "--queue", "-S", f"algorithms=[{algorithm}]",
+                         "-S", f"training_seeds.seeds=[{','.join(str(s) for s in seeds)}]",
                          "-S", "variants.algorithms=[]", *[x for s in sets for x in ("-S", s)]])
     return commands
 
 
 def points(exp_show: list, current: dict) -> dict:
     """{algorithm: [{"experiment", "setting": {key: value}, "validation_gold_reward", ...}]} of the experiments
-    that sweep one algorithm's own hyperparameters and nothing else."""
-    flat_now = flatten(current)
+    that sweep one algorithm's own hyperparameters and nothing else, then of the committed runs (each policy of a
+    commit is a point at that commit's algos.<algorithm>, named "commit <sha>"; `summarise` keeps a commit's
+    point only where no experiment ran its setting)."""
+    context = context_of(current)
     out = {}
     for name, params, metrics in experiments(exp_show):
         runs = params.get("algorithms") or []
-        if len(runs) != 1:
-            continue
-        algorithm = runs[0]
-        own = f"algos.{algorithm}."
-        flat = flatten(params)
         # algos.<other>.* is read only by the other algorithm's stage, which this experiment does not run: a selection
         # already put in params.yaml for one algorithm keeps the others' sweeps counting.
-        others = {k for k in set(flat) | set(flat_now) if not k.startswith(("algos.", *STAGE_LISTS))}
-        if any(flat.get(k) != flat_now.get(k) for k in others):
-            continue  # something else changed too: not a point of this sweep
-        evaluation = metrics.get(f"metrics/eval/{algorithm}.json") or {}
-        if "validation_gold_reward" not in evaluation:
+        if len(runs) != 1 or context_of(params) != context:
+            continue  # two algorithms at once, or something else changed too: not a point of this sweep
+        row = _row(name, runs[0], params, metrics)
+        if row:
+            out.setdefault(runs[0], []).append(row)
+    for rev, params, metrics in commits(exp_show):
+        if context_of(params) != context:
             continue
-        setting = {k[len(own):]: v for k, v in flat.items() if k.startswith(own)}
-        out.setdefault(algorithm, []).append({"experiment": name, "setting": setting, **_scores(evaluation)})
+        for algorithm in params.get("algorithms") or []:
+            row = _row(f"commit {rev[:7]}", algorithm, params, metrics)
+            if row:
+                out.setdefault(algorithm, []).append(row | {"commit": True})
     return out
+
+
+def commits(exp_show: list):
+    """(rev, params, metrics) of each commit in `dvc exp show --json --all-commits` output (not the workspace)."""
+    for entry in exp_show:
+        data = entry.get("data")
+        if entry.get("rev") == "workspace" or not isinstance(data, dict) or data.get("rev") == "workspace":
+            continue
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
+        metrics = {path: v["data"] for path, v in (data.get("metrics") or {}).items() if isinstance(v, dict) and "data" in v}
+        yield entry.get("rev") or "", params, metrics
+
+
+def _row(name: str, algorithm: str, params: dict, metrics: dict):
+    evaluation = metrics.get(f"metrics/eval/{algorithm}.json") or {}
+    if "validation_gold_reward" not in evaluation:
+        return None
+    own = f"algos.{algorithm}."
+    setting = {k[len(own):]: v for k, v in flatten(params).items() if k.startswith(own)}
+    seeds = {}
+    for path, values in metrics.items():
+        match = _SEED_EVAL.fullmatch(path.replace("\\", "/"))
+        if match and match.group(1) == algorithm and isinstance(values, dict) and "gold_reward" in values:
+            seeds[match.group(2)] = _scores(values)
+    return {"experiment": name, "setting": setting, **_scores(evaluation)} | ({"seeds": seeds} if seeds else {})
 
 
 def _scores(evaluation: dict) -> dict:
@@ -85,16 +123,22 @@ def _scores(evaluation: dict) -> dict:
     return {k: evaluation[k] for k in keys if k in evaluation}
 
 
-def summarise(found: dict, current: dict, workspace_evals: dict) -> dict:
-    """The table per algorithm (the workspace's own setting included) and the selected setting by RULE."""
-    summary = {"rule": RULE, "algorithms": {}}
+def summarise(found: dict, current: dict, workspace_evals: dict, workspace_seeds: dict | None = None) -> dict:
+    """The table per algorithm (the workspace's own setting included) and the selected setting by RULE.
+    `workspace_seeds`: {algorithm: {seed: evaluation}} of the workspace's training seeds."""
+    summary = {"rule": RULE, "context": context_of(current), "algorithms": {}}
     flat_now = flatten(current)
-    for algorithm, rows in found.items():
+    for algorithm in [*found, *(a for a in workspace_evals if a not in found)]:
         own = f"algos.{algorithm}."
         now = {k[len(own):]: v for k, v in flat_now.items() if k.startswith(own)}
-        rows = list(rows)
-        if "validation_gold_reward" in workspace_evals.get(algorithm, {}) and all(r["setting"] != now for r in rows):
-            rows.append({"experiment": "workspace", "setting": now, **_scores(workspace_evals[algorithm])})
+        rows = [r for r in found.get(algorithm, []) if not r.get("commit")]
+        evaluation = workspace_evals.get(algorithm, {})
+        if "validation_gold_reward" in evaluation and all(r["setting"] != now for r in rows):
+            seeds = {str(s): _scores(v) for s, v in ((workspace_seeds or {}).get(algorithm) or {}).items()}
+            rows.append({"experiment": "workspace", "setting": now, **_scores(evaluation)} | ({"seeds": seeds} if seeds else {}))
+        for row in found.get(algorithm, []):  # a commit counts only for a setting no experiment (nor the workspace) ran
+            if row.get("commit") and all(r["setting"] != row["setting"] for r in rows):
+                rows.append(row)
         rows.sort(key=lambda r: (-r["validation_gold_reward"], r["experiment"] != "workspace"))  # a tie keeps params.yaml
         summary["algorithms"][algorithm] = {"current": now, "selected": rows[0]["setting"], "rows": rows}
     return summary
@@ -104,18 +148,38 @@ EARLIER = "an earlier summary's: its experiments differ from params.yaml outside
 
 
 def keep_earlier(summary: dict, path: Path) -> dict:
-    """A new summary keeps the earlier summary's tables of algorithms it no longer finds (their experiments were
-    run before other params changed), marked as such, so one algorithm's new sweep never erases another's."""
+    """A new summary keeps what the earlier summary knew and `dvc exp show` no longer does (experiments removed
+    with `dvc exp gc`, or never pulled into this clone). Under the same context (`context_of`) its rows still count
+    as they did (the earlier workspace row too, as "earlier params.yaml", where its setting ran nowhere else), and
+    an algorithm no longer found keeps its table. Under another context its rows are listed, marked `earlier`, and
+    never selected from; a table no longer found is marked `kept`."""
     if not path.exists():
         return summary
-    for algorithm, entry in json.loads(path.read_text())["algorithms"].items():
+    old = json.loads(path.read_text())
+    same = old.get("context") is not None and old.get("context") == summary.get("context")
+    for algorithm, entry in old["algorithms"].items():
         if algorithm not in summary["algorithms"]:
-            summary["algorithms"][algorithm] = entry | {"kept": EARLIER}
+            summary["algorithms"][algorithm] = entry if same and "kept" not in entry else entry | {"kept": EARLIER}
             continue
-        now = summary["algorithms"][algorithm]  # found again: its earlier rows stay listed, not selected from
-        seen = {r["experiment"] for r in now["rows"]}
-        now["rows"] += [r | {"earlier": True} for r in entry["rows"]
-                        if r["experiment"] not in seen and r["experiment"] != "workspace"]
+        now = summary["algorithms"][algorithm]
+        named = {r["experiment"] for r in now["rows"]}
+        settings = [r["setting"] for r in now["rows"] if not r.get("earlier")]
+        for r in entry["rows"]:
+            if r["experiment"] == "workspace":
+                if not same:
+                    continue  # the old workspace under other params: nothing a later sweep can read
+                r = r | {"experiment": "earlier params.yaml"}
+            if r["experiment"] in named or (same and not r.get("earlier") and r["setting"] in settings):
+                continue
+            if r.get("commit") and r["setting"] in settings:
+                continue
+            now["rows"].append(r if same else r | {"earlier": True})
+            named.add(r["experiment"])
+            settings += [] if r.get("earlier") or not same else [r["setting"]]
+        now["rows"].sort(key=lambda r: (bool(r.get("earlier")), -r["validation_gold_reward"], r["experiment"] != "workspace"))
+        best = next((r for r in now["rows"] if not r.get("earlier")), None)
+        if best:
+            now["selected"] = best["setting"]
     return summary
 
 
@@ -179,6 +243,7 @@ def main(argv=None):
     q = sub.add_parser("queue", help="queue one experiment per point of a grid")
     q.add_argument("algorithm")
     q.add_argument("--grid", action="append", default=[], help="key=v1,v2,... under algos.<algorithm> (repeatable)")
+    q.add_argument("--seeds", default="", help="training seeds to run too, e.g. 1,2 (stage seeds@<algorithm>)")
     sub.add_parser("summarise", help="read `dvc exp show --json`, write metrics/sweep/summary.json")
     e = sub.add_parser("extend", help="queue one step outward for every selection on a grid edge (summary.json)")
     e.add_argument("algorithms", nargs="*", help="default: every algorithm of the summary")
@@ -194,7 +259,8 @@ def main(argv=None):
             if not key or not values:
                 sys.exit(f"--grid {item!r}: expected key=v1,v2,...")
             grid[key] = [read_yaml(v) for v in values.split(",")]
-        commands = queue_commands(args.algorithm, grid, params.get(f"algos.{args.algorithm}") or {})
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+        commands = queue_commands(args.algorithm, grid, params.get(f"algos.{args.algorithm}") or {}, seeds)
         for command in commands:
             subprocess.run(command, check=True)
         print(f"queued {len(commands)} experiments: dvc queue start -j 1")
@@ -224,9 +290,11 @@ def main(argv=None):
     if out.returncode != 0:
         sys.exit(f"`dvc exp show --json` failed: {out.stderr.strip()[-500:]}")
     stages = locked_stages()  # read once, not once per algorithm
-    evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in params["algorithms"]
-             if Path(f"metrics/eval/{a}.json").exists() and trained_as_now(a, params.tree, stages)}
-    summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals)
+    trained = [a for a in params["algorithms"] if Path(f"metrics/eval/{a}.json").exists() and trained_as_now(a, params.tree, stages)]
+    evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in trained}
+    seeds = {a: {int(f.parent.name[1:]): json.loads(f.read_text()) for f in Path(f"metrics/training_seeds/{a}").glob("s*/eval.json")}
+             for a in trained}
+    summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals, seeds)
     summary = keep_earlier(summary, SWEEP_DIR / "summary.json")
     atomic_write_json(SWEEP_DIR / "summary.json", summary)
     for algorithm, s in summary["algorithms"].items():

@@ -274,8 +274,9 @@ def main(argv=None):
                 print(f"{algorithm}: no current sweep in {SWEEP_DIR / 'summary.json'}: queue a grid first")
                 continue
             if entry["selected"] != entry["current"]:
-                sys.exit(f"extend: params.yaml holds {entry['current']} for {algorithm}, the sweep selected "
-                         f"{entry['selected']}: set the selection first (see `summarise`)")
+                print(f"{algorithm}: skipped: params.yaml holds {entry['current']}, the sweep selected "
+                      f"{entry['selected']}: set the selection first (see `summarise`)")
+                continue
             present = params.get(f"algos.{algorithm}") or {}
             status = grid_status(entry, {"lr": params["policy.lr"]})
             for knob, value in extension_points(status):

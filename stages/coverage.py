@@ -26,19 +26,13 @@ def main(p, tracker):
     c = p["coverage"]
     hp = {k: c[k] for k in ("steps", "rm_steps", "lr", "beta", "lam", "batch_size", "preferred_subset")}
     results, curves = {}, {}
-    jobs = [(kind, method, seed) for kind in ("linear", "tabular") for method in coverage.METHODS for seed in c["seeds"]]
-    for kind, method, seed in tqdm(jobs, desc="coverage runs", disable=None):
-        problem = coverage.make_problem(kind, seed, pairs=c["pairs"])
-        curve = coverage.train(problem, method, hp)
+    jobs = [(kind, method) for kind in ("linear", "tabular") for method in coverage.METHODS]
+    for kind, method in tqdm(jobs, desc="coverage runs (every seed at once)", disable=None):
+        problems = [coverage.make_problem(kind, seed, pairs=c["pairs"]) for seed in c["seeds"]]
         key = f"{kind}/{method}"
-        curves.setdefault(key, []).append(curve)
-        # the first logged point after one pass over the pairs: how far each method drifts in later epochs
-        epoch1 = next((x for x in curve if x["step"] * c["batch_size"] >= c["pairs"]), curve[-1])
-        runs = results.setdefault(key, {f"{q}_{when}": [] for q in QUANTITIES for when in ("start", "epoch1", "end")})
-        for q in QUANTITIES:
-            runs[f"{q}_start"].append(curve[0][q])
-            runs[f"{q}_epoch1"].append(epoch1[q])
-            runs[f"{q}_end"].append(curve[-1][q])
+        curves[key] = coverage.train_seeds(problems, method, hp)
+        for curve in curves[key]:
+            _record(results, key, curve, c)
     for kind in ("linear", "tabular"):
         rows = []
         for i, point in enumerate(curves[f"{kind}/rlhf"][0]):
@@ -56,6 +50,17 @@ def main(p, tracker):
         del entry["curve"]  # in the csv
     return {"claim6_steps": c["claim6"]["steps"], "seeds": c["seeds"], "epochs": c["steps"] * c["batch_size"] / c["pairs"], "runs": results,
             "uncovered_mass_by_case": mass}
+
+
+def _record(results: dict, key: str, curve: list, c: dict) -> None:
+    """One seed's start, first-epoch and end values of every quantity, appended to results[key]."""
+    # the first logged point after one pass over the pairs: how far each method drifts in later epochs
+    epoch1 = next((x for x in curve if x["step"] * c["batch_size"] >= c["pairs"]), curve[-1])
+    runs = results.setdefault(key, {f"{q}_{when}": [] for q in QUANTITIES for when in ("start", "epoch1", "end")})
+    for q in QUANTITIES:
+        runs[f"{q}_start"].append(curve[0][q])
+        runs[f"{q}_epoch1"].append(epoch1[q])
+        runs[f"{q}_end"].append(curve[-1][q])
 
 
 def claim6_rows(mass: dict) -> list:

@@ -53,6 +53,18 @@ def test_tabular_problem_rewards_and_coverage():
     assert int(torch.cat([p["winners"], p["losers"]]).max()) < 50
 
 
+def test_coverage_seeds_train_together_as_each_would_alone():
+    """train_seeds batches seeds in one tensor (the stage's 20 seeds for the cost of one); a seed's curve is its
+    curve alone: same generator order (preferred subset, then minibatches), rows that never mix."""
+    hp = {"steps": 40, "rm_steps": 20, "lr": 0.05, "beta": 1.0, "lam": 1.0, "batch_size": 16, "preferred_subset": 5}
+    for kind in ("linear", "tabular"):
+        for method in coverage.METHODS:
+            together = coverage.train_seeds([coverage.make_problem(kind, s, pairs=400) for s in (0, 1)], method, hp, 20)
+            alone = coverage.train(coverage.make_problem(kind, 1, pairs=400), method, hp, 20)
+            for a, b in zip(together[1], alone):
+                assert a == pytest.approx(b, abs=1e-5), (kind, method)
+
+
 def test_hypo_keeps_uncovered_mass_and_kl_below_dpo_on_the_tabular_problem():
     p = coverage.make_problem("tabular", seed=0, pairs=2000)
     hp = {"steps": 300, "rm_steps": 100, "lr": 0.05, "beta": 1.0, "lam": 1.0, "batch_size": 64, "preferred_subset": 10}

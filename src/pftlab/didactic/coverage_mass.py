@@ -2,7 +2,7 @@
 
 Song et al. (section 6.1.2, Fig. 2 right) run DPO on a multi-armed bandit (independent logits, pairs over
 the first half of the responses only) and see the mean probability of the uncovered responses rise. Our
-tabular run (didactic/coverage.py) sees it fall. This module isolates why (docs: /tmp/work/claim6.md).
+tabular run (didactic/coverage.py) sees it fall. This module isolates why (docs/SETUPS.md, claim 6).
 
 With independent logits theta, log pi(y) = theta_y - logsumexp(theta), so the DPO loss of a pair (w, l)
 depends on theta_w - theta_l only and its gradient is -beta * sigmoid(-margin) * (e_w - e_l). Hence under
@@ -85,21 +85,6 @@ def dpo_step(params, phi, log_ref, winners, losers, beta: float, opt) -> None:
     opt.step()
 
 
-def _logits(params: torch.Tensor, phi) -> torch.Tensor:
-    """[seeds, responses] logits of a batch of seeds: params [seeds, responses] (tabular) or [seeds, dim] with
-    phi [seeds, responses, dim]."""
-    return params if phi is None else (phi @ params.unsqueeze(-1)).squeeze(-1)
-
-
-def _padded(tensors: list) -> torch.Tensor:
-    """Stack 1-d tensors of unequal length (each seed keeps a different number of pairs), padded with 0; padding is
-    never indexed, since each seed draws indices below its own length."""
-    out = torch.zeros(len(tensors), max(len(t) for t in tensors), dtype=tensors[0].dtype)
-    for i, t in enumerate(tensors):
-        out[i, :len(t)] = t
-    return out
-
-
 def _optimiser(name: str, params, lr: float):
     if name not in OPTIMISERS:
         raise ValueError(f"unknown optimiser {name!r}")
@@ -134,45 +119,27 @@ def run_dpo_seeds(seeds, optimiser: str = "sgd", parametrisation: str = "tabular
     s = seed_starts(seeds, parametrisation, start, responses, pairs, dim, start_scale)
     params, phi, covered, problems = s["params"].clone().requires_grad_(True), s["phi"], s["covered"], s["problems"]
     opt = _optimiser(optimiser, params, lr)
-    log_ref = torch.log_softmax(_logits(params, phi), -1).detach()
-    winners, losers = _padded([p["winners"] for p in problems]), _padded([p["losers"] for p in problems])
-    first = [mass_stats(row, covered)["uncovered_logits"] for row in _logits(params, phi)]
+    log_ref = torch.log_softmax(coverage.seed_logits(params, phi), -1).detach()
+    winners, losers = coverage.padded([p["winners"] for p in problems]), coverage.padded([p["losers"] for p in problems])
+    first = [mass_stats(row, covered)["uncovered_logits"] for row in coverage.seed_logits(params, phi)]
     out = [{"step": [], "uncovered_mass": [], "covered_logit_sum": [],
             "first_order_rise": first_order_rise(ref, p["winners"], p["losers"])} for ref, p in zip(log_ref, problems)]
     for step in range(steps + 1):
         if step % log_every == 0 or step == steps:
-            _logged(out, _logits(params, phi), covered, step)
+            _logged(out, coverage.seed_logits(params, phi), covered, step)
         if step == steps:
             break
         # each seed draws its minibatch from its own generator, as it would alone
-        batch = torch.stack([torch.randint(0, len(p["winners"]), (batch_size,), generator=p["generator"]) for p in problems])
+        batch = coverage.minibatches(problems, batch_size)
         w, l = winners.gather(1, batch), losers.gather(1, batch)
-        logp = torch.log_softmax(_logits(params, phi), -1)
+        logp = torch.log_softmax(coverage.seed_logits(params, phi), -1)
         loss, _ = losses.dpo_loss(logp.gather(1, w), logp.gather(1, l), log_ref.gather(1, w), log_ref.gather(1, l), beta)
         opt.zero_grad()
         (loss * len(seeds)).backward()  # the sum over seeds of each seed's mean loss
         opt.step()
-    for run, before, row in zip(out, first, _logits(params, phi)):
+    for run, before, row in zip(out, first, coverage.seed_logits(params, phi)):
         run["uncovered_logit_change"] = (mass_stats(row, covered)["uncovered_logits"] - before).abs().max().item()
     return out
-
-
-def fit_reward_models(problems: list, phi, steps: int, lr: float) -> torch.Tensor:
-    """[seeds, responses] Bradley-Terry reward models (tabular, or linear in each seed's phi) fitted full-batch with
-    Adam from 0, as coverage.fit_reward_model, for a batch of seeds at once."""
-    winners, losers = _padded([p["winners"] for p in problems]), _padded([p["losers"] for p in problems])
-    counts = torch.tensor([float(len(p["winners"])) for p in problems])
-    mask = torch.arange(winners.shape[1]) < counts.unsqueeze(1)  # the padding adds nothing
-    params = torch.zeros(len(problems), len(problems[0]["reward"]) if phi is None else phi.shape[-1], requires_grad=True)
-    opt = torch.optim.Adam([params], lr=lr)
-    for _ in range(steps):
-        r = _logits(params, phi)
-        pair_losses = -torch.nn.functional.logsigmoid(r.gather(1, winners) - r.gather(1, losers))
-        loss = ((pair_losses * mask).sum(1) / counts).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return _logits(params, phi).detach()
 
 
 def run_rlhf_seeds(seeds, parametrisation: str = "tabular", start: str = "uniform", steps: int = 1000, lr: float = 0.01,
@@ -183,14 +150,14 @@ def run_rlhf_seeds(seeds, parametrisation: str = "tabular", start: str = "unifor
     per seed {"step", "uncovered_mass", "covered_logit_sum"}."""
     s = seed_starts(seeds, parametrisation, start, responses, pairs, dim, start_scale)
     params, phi, covered = s["params"].clone().requires_grad_(True), s["phi"], s["covered"]
-    reward_hat = fit_reward_models(s["problems"], phi, rm_steps, lr)
-    log_ref = torch.log_softmax(_logits(params, phi), -1).detach()
+    reward_hat = coverage.fit_reward_models(s["problems"], phi, rm_steps, lr)
+    log_ref = torch.log_softmax(coverage.seed_logits(params, phi), -1).detach()
     opt = torch.optim.Adam([params], lr=lr)
     out = [{"step": [], "uncovered_mass": [], "covered_logit_sum": []} for _ in seeds]
     for step in range(steps + 1):
-        logp = torch.log_softmax(_logits(params, phi), -1)
+        logp = torch.log_softmax(coverage.seed_logits(params, phi), -1)
         if step % log_every == 0 or step == steps:
-            _logged(out, _logits(params, phi), covered, step)
+            _logged(out, coverage.seed_logits(params, phi), covered, step)
         if step == steps:
             break
         p = logp.exp()

@@ -82,6 +82,60 @@ def test_shared_features_move_the_uncovered_logits():
 def test_mass_table_shape():
     table = cm.mass_table(seeds=(0,), cases=[("sgd", "tabular", "uniform")], steps=20, log_every=10)
     assert list(table) == ["sgd/tabular/uniform"]
-    assert set(table["sgd/tabular/uniform"]) == {"start", "end", "max", "covered_logit_sum_change"}
+    assert set(table["sgd/tabular/uniform"]) == {"start", "end", "max", "covered_logit_sum_change", "curve"}
     with pytest.raises(ValueError):
         cm.run_dpo(0, "rmsprop")
+
+
+def test_seeds_run_together_as_each_would_alone():
+    """run_dpo_seeds batches seeds in one tensor; a seed's numbers match its run alone (same generator order)."""
+    for optimiser, parametrisation, start in (("sgd", "tabular", "anti"), ("adam", "features", "uniform")):
+        together = cm.run_dpo_seeds([0, 3], optimiser, parametrisation, start, steps=60, log_every=20)
+        alone = cm.run_dpo(3, optimiser, parametrisation, start, steps=60, log_every=20)
+        assert together[1]["uncovered_mass"] == pytest.approx(alone["uncovered_mass"], abs=1e-5)
+        assert together[1]["first_order_rise"] == pytest.approx(alone["first_order_rise"])
+
+
+def test_rlhf_from_a_start_keeps_the_uncovered_logits_where_the_reward_model_leaves_them():
+    # tabular: the reward model never sees an uncovered response (r_hat = 0 there), so RLHF reaches
+    # pi_ref e^{r_hat} / Z: from the anti start, whose pi_ref favours low-reward covered responses, Z < 1.
+    runs = cm.run_rlhf_seeds([0, 1], "tabular", "anti", steps=300, rm_steps=200, log_every=100)
+    assert all(r["uncovered_mass"][-1] > r["uncovered_mass"][0] + 0.1 for r in runs)
+    uniform = cm.run_rlhf_seeds([0], "tabular", "uniform", steps=300, rm_steps=200)[0]
+    assert uniform["uncovered_mass"][-1] < 0.5  # E_uniform[e^{r_hat}] >= 1 when r_hat has mean 0 (Jensen)
+
+
+def test_claim6_runs_take_their_length_and_learning_rates_from_the_params(monkeypatch):
+    """The 5,000-iteration setting (Song et al. 6.1.2) is params.yaml's coverage.claim6, passed to every run."""
+    from pathlib import Path
+
+    import yaml
+
+    c = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["coverage"]
+    assert c["claim6"]["steps"] == 5000 and c["pairs"] == 10_000
+    calls = []
+    fake = lambda seeds, *args, **kw: calls.append((args, kw)) or [
+        {"step": [0], "uncovered_mass": [0.5], "covered_logit_sum": [0.0]} for _ in seeds]
+    monkeypatch.setattr(cm, "run_dpo_seeds", fake)
+    monkeypatch.setattr(cm, "run_rlhf_seeds", fake)
+    c = c | {"seeds": [0, 1], "claim6": c["claim6"] | {"steps": 7, "sgd_lr": 0.3, "adam_lr": 0.02}}
+    table = cm.claim6_table(c, [("sgd", "tabular", "uniform"), ("adam", "tabular", "uniform")])
+    dpo_sgd, dpo_adam, rlhf = calls[0], calls[2], calls[1]
+    assert [call[1]["steps"] for call in calls] == [7, 7, 7]  # one RLHF run serves both optimisers
+    assert dpo_sgd[1]["lr"] == 0.3 and dpo_adam[1]["lr"] == 0.02 and dpo_sgd[1]["pairs"] == c["pairs"]
+    assert rlhf[1]["lr"] == c["lr"] and rlhf[1]["rm_steps"] == c["rm_steps"]
+    assert table["sgd/tabular/uniform"]["rlhf_end"] == [0.5, 0.5]
+
+
+def test_a_bad_claim6_param_is_named():
+    from pathlib import Path
+
+    import yaml
+
+    from pftlab.core.errors import ParamError
+    from pftlab.core.params import Params
+
+    tree = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    tree["coverage"]["claim6"]["steps"] = 0
+    with pytest.raises(ParamError, match="'coverage.claim6.steps' must be a positive integer"):
+        Params(tree).check("coverage")

@@ -1,6 +1,7 @@
 """The report's figures read at a glance: colour by family, line style by sampling, labelled points, losses in
 small multiples, seed bands that are the 95% interval over training seeds."""
 import matplotlib
+import pytest
 
 from pftlab.core.stats import mean_ci
 from pftlab.reporting import figures
@@ -60,3 +61,37 @@ def test_reward_vs_kl_labels_do_not_overlap():
             assert abs(labels[a][1] - labels[b][1]) >= 10.0 - 1e-9, (a, b, labels)
     assert offsets["far"] == (5, 4)  # alone: the plain offset
     assert all(y + dy + 10.0 <= 215.0 for (_, y), (_, dy) in zip(points.values(), label_offsets(points, top=215.0).values()))
+
+
+def test_didactic_figures_of_the_coverage_and_token_bandit_stages_draw_the_seed_spread(tmp_path):
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    fill, errorbar = plt.Axes.fill_between, plt.Axes.errorbar
+    plt.Axes.fill_between = lambda ax, x, low, high, **kw: drawn.append(("band", list(low), list(high))) or fill(ax, x, low, high, **kw)
+    plt.Axes.errorbar = lambda ax, x, y, yerr=None, **kw: drawn.append(("bar", yerr)) or errorbar(ax, x, y, yerr=yerr, **kw)
+    try:
+        rows = [{"step": s, f"{m}_{q}": 1.0, f"{m}_{q}_ci95": 0.25} for s in (0, 10)
+                for m in ("rlhf", "dpo", "hypo") for q in ("logp_preferred", "logp_best", "uncovered_mass", "kl")]
+        merged = [{k: v for r in rows if r["step"] == s for k, v in r.items()} for s in (0, 10)]
+        figures.plot_coverage({"linear": merged, "tabular": merged}, tmp_path / "coverage.png")
+        assert len(drawn) == 12 and all(d == ("band", [0.75, 0.75], [1.25, 1.25]) for d in drawn)
+        drawn.clear()
+        claim6 = [{"step": s, "sgd_tabular_uniform_mean": 0.5 - 0.01 * s, "sgd_tabular_uniform_ci95": 0.1,
+                   "sgd_tabular_uniform_min": 0.0, "sgd_tabular_uniform_max": 1.0} for s in (0, 10)]
+        figures.plot_claim6(claim6, tmp_path / "claim6.png")
+        (kind, low, high), = drawn
+        assert low == pytest.approx([0.4, 0.3]) and high == pytest.approx([0.6, 0.5])
+        drawn.clear()
+        for r in claim6:  # one seed: no interval, so the min-max band
+            r["sgd_tabular_uniform_ci95"] = float("inf")
+        figures.plot_claim6(claim6, tmp_path / "claim6.png")
+        assert drawn == [("band", [0.0, 0.0], [1.0, 1.0])]
+        drawn.clear()
+        values = [0.5, 0.7, 0.9]
+        figures.plot_token_bandit({"misaligned/dpo": {"final_reward": values}}, tmp_path / "token_bandit.png")
+        half = mean_ci(values)[1]
+        assert drawn == [("bar", [[half], [half]])]
+    finally:
+        plt.Axes.fill_between, plt.Axes.errorbar = fill, errorbar
+    assert all((tmp_path / f).stat().st_size > 5000 for f in ("coverage.png", "claim6.png", "token_bandit.png"))

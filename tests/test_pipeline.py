@@ -141,7 +141,7 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
     assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
     assert "### Offline DPO, step by step" in report and "| seed 1 |" in report
     for fig in ("learning_curves.png", "losses.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png",
-                "dpo_diagnosis.png"):
+                "dpo_diagnosis.png", "coverage_claim6.png", "token_bandit.png"):
         assert (repo / "metrics" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
 
 

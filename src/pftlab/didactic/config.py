@@ -105,6 +105,15 @@ class TokenBanditConfig(LoopKnobs):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Claim6Runs:
+    """Claim 6's DPO runs on the multi-armed bandit (coverage_mass.py), at Song et al.'s length (6.1.2: 5000 iterations)."""
+    steps: int = knob(pos_int, "a positive integer (DPO iterations; also RLHF's ascent steps)")
+    sgd_lr: float = knob(positive, "a number > 0")
+    adam_lr: float = knob(positive, "a number > 0")
+    log_every: int = knob(pos_int, "a positive integer (steps between logged points of the curves)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class CoverageConfig:
     seeds: list = knob(*_SEEDS)
     steps: int = knob(pos_int, "a positive integer")
@@ -115,3 +124,4 @@ class CoverageConfig:
     batch_size: int = knob(pos_int, "a positive integer")
     pairs: int = knob(pos_int, "a positive integer")
     preferred_subset: int = knob(pos_int, "a positive integer")
+    claim6: Claim6Runs

@@ -232,17 +232,71 @@ def plot_reuse(bandit: dict, path):
     _save(fig, path)
 
 
+def _band(rows: list, key: str, prefix: str):
+    """(low, high) of the mean column `key`: -/+ the `<prefix>_ci95` half-width, else the `<prefix>_min`/`_max`
+    columns, else None (curves written before the band columns existed; one seed: an infinite half-width)."""
+    finite = lambda v: v is not None and v == v and abs(v) != float("inf")
+    if all(finite(r.get(f"{prefix}_ci95")) for r in rows):
+        return [r[key] - r[f"{prefix}_ci95"] for r in rows], [r[key] + r[f"{prefix}_ci95"] for r in rows]
+    if all(finite(r.get(f"{prefix}_min")) and finite(r.get(f"{prefix}_max")) for r in rows):
+        return [r[f"{prefix}_min"] for r in rows], [r[f"{prefix}_max"] for r in rows]
+    return None
+
+
+def plot_band_curve(ax, rows: list, key: str, label: str, colour, prefix: str = None):
+    """A mean-over-seeds column against step, shaded by its 95% t-interval over seeds (or min-max) where written:
+    columns `<prefix>_ci95` (or `_min`, `_max`), the prefix `key` unless given."""
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r[key] for r in rows], color=colour, label=label)
+    band = _band(rows, key, prefix or key)
+    if band:
+        ax.fill_between(steps, *band, color=colour, alpha=0.15, linewidth=0)
+
+
 def plot_coverage(curves: dict, path):
+    """Song et al.'s coverage runs: the mean over seeds per method, shaded by its 95% t-interval over seeds."""
     panels = [("linear", "logp_preferred", "linear: mean log pi of preferred responses"),
               ("linear", "logp_best", "linear: log pi of the unseen best response"),
               ("tabular", "uncovered_mass", "tabular: mass on uncovered responses"), ("tabular", "kl", "tabular: KL(pi || pi_ref)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (kind, q, title) in zip(axes, panels):
         rows = curves[kind]
-        for method in ("rlhf", "dpo", "hypo"):
+        for i, method in enumerate(("rlhf", "dpo", "hypo")):
             if f"{method}_{q}" in rows[0]:
-                ax.plot([r["step"] for r in rows], [r[f"{method}_{q}"] for r in rows], label=method)
+                plot_band_curve(ax, rows, f"{method}_{q}", method, plt.cm.tab10(i))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
+    fig.suptitle("mean over seeds; band: 95% t-interval over seeds", fontsize=9)
+    _save(fig, path)
+
+
+def plot_claim6(rows: list, path):
+    """Claim 6: the uncovered mass under DPO per setting (optimiser/parametrisation/start), mean and 95% band over seeds."""
+    cases = [c[: -len("_mean")] for c in rows[0] if c.endswith("_mean")]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, case in enumerate(cases):
+        plot_band_curve(ax, rows, f"{case}_mean", case.replace("_", "/"), plt.cm.tab10(i), prefix=case)
+    ax.set_xlabel("DPO iteration")
+    ax.set_ylabel("mass on uncovered responses (band: 95% over seeds)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_token_bandit(runs: dict, path):
+    """The token-level bandit's final eval reward per algorithm and reward: every seed a dot, the mean with its 95%
+    t-interval over seeds as an error bar."""
+    rewards = list(dict.fromkeys(k.split("/")[0] for k in runs))
+    names = list(dict.fromkeys(k.split("/")[1] for k in runs))
+    fig, axes = plt.subplots(1, len(rewards), figsize=(4.5 * len(rewards), 3.4), squeeze=False)
+    for ax, reward in zip(axes[0], rewards):
+        for i, name in enumerate(names):
+            values = runs[f"{reward}/{name}"]["final_reward"]
+            m, half = mean_ci(values)
+            ax.scatter([i + 0.15] * len(values), values, s=10, color=plt.cm.tab10(i), alpha=0.5)
+            ax.errorbar([i - 0.15], [m], yerr=[[half], [half]] if half != float("inf") else None, fmt="o", capsize=3,
+                        color=plt.cm.tab10(i))
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(f"{reward} reward", fontsize=10)
+        ax.set_ylabel("final eval reward (dots: seeds; bar: 95% over seeds)")
     _save(fig, path)

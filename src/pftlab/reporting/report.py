@@ -10,6 +10,7 @@ from pftlab.reporting import claims as claims_lib
 from pftlab.reporting.figures import (
     plot_bandit,
     plot_bandit_seeds,
+    plot_claim6,
     plot_coverage,
     plot_frontier,
     plot_learning_curves,
@@ -17,6 +18,7 @@ from pftlab.reporting.figures import (
     plot_reward_vs_kl,
     plot_sft,
     plot_step_panels,
+    plot_token_bandit,
 )
 from pftlab.reporting.results import llm_tasks, load_evals, read_curve, win_rates_per_prompt
 from pftlab.reporting.seeds import load_seed_runs, pipeline_seed_runs
@@ -135,12 +137,19 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     if token_bandit:
         lines += ["### Token-level bandit (the LLM trainer on a 3-layer GPT)", ""]
         lines += final_reward_table(token_bandit["runs"], "reward / algorithm") + [""]
+        plot_token_bandit(token_bandit["runs"], figures / "token_bandit.png")
+        lines += [f"{len(token_bandit['seeds'])} seeds.", "", "![token-level bandit](figures/token_bandit.png)", ""]
     if coverage:
         lines += ["### Coverage problems (Song et al.)", ""]
         plot_coverage({k: read_curve(m / "curves" / f"coverage_{k}.csv") for k in ("linear", "tabular")}, figures / "coverage.png")
-        lines += ["Mean over seeds:", "", "![coverage](figures/coverage.png)", ""]
+        lines += [f"Mean over {len(coverage['seeds'])} seeds, shaded: its 95% t-interval over seeds:", "",
+                  "![coverage](figures/coverage.png)", ""]
         if "uncovered_mass_by_case" in coverage:
-            lines += uncovered_mass_section(coverage["uncovered_mass_by_case"])
+            lines += uncovered_mass_section(coverage["uncovered_mass_by_case"], coverage.get("claim6_steps"))
+            claim6_curve = read_curve(m / "curves" / "coverage_claim6.csv")
+            if claim6_curve:
+                plot_claim6(claim6_curve, figures / "coverage_claim6.png")
+                lines += ["![claim 6 by setting](figures/coverage_claim6.png)", ""]
     lines += ["## Stage times (seconds, wall clock, this machine)", "",
               "*start-up*: from the stage's process start to its first line of work (Python and its imports); "
               "*work*: the stage itself. What DVC adds around them (hashing, `dvc.lock`) is in neither: "

@@ -138,8 +138,9 @@ def fit_to_reference(params, contexts, log_ref, steps: int, lr: float, how: str 
     opt = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel over all seeds: 5x faster than foreach here
     for _ in range(steps):
         logits = policy_logits(params, contexts)
-        logp = clamped_logp(logits) if how == "clamped" else torch.log_softmax(logits, -1)
-        loss = (torch.softmax(logits, -1) * (logp - log_ref)).sum(-1).mean(-1).sum()  # per seed: mean over contexts
+        probs = torch.softmax(logits, -1)
+        logp = torch.log(probs.clamp(EPS, 1 - EPS)) if how == "clamped" else torch.log_softmax(logits, -1)
+        loss = (probs * (logp - log_ref)).sum(-1).mean(-1).sum()  # per seed: mean over contexts
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,6 +1,6 @@
 """Stage bandit: Tajwar et al.'s didactic bandit as the authors ran it: every method offline and on-policy
 on the aligned and misaligned rewards, every seed of a cell in one batched run, and the sample-reuse
-ablation (metrics/didactic/bandit.json; curves, mean, 95% interval, min and max over seeds, in
+study (metrics/didactic/bandit.json; curves, mean, 95% interval, min and max over seeds, in
 metrics/curves/bandit_<reward>_<offline|on_policy>.csv and bandit_reuse.csv)."""
 import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
 
@@ -58,7 +58,9 @@ def main(p, tracker):
     results, curves = {}, {}
     for (reward_name, method, sampling), out in zip(cells, outs):
         key = f"{reward_name}/{method}/{sampling}"
-        results[key] = {k: out[k] for k in ("final_reward", "final_kl", "mean_reward", "samples")}
+        results[key] = {k: out[k] for k in ("final_reward", "final_kl", "final_entropy", "mean_reward", "samples")}
+        if "/reuse_" in key:  # claim 2 reads reward against fresh samples and against steps
+            results[key]["curve"] = [{k: point[k] for k in ("step", "samples", "reward")} for point in out["curve"]]
         curves[key] = out["curve"]
     for reward_name in b["rewards"]:
         for sampling in ("offline", "on_policy"):
@@ -66,10 +68,12 @@ def main(p, tracker):
             write_csv(f"metrics/curves/bandit_{reward_name}_{sampling}.csv", wide_curves(by_method))
     reuse = {f"{m}_T{t}": curves[f"misaligned/{m}/reuse_{t}"] for m in cfg.reuse.methods for t in cfg.reuse.values}
     write_csv("metrics/curves/bandit_reuse.csv", wide_curves(reuse))
-    ref = bandit.reference_distribution()
-    summary = {"reference": {"mode_interior": int(ref[5:95].argmax()) + 5, "mass_10_30": float(ref[10:31].sum()),
-                             "mass_60_80": float(ref[60:81].sum())},
-               "expected_reward_under_ref": {name: float((ref * bandit.peaked_reward(peak, cfg.reward_width)).sum())
+    refs = [bandit.seed_reference(seed, cfg.reference) for seed in cfg.seeds]
+    over_seeds = lambda f: mean(float(f(ref)) for ref in refs)  # the seeds' pi_ref differ (`reference: per_seed`)
+    summary = {"reference": {"kind": cfg.reference, "mode_interior": [int(ref[5:95].argmax()) + 5 for ref in refs],
+                             "mass_10_30": over_seeds(lambda ref: ref[10:31].sum()),
+                             "mass_60_80": over_seeds(lambda ref: ref[60:81].sum())},
+               "expected_reward_under_ref": {name: over_seeds(lambda ref: (ref * bandit.peaked_reward(peak, cfg.reward_width)).sum())
                                              for name, peak in b["rewards"].items()},
                "seeds": cfg.seeds, "statistic": "final_reward: mean exact eval reward over the last 5 steps, per seed",
                "runs": results}

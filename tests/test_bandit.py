@@ -1,15 +1,22 @@
 """Tajwar et al.'s didactic bandit against the authors' definitions (docs/SETUPS.md), and the seeds of a
 cell run as one batched program against the plain one-seed run."""
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pftlab.core.params import load_params
 from pftlab.didactic import bandit
 
 HP = {"init_gain": 0.01, "fit_steps": 100, "fit_lr": 0.01, "beta": 0.05, "min_reward_gap": 0.0, "clip": 0.2,
-      "kl_coef": 0.01, "entropy_coef": 0.0, "reinforce_clip": None, "rwr_temperature": 0.1, "rwr_max_weight": 100.0}
+      "kl_coef": 0.01, "entropy_coef": 0.05, "entropy_estimate": "sampled", "reinforce_clip": None,
+      "reinforce_baseline": "running", "rwr_temperature": 0.1, "rwr_max_weight": 100.0, "logp": "clamped",
+      "reference": "per_seed"}  # the authors' choices
+OURS_BEFORE = {"entropy_coef": 0.0, "entropy_estimate": "exact", "reinforce_baseline": "collection", "logp": "log_softmax",
+               "reference": "fixed"}
 SMALL = {"train_contexts": 4, "eval_contexts": 20, "collections": 3, "steps_per_collection": 4, "samples_per_context": 6,
          "lr": 1e-2}
 
@@ -45,9 +52,10 @@ def test_default_params_are_the_authors_scripts():
     assert len(b.seeds) >= 20
 
 
-def test_pre_fit_reaches_pi_ref():
-    log_ref = bandit.log_reference()
-    train, _, weights = bandit.start([0], 10, 5, HP)
+@pytest.mark.parametrize("variant", [{}, OURS_BEFORE], ids=["authors", "ours_before"])
+def test_pre_fit_reaches_pi_ref(variant):
+    log_ref = bandit.log_references([0], (HP | variant)["reference"])
+    train, _, weights = bandit.start([0], 10, 5, HP | variant)
     logp = bandit.policy_logp(weights, train)
     kl = (logp.exp() * (logp - log_ref)).sum(-1).mean().item()
     assert kl < 5e-3
@@ -73,7 +81,7 @@ def test_the_first_collection_is_drawn_from_pi_ref_and_later_ones_from_the_polic
 
     monkeypatch.setattr(bandit, "collect", spy)
     bandit.run("best_of_n", bandit.peaked_reward(70), HP, [0], **SMALL)
-    log_ref = bandit.log_reference()
+    log_ref = bandit.log_references([0], HP["reference"])
     assert len(sources) == SMALL["collections"]
     assert torch.equal(sources[0], log_ref.expand_as(sources[0]))
     assert not torch.allclose(sources[1], log_ref.expand_as(sources[1]), atol=1e-3)  # the trained policy
@@ -104,13 +112,14 @@ def one_thread():
 
 
 @pytest.mark.parametrize("method", ["best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo"])
-def test_seeds_batched_give_the_one_seed_numbers(method, one_thread):
+@pytest.mark.parametrize("variant", [{}, OURS_BEFORE], ids=["authors", "ours_before"])
+def test_seeds_batched_give_the_one_seed_numbers(method, variant, one_thread):
     """Same seed, same numbers (one thread: several split a matmul by its shape, so 3 seeds and 1 could
     round differently)."""
     seeds = [3, 4, 5]
-    batched = bandit.run(method, bandit.peaked_reward(70), HP, seeds, **SMALL)
+    batched = bandit.run(method, bandit.peaked_reward(70), HP | variant, seeds, **SMALL)
     for i, seed in enumerate(seeds):
-        alone = bandit.run(method, bandit.peaked_reward(70), HP, [seed], **SMALL)
+        alone = bandit.run(method, bandit.peaked_reward(70), HP | variant, [seed], **SMALL)
         assert batched["final_reward"][i] == alone["final_reward"][0]
         assert batched["curve"][-1]["kl"][i] == alone["curve"][-1]["kl"][0]
 
@@ -120,3 +129,136 @@ def test_on_policy_best_of_n_climbs_the_misaligned_peak():
                      collections=30, steps_per_collection=15, samples_per_context=10, lr=1e-2)
     start = out["curve"][0]["reward"]
     assert min(out["final_reward"]) > max(start) + 0.2
+
+
+# --- the authors' REINFORCE, pi_ref per seed, streams per purpose, the reuse budget ------------------------
+def test_clamped_logp_is_the_authors_categorical_with_no_gradient_outside_the_clamp():
+    logits = torch.tensor([[0.0, 2.0, -40.0, 1.0]], requires_grad=True)  # p(action 2) ~ 1e-18 < eps
+    theirs = torch.distributions.Categorical(probs=torch.softmax(logits, -1)).log_prob(torch.arange(4)[:, None]).T
+    ours = bandit.clamped_logp(logits)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert bandit.EPS == pytest.approx(1.1920929e-07) and ours[0, 2].item() == pytest.approx(math.log(bandit.EPS), rel=1e-6)
+    (grad_outside,) = torch.autograd.grad(ours[0, 2], logits, retain_graph=True)
+    assert not grad_outside.any()  # clamped: the action gets no push at all
+    (grad_inside,) = torch.autograd.grad(ours[0, 1], logits)
+    (expected,) = torch.autograd.grad(torch.log_softmax(logits, -1)[0, 1], logits)
+    assert torch.allclose(grad_inside, expected, atol=1e-6)  # inside the clamp: log_softmax's gradient
+
+
+def test_running_baseline_hand_worked_over_a_reused_collection_and_a_new_one():
+    """bandit_learner.py:966-978: each sample joins the running sums, then is z-scored by them (population variance)."""
+    state = bandit.new_baseline_state(1)
+    z1, state = bandit.running_zscores(torch.tensor([[[1.0, 3.0]]]), state)  # (1, 1), (4, 10): mean 2, var 1
+    z2, state = bandit.running_zscores(torch.tensor([[[1.0, 3.0]]]), state)  # the same samples again (a reused step)
+    z3, state = bandit.running_zscores(torch.tensor([[[5.0]]]), state)  # a new collection
+    assert z1.flatten().tolist() == pytest.approx([0.0, 1.0])
+    assert z2.flatten().tolist() == pytest.approx([(1 - 5 / 3) / math.sqrt(8 / 9), 1.0])  # count 3: sum 5, squares 11
+    assert z3.flatten().tolist() == pytest.approx([(5 - 13 / 5) / math.sqrt((45 - 169 / 5) / 5)])  # count 5
+    assert state["count"] == 5
+
+
+def test_running_baseline_is_the_authors_loop_on_random_rewards():
+    rewards = [torch.rand(2, 3, 4) for _ in range(3)]
+    state, ours = bandit.new_baseline_state(2), []
+    for r in rewards:
+        z, state = bandit.running_zscores(r, state)
+        ours.append(z)
+    for s in range(2):
+        total = squares = count = 0.0
+        for r, z in zip(rewards, ours):
+            for reward, zscore in zip(r[s].flatten().tolist(), z[s].flatten().tolist()):  # their loop, verbatim
+                total += reward
+                squares += reward * reward
+                count += 1
+                variance = (squares - total * total / count) / count
+                assert zscore == pytest.approx((reward - total / count) / (math.sqrt(max(variance, 0.0)) + 1e-12), abs=1e-5)
+
+
+def test_reinforce_entropy_bonus_is_the_authors_sign_and_estimate():
+    """Theirs: entropy_term = -mean log pi(sampled), loss -= beta * entropy_term (bandit_learner.py:981-996)."""
+    logp_all = torch.log_softmax(torch.randn(1, 2, bandit.ACTIONS), -1)
+    actions = torch.tensor([[[3, 70, 5], [60, 1, 2]]])
+    batch = {"actions": actions, "rewards": torch.zeros(1, 2, 3), "old_logp": logp_all.gather(-1, actions),
+             "advantages": torch.zeros(1, 2, 3)}
+    loss = bandit.seed_losses("reinforce", HP, logp_all, batch, bandit.log_reference())
+    assert loss.item() == pytest.approx(0.05 * logp_all.gather(-1, actions).mean().item(), rel=1e-6)
+    exact = bandit.seed_losses("reinforce", HP | {"entropy_estimate": "exact"}, logp_all, batch, bandit.log_reference())
+    assert exact.item() == pytest.approx(0.05 * (logp_all.exp() * logp_all).sum(-1).mean().item(), rel=1e-6)  # -0.05 H
+
+
+def test_exact_entropy_bonus_keeps_more_entropy_and_the_sampled_one_has_no_mean_gradient():
+    """The exact bonus raises the entropy; the authors' sampled estimate -mean log pi(a) pushes each sampled action
+    down, which in expectation over a ~ pi is no push at all (sum_a pi(a) grad log pi(a) = grad sum_a pi(a) = 0)."""
+    exact = HP | {"entropy_estimate": "exact"}
+    runs = {coef: bandit.run("reinforce", bandit.peaked_reward(20), exact | {"entropy_coef": coef}, [0, 1], **SMALL)
+            for coef in (0.0, 0.5)}
+    assert min(runs[0.5]["final_entropy"]) > max(runs[0.0]["final_entropy"])
+    logits = torch.randn(bandit.ACTIONS, requires_grad=True)
+    logp = torch.log_softmax(logits, -1)
+    (mean_push,) = torch.autograd.grad((logp.exp().detach() * -logp).sum(), logits)
+    assert mean_push.abs().max().item() < 1e-6
+
+
+def test_each_seed_draws_its_own_pi_ref_and_the_same_seed_the_same():
+    per_seed = bandit.log_references([0, 1, 0], "per_seed")
+    assert per_seed.shape == (3, 1, bandit.ACTIONS)
+    assert not torch.equal(per_seed[0], per_seed[1]) and torch.equal(per_seed[0], per_seed[2])
+    fixed = bandit.log_references([0, 1], "fixed")
+    assert torch.equal(fixed[0, 0], bandit.log_reference()) and torch.equal(fixed[0], fixed[1])  # our earlier pi_ref
+    ref = bandit.seed_reference(7)
+    assert ref.sum().item() == pytest.approx(1.0, abs=1e-6) and 10 <= int(ref[5:95].argmax()) + 5 <= 20
+
+
+def test_no_two_seeds_or_purposes_share_a_random_stream(monkeypatch):
+    purposes = set()
+    stream_seed = bandit.stream_seed
+
+    def spy(seed, purpose):
+        purposes.add(purpose)
+        return stream_seed(seed, purpose)
+
+    monkeypatch.setattr(bandit, "stream_seed", spy)
+    bandit.run("best_of_n", bandit.peaked_reward(70), HP, [0], **SMALL | {"collections": 1, "steps_per_collection": 1})
+    assert {"reference", "train_contexts", "eval_contexts", "samples", "init_layer0"} <= purposes
+    values = [stream_seed(seed, purpose) for seed in range(20) for purpose in purposes]
+    assert len(set(values)) == len(values)
+
+
+def _reuse_cfg(collection_size):
+    cfg = load_params("params.yaml").config("bandit")
+    return dataclasses.replace(cfg, reuse=dataclasses.replace(cfg.reuse, values=[1, 2, 5], steps=10, train_contexts=3,
+                                                              collection_size=collection_size))
+
+
+@pytest.mark.parametrize("t", [1, 2, 5])
+def test_reuse_study_counts_fresh_samples_as_collections_times_contexts_times_n(t, monkeypatch):
+    drawn = []
+    collect = bandit.collect
+
+    def spy(logp, n, generators, reward):
+        batch = collect(logp, n, generators, reward)
+        drawn.append(batch["actions"][0].numel())
+        return batch
+
+    monkeypatch.setattr(bandit, "collect", spy)
+    cfg = _reuse_cfg("fixed")
+    schedule = bandit.cell_schedule(cfg, "ppo", f"reuse_{t}") | {"eval_contexts": 5}
+    assert (schedule["collections"], schedule["steps_per_collection"], schedule["samples_per_context"]) == (10 // t, t, 10)
+    out = bandit.run("ppo", bandit.peaked_reward(70), HP, [0, 1], **schedule)
+    assert sum(drawn) == out["samples"][0] == (10 // t) * 3 * 10  # collections x contexts x N
+    at = {point["step"]: point["samples"] for point in out["curve"]}
+    assert set(bandit.reuse_log_steps(cfg.reuse)) <= set(at)  # every T's budget is on every curve
+    assert at[10 // t] == -(-(10 // t) // t) * 3 * 10  # samples drawn before step k: ceil(k / T) collections
+    grows = bandit.cell_schedule(_reuse_cfg("grows_with_T"), "ppo", f"reuse_{t}")
+    assert grows["collections"] * grows["samples_per_context"] == 10 * 10  # the earlier ablation: samples fixed
+
+
+def test_a_bad_bandit_choice_is_refused_naming_its_key():
+    from pftlab.core.errors import ParamError
+    from pftlab.core.params import Params
+
+    for key, value in (("logp", "softmax"), ("reference", "shared"), ("reinforce_baseline", "mean"), ("entropy_estimate", 1)):
+        tree = yaml.safe_load(Path("params.yaml").read_text())
+        tree["bandit"][key] = value
+        with pytest.raises(ParamError, match=f"bandit.{key}"):
+            Params(tree).check("bandit")

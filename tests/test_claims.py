@@ -192,3 +192,58 @@ def test_over_seeds_claim_4_is_chosen_on_the_validation_prompts_of_the_seed_that
     over_seeds = [c for _, cl in parts for c in cl.get("4", []) if c["over"].startswith("training seeds")]
     taxonomy = next(c for c in over_seeds if c["reading"] == "taxonomy")
     assert "(online_dpo)" in taxonomy["comparison"] and "validation prompts" in taxonomy["comparison"]
+
+
+def _bandit_summary(reuse_end: dict, t1_curve: dict, speeds: dict) -> dict:
+    """A bandit.json with the reuse study (per method: T -> (fresh samples, final reward)), T = 1's reward per
+    fresh samples, and on-policy speeds; 4 seeds with a small fixed spread."""
+    spread = [-0.01, 0.0, 0.01, 0.0]
+    values = lambda m: [m + d for d in spread]
+    runs = {}
+    for method, by_t in reuse_end.items():
+        for t, (samples, reward) in by_t.items():
+            curve = [{"step": 0, "samples": 0, "reward": values(0.0)}]
+            if t == 1:
+                curve += [{"step": s // 10, "samples": s, "reward": values(r)} for s, r in t1_curve[method].items()]
+            curve.append({"step": 100, "samples": samples, "reward": values(reward)})
+            runs[f"misaligned/{method}/reuse_{t}"] = {"final_reward": values(reward), "mean_reward": values(reward),
+                                                      "samples": [samples] * 4, "curve": curve}
+    for method, speed in speeds.items():
+        for reward in ("aligned", "misaligned"):
+            for sampling in ("offline", "on_policy"):
+                runs[f"{reward}/{method}/{sampling}"] = {"final_reward": values(speed), "mean_reward": values(speed)}
+    return {"runs": runs}
+
+
+def test_bandit_claim_2_reads_reward_at_equal_fresh_samples_and_at_equal_steps_per_method():
+    # T=1 draws 10 samples per step (1000 in all); T=2 draws 500, T=5 200. At 500 samples T=1 had 0.4, at 200 0.2.
+    t1 = {m: {200: 0.2, 500: 0.4} for m in ("best_of_n", "ppo")}
+    reuse = {"best_of_n": {1: (1000, 0.8), 2: (500, 0.7), 5: (200, 0.3)},   # reuse saves samples; T=5 < best smaller T (0.8)
+             "ppo": {1: (1000, 0.6), 2: (500, 0.3), 5: (200, 0.7)}}         # T=2 loses at its budget, T=5 best
+    out = claims.all_claims(bandit=_bandit_summary(reuse, t1, {"best_of_n": 0.5, "rwr": 0.4, "ppo": 0.9}))["2"]
+    checks = out["checks"]
+    saves = {c["quantity"]: c for c in checks if c["reading"] == "reuse saves fresh samples" and c.get("decides", True)}
+    assert len(saves) == 2 and all("mean over T" in c["comparison"] for c in saves.values())
+    bon_saves = next(c for c in checks if "best-of-N" in c["quantity"] and "mean over T" in c["comparison"])
+    assert bon_saves["mean"] == pytest.approx(((0.7 - 0.4) + (0.3 - 0.2)) / 2)
+    per_t = [c for c in checks if c.get("decides") is False and "budget" in c["comparison"]]
+    assert len(per_t) == 4 and any("T=2 - T=1 at T=2's budget (500 samples)" in c["comparison"] for c in per_t)
+    hurts = [c for c in checks if c["reading"] == "too much reuse hurts" and c.get("decides", True)]
+    assert [c["comparison"] for c in hurts] == ["best T=1 - largest T=5 (too much reuse hurts)"] * 2
+    assert hurts[0]["mean"] == pytest.approx(0.5) and hurts[1]["mean"] == pytest.approx(-0.1)  # PPO: the largest is best
+    ours = next(c for c in checks if "not the paper's" in c["comparison"])
+    assert ours["decides"] is False and ours["mean"] == pytest.approx(0.5 - (-0.1))
+    # both parts decide: PPO's largest T being best makes the claim not reproduced
+    assert out["verdicts_by_reading"]["too much reuse hurts"] == claims.NOT_REPRODUCED
+    assert out["verdict"] == claims.NOT_REPRODUCED
+
+
+def test_bandit_claim_5_pooled_and_per_method():
+    speeds = {"best_of_n": 0.5, "rwr": 0.3, "reinforce": 0.6, "ppo": 0.7, "dpo": 0.4, "ipo": 0.8}  # DPO < best-of-N
+    out = claims.all_claims(bandit=_bandit_summary({}, {}, speeds))["5"]
+    pooled = [c for c in out["checks"] if c["reading"] == "pooled"]
+    per_method = [c for c in out["checks"] if c["reading"] == "per method"]
+    assert len(pooled) == 1 and pooled[0]["mean"] == pytest.approx(0.625 - 0.4)
+    assert len(per_method) == 8 and any(c["comparison"].startswith("dpo - best_of_n") and c["mean"] < 0 for c in per_method)
+    assert out["verdict"] == claims.REPRODUCED  # the pooled reading decides
+    assert out["verdicts_by_reading"] == {"pooled": claims.REPRODUCED, "per method": claims.NOT_REPRODUCED}

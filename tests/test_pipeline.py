@@ -138,7 +138,9 @@ def test_every_stage_wrote_sane_outputs(smoke_run):
     assert any(c["over"] == "training seeds (0, 1, 2)" for c in claims["8"]["checks"])  # DPO vs HyPO over seeds
     bandit = load(repo, "didactic/bandit.json")
     assert len(bandit["runs"]["misaligned/ppo/on_policy"]["final_reward"]) == 2  # one value per seed
-    assert bandit["runs"]["misaligned/ppo/reuse_4"]["samples"] == bandit["runs"]["misaligned/ppo/reuse_1"]["samples"]
+    reuse_1, reuse_4 = (bandit["runs"][f"misaligned/ppo/reuse_{t}"] for t in (1, 4))
+    assert [4 * s for s in reuse_4["samples"]] == reuse_1["samples"]  # equal gradient steps, a quarter of the fresh samples
+    assert reuse_4["curve"][-1]["samples"] == reuse_4["samples"][0] and "2" in claims and claims["2"]["checks"]
     assert "### Offline DPO, step by step" in report and "| seed 1 |" in report
     for fig in ("learning_curves.png", "losses.png", "reward_vs_kl.png", "sft_loss.png", "bandit.png", "bandit_reuse.png", "coverage.png",
                 "dpo_diagnosis.png", "coverage_claim6.png", "token_bandit.png"):

@@ -1,16 +1,19 @@
 """Tajwar et al.'s didactic contextual bandit, as the authors ran it (docs/SETUPS.md, "Didactic bandit"):
-100 actions, 100-dim uniform contexts, pi_ref the histogram of tanh(Cauchy(-0.7, 0.4)), a reward peaked
-where pi_ref is likely (aligned, peak 20) or unlikely (misaligned, peak 70), an MLP policy initialised
-xavier-uniform with a small gain and fitted to pi_ref, N samples per context per collection.
+100 actions, 100-dim uniform contexts, pi_ref the histogram of tanh(Cauchy(-0.7, 0.4)) drawn anew for every
+run (here: for every seed), a reward peaked where pi_ref is likely (aligned, peak 20) or unlikely (misaligned,
+peak 70), an MLP policy initialised xavier-uniform with a small gain and fitted to pi_ref, N samples per
+context per collection.
 
 Every run is `collections` collections of N samples per train context, each followed by
 `steps_per_collection` full-batch Adam steps on it; the first collection comes from pi_ref itself, the
 later ones from the current policy (offline = one collection). The seeds of a cell run as one batched
 program: every weight has a leading seed dimension and the loss is the sum of the seeds' losses, so one
 Adam over the stacked weights updates each seed exactly as its own Adam would (tests/test_bandit.py checks
-that a seed's numbers are the same alone and among others). Evaluation is exact (E_pi[r] and
-KL(pi || pi_ref) summed over actions on the eval contexts).
+that a seed's numbers are the same alone and among others). Every random draw of a seed comes from its own
+stream per purpose (`stream_seed`). Evaluation is exact (E_pi[r] and KL(pi || pi_ref) summed over actions on
+the eval contexts).
 """
+import hashlib
 import math
 
 import numpy as np
@@ -21,18 +24,43 @@ from pftlab.algorithms import losses
 ACTIONS = 100
 CONTEXT_DIM = 100
 WIDTHS = (CONTEXT_DIM, 50, 256, 256, ACTIONS)  # 100 -> 50, LayerNorm, ReLU, 256, ReLU, 256, ReLU -> 100 logits
+EPS = torch.finfo(torch.float32).eps  # torch's clamp_probs bound for float32: 1.19e-7
+FIXED_REFERENCE_SEED = 0  # `reference: fixed`: every seed shares the histogram of numpy seed 0 (our earlier variant)
 
 
-def reference_distribution(samples: int = 10_000, seed: int = 0) -> torch.Tensor:
-    """Histogram of tanh(Cauchy(loc=-0.7, scale=0.4)) over 100 equal bins of [-1, 1] (the authors' pi_ref)."""
+def stream_seed(seed: int, purpose: str) -> int:
+    """The seed of one random stream, a 63-bit hash of (purpose, seed): no two purposes or seeds share a stream
+    (plain seed + k offsets did: seed s's samples came from seed s+1's context generator)."""
+    digest = hashlib.sha256(f"{purpose}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(seed: int, purpose: str) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(seed, purpose))
+
+
+def reference_distribution(samples: int = 10_000, seed: int = FIXED_REFERENCE_SEED) -> torch.Tensor:
+    """Histogram of tanh(Cauchy(loc=-0.7, scale=0.4)) over 100 equal bins of [-1, 1] (the authors' pi_ref),
+    from numpy's generator seeded `seed`."""
     rng = np.random.default_rng(seed)
     x = np.tanh(-0.7 + 0.4 * rng.standard_cauchy(samples))
     counts, _ = np.histogram(x, bins=ACTIONS, range=(-1.0, 1.0))
     return torch.tensor(counts / counts.sum(), dtype=torch.float32)
 
 
-def log_reference() -> torch.Tensor:
-    return reference_distribution().log().clamp(min=-30.0)  # empty bins: pi_ref = 0
+def seed_reference(seed: int, reference: str = "per_seed") -> torch.Tensor:
+    """A seed's pi_ref: its own draw (`per_seed`, as the authors draw one per run: hyperparam_tuning.py:438-456
+    samples it before seeding) or the one histogram every seed shares (`fixed`)."""
+    return reference_distribution(seed=stream_seed(seed, "reference") if reference == "per_seed" else FIXED_REFERENCE_SEED)
+
+
+def log_reference(seed: int = 0, reference: str = "fixed") -> torch.Tensor:
+    return seed_reference(seed, reference).log().clamp(min=-30.0)  # empty bins: pi_ref = 0
+
+
+def log_references(seeds: list, reference: str) -> torch.Tensor:
+    """Each seed's log pi_ref, shape (S, 1, 100): broadcasts over a seed's contexts."""
+    return torch.stack([log_reference(seed, reference) for seed in seeds])[:, None, :]
 
 
 def peaked_reward(peak: float, width: float = 10.0) -> torch.Tensor:
@@ -62,35 +90,57 @@ def unpack(params: list) -> list:
 
 
 def init_policy(seeds: list, gain: float) -> list:
-    """One MLP per seed, stacked: each seed's weights xavier-uniform with `gain` from its own generator, biases
-    zero, LayerNorm gamma one (the authors' init: a policy that starts almost uniform whatever the context)."""
+    """One MLP per seed, stacked: each seed's weights xavier-uniform with `gain` from its own stream per layer,
+    biases zero, LayerNorm gamma one (the authors' init: a policy that starts almost uniform whatever the context)."""
     params = [torch.zeros(len(seeds), *_padded(shape)) for shape in SHAPES]
     tensors = unpack(params)
     for layer, (fan_in, fan_out) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
         for i, seed in enumerate(seeds):
-            g = torch.Generator().manual_seed(seed * 1000 + fan_in * 7 + fan_out)
+            g = generator(seed, f"init_layer{layer}")
             tensors[2 * layer][i] = (torch.rand(fan_in, fan_out, generator=g) * 2 - 1) * bound
     tensors[-2].fill_(1.0)  # LayerNorm gamma
     return [p.requires_grad_(True) for p in params]
 
 
-def policy_logp(params: list, contexts: torch.Tensor) -> torch.Tensor:
-    """log pi(. | context) for every seed: contexts (S, C, 100) -> (S, C, 100)."""
+def policy_logits(params: list, contexts: torch.Tensor) -> torch.Tensor:
+    """The MLP's logits for every seed: contexts (S, C, 100) -> (S, C, 100)."""
     w1, b1, w2, b2, w3, b3, w4, b4, gamma, beta = unpack(params)
     h = torch.baddbmm(b1, contexts, w1)
     h = torch.nn.functional.layer_norm(h, (h.shape[-1],)) * gamma + beta
     h = torch.relu(torch.baddbmm(b2, torch.relu(h), w2))
     h = torch.relu(torch.baddbmm(b3, h, w3))
-    return torch.log_softmax(torch.baddbmm(b4, h, w4), -1)
+    return torch.baddbmm(b4, h, w4)
 
 
-def fit_to_reference(params, contexts, log_ref, steps: int, lr: float):
-    """Minimise KL(pi || pi_ref) on the train contexts (full batch, Adam): where every method starts."""
+def policy_logp(params: list, contexts: torch.Tensor) -> torch.Tensor:
+    """log pi(. | context) for every seed, exact (sampling and evaluation): (S, C, 100)."""
+    return torch.log_softmax(policy_logits(params, contexts), -1)
+
+
+def clamped_logp(logits: torch.Tensor) -> torch.Tensor:
+    """The authors' log-probabilities: Categorical(probs=softmax(logits)).log_prob (bandit_agents.py:120-124,
+    174-177) takes log(clamp(p, eps, 1 - eps)) (torch.distributions.utils.probs_to_logits), so an action with
+    p < eps = 1.19e-7 has log-prob log(eps) and no gradient."""
+    return torch.log(torch.softmax(logits, -1).clamp(EPS, 1 - EPS))
+
+
+def training_logp(params: list, contexts: torch.Tensor, how: str) -> torch.Tensor:
+    """The log-probabilities every training loss uses: `clamped` (the authors') or `log_softmax` (ours before)."""
+    logits = policy_logits(params, contexts)
+    return clamped_logp(logits) if how == "clamped" else torch.log_softmax(logits, -1)
+
+
+def fit_to_reference(params, contexts, log_ref, steps: int, lr: float, how: str = "log_softmax"):
+    """Minimise KL(pi || pi_ref) on the train contexts (full batch, Adam): where every method starts. The
+    authors' kl_divergence(Categorical, pi_data) weighs their (clamped) log-probs by the softmax
+    (bandit_learner.py:28-49)."""
     opt = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel over all seeds: 5x faster than foreach here
     for _ in range(steps):
-        logp = policy_logp(params, contexts)
-        loss = (logp.exp() * (logp - log_ref)).sum(-1).mean(-1).sum()  # per seed: mean over contexts
+        logits = policy_logits(params, contexts)
+        probs = torch.softmax(logits, -1)
+        logp = torch.log(probs.clamp(EPS, 1 - EPS)) if how == "clamped" else torch.log_softmax(logits, -1)
+        loss = (probs * (logp - log_ref)).sum(-1).mean(-1).sum()  # per seed: mean over contexts
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -103,6 +153,32 @@ def exact_metrics(params, contexts, log_ref, reward) -> dict:
         p = logp.exp()
         return {"reward": (p * reward).sum(-1).mean(-1), "kl": (p * (logp - log_ref)).sum(-1).mean(-1),
                 "entropy": -(p * logp).sum(-1).mean(-1)}
+
+
+# --- REINFORCE's baseline ------------------------------------------------------------------------------
+def new_baseline_state(seeds: int) -> dict:
+    zeros = torch.zeros(seeds, dtype=torch.float64)
+    return {"sum": zeros, "squares": zeros.clone(), "count": 0}
+
+
+def running_zscores(rewards: torch.Tensor, state: dict) -> tuple:
+    """The authors' REINFORCE baseline (bandit_learner.py:963-979): each sample of each step, in collection order,
+    joins running sums (a reused sample again on every step), and is z-scored with the mean and population
+    variance of every sample seen so far, itself included. rewards (S, C, N) -> (z-scores, the new state)."""
+    flat = rewards.flatten(1).double()  # python floats in theirs
+    count = state["count"] + torch.arange(1, flat.shape[-1] + 1, dtype=torch.float64)
+    total = state["sum"][:, None] + flat.cumsum(-1)
+    squares = state["squares"][:, None] + (flat * flat).cumsum(-1)
+    mean = total / count
+    variance = ((squares - total * total / count) / count).clamp(min=0.0)  # rounding can dip below zero
+    z = (flat - mean) / (variance.sqrt() + 1e-12)
+    return z.float().view_as(rewards), {"sum": total[:, -1], "squares": squares[:, -1], "count": int(count[-1])}
+
+
+def collection_zscores(rewards: torch.Tensor) -> torch.Tensor:
+    """Our earlier baseline: rewards z-scored over the collection (sample std)."""
+    flat = rewards.flatten(1)
+    return (rewards - flat.mean(-1)[:, None, None]) / (flat.std(-1)[:, None, None] + 1e-8)
 
 
 # --- the methods: a loss per seed on one collection --------------------------------------------------
@@ -122,82 +198,106 @@ def _clipped(logp, old_logp, adv, clip):
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean((-2, -1))
 
 
+def reinforce_entropy(logp_all, logp, estimate: str) -> torch.Tensor:
+    """REINFORCE's entropy bonus per seed: `sampled`, the authors' minus the mean log-prob of the collection's
+    samples (bandit_learner.py:981-996), or `exact`, the entropy summed over actions, averaged over contexts."""
+    if estimate == "sampled":
+        return -logp.mean((-2, -1))
+    return -(logp_all.exp() * logp_all).sum(-1).mean(-1)
+
+
 def seed_losses(method: str, hp: dict, logp_all, batch: dict, log_ref) -> torch.Tensor:
     """One method's loss for each seed, shape (S,): logp_all (S, C, A), a collection of actions (S, C, N)
-    with their rewards and behaviour log-probs."""
+    with their rewards and behaviour log-probs, and (REINFORCE) their advantages; log_ref (S, 1, A)."""
     actions, rewards, old_logp = batch["actions"], batch["rewards"], batch["old_logp"]
     logp = logp_all.gather(-1, actions)
+    ref_logp = lambda a: log_ref.expand(*logp_all.shape).gather(-1, a)
     if method == "best_of_n":  # likelihood of each context's best sample, averaged over contexts
         best = rewards.argmax(-1, keepdim=True)
         return -logp.gather(-1, best).squeeze(-1).mean(-1)
     if method == "rwr":
         weights = losses.rwr_weights(rewards, hp["rwr_temperature"], hp["rwr_max_weight"])
         return -(weights * logp).mean((-2, -1))
-    if method == "reinforce":  # reward normalised over the collection, exact entropy bonus
-        flat = rewards.flatten(1)
-        adv = ((rewards - flat.mean(-1)[:, None, None]) / (flat.std(-1)[:, None, None] + 1e-8)).detach()
-        entropy = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
+    if method == "reinforce":  # normalised reward (the baseline: `run`), entropy bonus
+        adv = batch["advantages"].detach()
+        entropy = reinforce_entropy(logp_all, logp, hp["entropy_estimate"])
         if hp["reinforce_clip"] is None:  # the authors': plain REINFORCE, also on the reused steps of a collection
             return -(adv * logp).mean((-2, -1)) - hp["entropy_coef"] * entropy
         return _clipped(logp, old_logp, adv, hp["reinforce_clip"]) - hp["entropy_coef"] * entropy
     if method == "ppo":  # one-step episodes: the KL-penalised reward minus the context's mean as advantage
-        shaped = rewards - hp["kl_coef"] * (old_logp - log_ref[actions])
+        shaped = rewards - hp["kl_coef"] * (old_logp - ref_logp(actions))
         adv = (shaped - shaped.mean(-1, keepdim=True)).detach()
         return _clipped(logp, old_logp, adv, hp["clip"])
     w, l, keep = _pairs(actions, rewards, hp["min_reward_gap"])
     pair_losses = losses.dpo_pair_losses if method == "dpo" else losses.ipo_pair_losses
-    per_pair = pair_losses(logp_all.gather(-1, w), logp_all.gather(-1, l), log_ref[w], log_ref[l], hp["beta"])
+    per_pair = pair_losses(logp_all.gather(-1, w), logp_all.gather(-1, l), ref_logp(w), ref_logp(l), hp["beta"])
     kept = keep.flatten(1).sum(-1)  # the mean over each seed's kept pairs (0 when it keeps none)
     return (per_pair * keep).flatten(1).sum(-1) / kept.clamp(min=1)
 
 
 # --- one cell: a method, a setting, a reward, every seed at once -----------------------------------------
 def run(method: str, reward, hp: dict, seeds: list, *, train_contexts: int, eval_contexts: int, collections: int,
-        steps_per_collection: int, samples_per_context: int, lr: float, log_every: int = 10) -> dict:
+        steps_per_collection: int, samples_per_context: int, lr: float, log_every: int = 10, log_steps=()) -> dict:
     """Train one method on one reward for every seed at once. Returns per-seed results: the curve (exact
-    eval reward and KL per seed, samples drawn, every `log_every` steps), and per seed the final reward
-    (the mean of the evaluations after each of the last 5 steps), final KL, mean reward over the curve
-    (speed) and samples drawn."""
-    log_ref = log_reference()
-    train, evaluation, params = start(seeds, train_contexts, eval_contexts, hp)
-    generators = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
+    eval reward and KL per seed, fresh samples drawn so far, every `log_every` steps and at `log_steps`), and
+    per seed the final reward (the mean of the evaluations after each of the last 5 steps), final KL and
+    entropy, mean reward over the curve (speed) and fresh samples drawn."""
+    log_ref = log_references(seeds, hp["reference"])
+    train, evaluation, params = start(seeds, train_contexts, eval_contexts, hp, log_ref)
+    generators = [generator(seed, "samples") for seed in seeds]
     opt = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel over all seeds: 5x faster than foreach here
     steps = collections * steps_per_collection
-    last, curve, samples = [], [], 0
+    last, curve, samples, baseline = [], [], 0, new_baseline_state(len(seeds))
     for step in range(steps + 1):
-        if step % log_every == 0 or step >= steps - 4:  # the curve, and the last 5 evaluations
+        logged = step % log_every == 0 or step in log_steps or step == steps
+        if logged or step >= steps - 4:  # the curve, and the last 5 evaluations
             metrics = exact_metrics(params, evaluation, log_ref, reward)
             if step >= steps - 4:
                 last.append(metrics["reward"])
-            if step % log_every == 0 or step == steps:
+            if logged:
                 curve.append({"step": step, "samples": samples, "reward": metrics["reward"].tolist(),
                               "kl": metrics["kl"].tolist()})
         if step == steps:
             break
         if step % steps_per_collection == 0:  # the first collection from pi_ref, the later from the policy
-            with torch.no_grad():
-                source = log_ref.expand(len(seeds), train_contexts, -1) if step == 0 else policy_logp(params, train)
-            batch = collect(source, samples_per_context, generators, reward)
+            batch = _collection(params, train, log_ref, step, samples_per_context, generators, reward, hp["logp"])
             samples += train_contexts * samples_per_context
-        loss = seed_losses(method, hp, policy_logp(params, train), batch, log_ref).sum()
+            if method == "reinforce" and hp["reinforce_baseline"] == "collection":
+                batch["advantages"] = collection_zscores(batch["rewards"])
+        if method == "reinforce" and hp["reinforce_baseline"] == "running":  # every step adds the samples again
+            batch["advantages"], baseline = running_zscores(batch["rewards"], baseline)
+        loss = seed_losses(method, hp, training_logp(params, train, hp["logp"]), batch, log_ref).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
     along = torch.tensor([point["reward"] for point in curve])  # (points, S)
     return {"curve": curve, "final_reward": torch.stack(last).mean(0).tolist(), "final_kl": curve[-1]["kl"],
-            "mean_reward": along.mean(0).tolist(), "samples": [samples] * len(seeds)}
+            "final_entropy": metrics["entropy"].tolist(), "mean_reward": along.mean(0).tolist(),
+            "samples": [samples] * len(seeds)}
 
 
-def start(seeds: list, train_contexts: int, eval_contexts: int, hp: dict):
-    """Each seed's train and eval contexts and its policy fitted to pi_ref (stacked)."""
-    train, evaluation = [], []
-    for seed in seeds:
-        g = torch.Generator().manual_seed(seed)
-        train.append(torch.rand(train_contexts, CONTEXT_DIM, generator=g))
-        evaluation.append(torch.rand(eval_contexts, CONTEXT_DIM, generator=g))
-    train, evaluation = torch.stack(train), torch.stack(evaluation)
+def _collection(params, train, log_ref, step, n, generators, reward, how) -> dict:
+    """A collection of n samples per context: at step 0 from pi_ref, later from the policy; its behaviour
+    log-probs in the training losses' form (PPO's ratio is 1 at the first step on it)."""
+    with torch.no_grad():
+        if step == 0:
+            source = log_ref.expand(len(generators), train.shape[1], -1)
+            return collect(source, n, generators, reward)
+        logits = policy_logits(params, train)
+        batch = collect(torch.log_softmax(logits, -1), n, generators, reward)
+        if how == "clamped":
+            batch["old_logp"] = clamped_logp(logits).gather(-1, batch["actions"])
+        return batch
+
+
+def start(seeds: list, train_contexts: int, eval_contexts: int, hp: dict, log_ref=None):
+    """Each seed's train and eval contexts (each from its own stream) and its policy fitted to its pi_ref (stacked)."""
+    if log_ref is None:
+        log_ref = log_references(seeds, hp["reference"])
+    train = torch.stack([torch.rand(train_contexts, CONTEXT_DIM, generator=generator(s, "train_contexts")) for s in seeds])
+    evaluation = torch.stack([torch.rand(eval_contexts, CONTEXT_DIM, generator=generator(s, "eval_contexts")) for s in seeds])
     params = init_policy(seeds, hp["init_gain"])
-    fit_to_reference(params, train, log_reference(), hp["fit_steps"], hp["fit_lr"])
+    fit_to_reference(params, train, log_ref, hp["fit_steps"], hp["fit_lr"], hp["logp"])
     return train, evaluation, params
 
 
@@ -209,23 +309,34 @@ def collect(logp, n: int, generators: list, reward) -> dict:
 
 
 # --- the cells the stage runs (params `bandit`, the authors' scripts: docs/SETUPS.md) ----------------
+HP_KEYS = ("init_gain", "fit_steps", "fit_lr", "beta", "min_reward_gap", "clip", "kl_coef", "entropy_coef", "entropy_estimate",
+           "reinforce_clip", "reinforce_baseline", "rwr_temperature", "rwr_max_weight", "logp", "reference")
+
+
 def method_hyperparameters(cfg, method: str, sampling: str) -> dict:
     """The loss and start knobs of one cell: shared ones, with the authors' IPO scripts' own pair filter."""
-    hp = {k: getattr(cfg, k) for k in ("init_gain", "fit_steps", "fit_lr", "beta", "min_reward_gap", "clip", "kl_coef",
-                                       "entropy_coef", "reinforce_clip", "rwr_temperature", "rwr_max_weight")}
+    hp = {k: getattr(cfg, k) for k in HP_KEYS}
     own = _ipo_setting(cfg, method, sampling)
     if own is not None and own.min_reward_gap is not None:
         hp["min_reward_gap"] = own.min_reward_gap
     return hp
 
 
+def reuse_log_steps(r) -> tuple:
+    """The steps at which the reuse study's curves are logged besides every 10th: where each T's run ends its
+    last collection's budget (steps / T), so T = 1 is read at every other T's fresh-sample budget."""
+    return tuple(sorted({r.steps // t for t in r.values}))
+
+
 def cell_schedule(cfg, method: str, sampling: str) -> dict:
-    """Contexts, collections, steps, samples and learning rate of one cell. `reuse_<T>`: the ablation at a
-    fixed budget of samples and steps, N*T samples per context in each of steps/T collections."""
+    """Contexts, collections, steps, samples and learning rate of one cell. `reuse_<T>`: the reuse study at a
+    fixed number of gradient steps, T steps on each of steps/T collections of N samples per context
+    (`collection_size: fixed`, fresh samples fall as T grows) or of N*T (`grows_with_T`: samples fixed too)."""
     if sampling.startswith("reuse_"):
         t, r = int(sampling.split("_")[1]), cfg.reuse
+        n = cfg.samples_per_context * (t if r.collection_size == "grows_with_T" else 1)
         return {"train_contexts": r.train_contexts, "eval_contexts": cfg.eval_contexts, "collections": r.steps // t,
-                "steps_per_collection": t, "samples_per_context": cfg.samples_per_context * t, "lr": r.lr}
+                "steps_per_collection": t, "samples_per_context": n, "lr": r.lr, "log_steps": reuse_log_steps(r)}
     setting, own = getattr(cfg, sampling), _ipo_setting(cfg, method, sampling)
     pick = lambda name: getattr(own, name) if own is not None and getattr(own, name) is not None else getattr(setting, name)
     return {"train_contexts": pick("train_contexts"), "eval_contexts": cfg.eval_contexts, "collections": setting.collections,

@@ -43,9 +43,12 @@ class IpoSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class BanditReuse:
-    """The sample-reuse ablation: T steps on each collection of N*T samples per context, steps/T collections."""
+    """The sample-reuse study at a fixed number of gradient steps: T steps on each of steps/T collections."""
     methods: list = knob(*_METHODS)
     values: list = knob(list_of(pos_int), "a non-empty list of positive integers (T)")
+    # fixed: N samples per context per collection, fresh samples = steps/T collections (the budget study);
+    # grows_with_T: N*T, samples fixed too (our earlier ablation, after the authors' on_policy_ablations.py)
+    collection_size: str = knob(one_of(("fixed", "grows_with_T")), "fixed or grows_with_T", "fixed")
     steps: int = knob(pos_int, "a positive integer (a multiple of every T)")
     train_contexts: int = knob(pos_int, "a positive integer")
     lr: float = knob(positive, "a number > 0")
@@ -70,6 +73,10 @@ class BanditConfig:
     clip: float = knob(positive, "a number > 0")
     kl_coef: float = knob(nonneg, "a number >= 0")
     entropy_coef: float = knob(nonneg, "a number >= 0")
+    entropy_estimate: str = knob(one_of(("sampled", "exact")), "sampled or exact", "sampled")  # sampled: the authors'
+    reinforce_baseline: str = knob(one_of(("running", "collection")), "running or collection", "running")  # running: the authors'
+    logp: str = knob(one_of(("clamped", "log_softmax")), "clamped or log_softmax", "clamped")  # clamped: the authors' Categorical
+    reference: str = knob(one_of(("per_seed", "fixed")), "per_seed or fixed", "per_seed")  # per_seed: a pi_ref drawn per run, as theirs
     reinforce_clip: float = knob(positive, "a number > 0", default=None)  # absent: plain REINFORCE on reused samples (authors)
     rwr_temperature: float = knob(positive, "a number > 0")
     rwr_max_weight: float = knob(positive, "a number > 0")

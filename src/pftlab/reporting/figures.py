@@ -2,6 +2,7 @@
 (results.py): learning curves over training seeds, reward against KL, the SFT loss, the bandit and coverage
 problems. Colour says an algorithm's family, line style and marker its sampling."""
 from pathlib import Path
+from statistics import mean
 
 import matplotlib
 
@@ -218,17 +219,35 @@ def plot_bandit_seeds(runs: dict, path):
 
 
 def plot_reuse(bandit: dict, path):
+    """Left: final reward against T at equal gradient steps; right (cells with curves): reward against fresh
+    samples, T = 1's curve and each T's end at its budget."""
     runs = bandit["runs"]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
     methods = sorted({k.split("/")[1] for k in runs if "/reuse_" in k})
+    with_curves = any("curve" in v for k, v in runs.items() if "/reuse_" in k)
+    fig, axes = plt.subplots(1, 2 if with_curves else 1, figsize=(10 if with_curves else 5, 3.6), squeeze=False)
+    ax = axes[0][0]
     for method in methods:
         ts = sorted({int(k.split("_")[-1]) for k in runs if k.startswith(f"misaligned/{method}/reuse_")})
         stats = [mean_ci(runs[f"misaligned/{method}/reuse_{t}"]["final_reward"]) for t in ts]
         ax.errorbar(ts, [m for m, _ in stats], yerr=[half for _, half in stats], fmt="o-", capsize=3, label=method)
     ax.set_xscale("log")
-    ax.set_xlabel("gradient steps per collection T (samples and steps fixed)")
+    ax.set_xlabel("gradient steps per collection T (gradient steps fixed)")
     ax.set_ylabel("final eval reward, misaligned (95% CI over seeds)")
     ax.legend(fontsize=8)
+    if with_curves:
+        ax = axes[0][1]
+        for i, method in enumerate(methods):
+            cells = {int(k.split("_")[-1]): v for k, v in runs.items() if k.startswith(f"misaligned/{method}/reuse_")}
+            colour = f"C{i}"
+            if 1 in cells:
+                curve = cells[1]["curve"]
+                ax.plot([p["samples"] for p in curve], [mean(p["reward"]) for p in curve], color=colour, label=f"{method} T=1")
+            ends = [(cell["curve"][-1]["samples"], mean(cell["curve"][-1]["reward"])) for t, cell in sorted(cells.items()) if t > 1]
+            ax.plot([x for x, _ in ends], [y for _, y in ends], "o--", color=colour, label=f"{method} T>1 (end)")
+        ax.set_xscale("log")
+        ax.set_xlabel("fresh samples drawn")
+        ax.set_ylabel("eval reward, misaligned (mean over seeds)")
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

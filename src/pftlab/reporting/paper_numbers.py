@@ -49,7 +49,7 @@ PAPER_EVIDENCE: dict = {
            "overfitting\"."),
         _e(TAJWAR, "summary 000_, Open Question 2; summary 001_", "didactic bandit (reuse ablation)",
            "No number in the text; qualitative: the paper \"discusses the tradeoff but doesn't provide clear guidelines\"; the PPO vs "
-           "best-of-N contrast is absent from the seed texts (only docs/SETUPS.md states PPO's clipping tolerates reuse better)."),
+           "best-of-N contrast is absent from the seed texts (pftlab reports it as its own comparison, not deciding the claim)."),
     ],
     "3": [
         _e(TAJWAR, "summary 000_, Key Results and Mechanism 2", ALL_SETTINGS,

@@ -149,6 +149,13 @@ def test_claim_8_at_matched_settings_from_the_sweep():
     assert kl["mean"] == pytest.approx(1.0) and kl["reading"] == "matched settings" and kl["n"] == 2
     assert gold["mean"] == pytest.approx(15.5)
     assert claims.matched_settings_claims(cells[:1]) == {}  # one setting: nothing to test over
+    # HyPO's selection moved to lam 0.1 after the matched runs (one cell there): the lam with the most cells counts
+    hypo_moved = dict(summary["algorithms"]["hypo"], selected={"beta": 0.1, "lam": 0.1})
+    moved = {"algorithms": {"dpo": summary["algorithms"]["dpo"], "hypo": hypo_moved}}
+    assert [c[2]["experiment"] for c in claims.matched_cells(moved, default_lr=1e-4)] == ["h2", "h1"]
+    earlier = {"algorithms": {"dpo": summary["algorithms"]["dpo"], "hypo": {"selected": {"lam": 0.01}, "rows": [
+        dict(r, earlier=True) for r in summary["algorithms"]["hypo"]["rows"]]}}}
+    assert claims.matched_cells(earlier, default_lr=1e-4) == []  # earlier rows never count
     # training seeds at a cell: each cell's difference is the mean over the seeds both ran (not seed 0 alone);
     # a seed only one of them ran is not compared
     cells[0][1]["seeds"] = {"1": {"gold_reward": -15.0, "kl_k1": 0.56 * math.e ** 3}, "2": {"gold_reward": 0.0, "kl_k1": 1.0}}

@@ -402,23 +402,32 @@ def _claim_4(gold: dict, over: str, validation: dict) -> list:
 
 
 def matched_cells(summary: dict, default_lr: float, a: str = "dpo", b: str = "hypo", keys=("beta", "lr")) -> list:
-    """The (beta, lr) settings the sweep (metrics/sweep/summary.json) ran for both `a` and `b`, with `b`'s other knobs at
-    its selection: [(setting, row of a, row of b)], in the order of `a`'s rows. A row without `lr` ran at `default_lr`."""
+    """The (beta, lr) settings the sweep (metrics/sweep/summary.json) ran for both `a` and `b`: [(setting, row of a,
+    row of b)], in the order of `a`'s rows. `b`'s other knobs (HyPO's lam) are held at one value: the one with the
+    most such settings, its selection's on a tie (a selection that moved after the matched runs keeps them counting).
+    A row without `lr` ran at `default_lr`; earlier rows (other shared params) never count."""
     algorithms = summary.get("algorithms", {})
     if a not in algorithms or b not in algorithms:
         return []
     cell = lambda row: tuple(row["setting"].get(k, default_lr if k == "lr" else None) for k in keys)
-    others = {k: v for k, v in algorithms[b]["selected"].items() if k not in keys}
-    rows_b = {}
-    for row in algorithms[b]["rows"]:
-        if all(row["setting"].get(k, v) == v for k, v in others.items()):
-            rows_b.setdefault(cell(row), row)
-    out, seen = [], set()
-    for row in algorithms[a]["rows"]:
-        if cell(row) in rows_b and cell(row) not in seen:
-            seen.add(cell(row))
-            out.append((dict(zip(keys, cell(row))), row, rows_b[cell(row)]))
-    return out
+    rows_a = [r for r in algorithms[a]["rows"] if not r.get("earlier")]
+    rows_b = [r for r in algorithms[b]["rows"] if not r.get("earlier")]
+    selected = {k: v for k, v in algorithms[b]["selected"].items() if k not in keys}
+
+    def cells_at(others: dict) -> list:
+        at = {}
+        for row in rows_b:
+            if all(row["setting"].get(k, v) == v for k, v in others.items()):
+                at.setdefault(cell(row), row)
+        out, seen = [], set()
+        for row in rows_a:
+            if cell(row) in at and cell(row) not in seen:
+                seen.add(cell(row))
+                out.append((dict(zip(keys, cell(row))), row, at[cell(row)]))
+        return out
+
+    candidates = [selected] + [{k: r["setting"].get(k, v) for k, v in selected.items()} for r in rows_b]
+    return max((cells_at(o) for o in candidates), key=len)  # the first longest: the selection's on a tie
 
 
 def seed_scores(row: dict) -> dict:

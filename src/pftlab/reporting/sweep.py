@@ -44,10 +44,16 @@ RULE = "highest mean validation gold reward (eval.validation_prompts, disjoint f
 _SEED_EVAL = re.compile(r"metrics/training_seeds/(\w+)/s(\d+)/eval\.json")
 
 
+# Sections no sweep point's stages read: the didactic stages' (a point runs the LLM task only) and checkpointing
+# (not a DVC param: it cannot change a result).
+NOT_READ_BY_A_POINT = ("bandit.", "token_bandit.", "coverage.", "checkpoint.")
+
+
 def context_of(tree: dict) -> str:
-    """A fingerprint of the params every sweep point shares (all but algos.* and the stage lists): rows of a
-    summary written under another context were run with other data, SFT or evaluation, and stop counting."""
-    shared = {k: v for k, v in flatten(tree).items() if not k.startswith(("algos.", *STAGE_LISTS))}
+    """A fingerprint of the params every sweep point shares and reads (all but algos.*, the stage lists and the
+    sections none of its stages read): rows of a summary written under another context were run with other data,
+    SFT or evaluation, and stop counting."""
+    shared = {k: v for k, v in flatten(tree).items() if not k.startswith(("algos.", *STAGE_LISTS, *NOT_READ_BY_A_POINT))}
     return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

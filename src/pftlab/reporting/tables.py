@@ -163,10 +163,12 @@ def matched_settings_table(cells: list) -> list:
     training seeds both ran there (claims.seed_scores)."""
     from pftlab.reporting.claims import seed_scores
 
+    held = ", ".join(f"{k}={v}" for k, v in cells[0][2]["setting"].items() if k not in ("beta", "lr")) if cells else ""
     lines = ["### DPO and HyPO at the same settings (claim 8)", "",
-             "Each (beta, lr) the hyperparameter sweep ran for both (HyPO's other knobs at its selection), held-out "
+             "Each (beta, lr) the hyperparameter sweep ran for both (HyPO's other knobs held at one value, the one the most "
+             "such settings ran; `claims.matched_cells`), held-out "
              "prompts, the mean over the training seeds both ran at that setting. Song et al. compare the two at one "
-             "beta and learning rate.", "",
+             "beta and learning rate." + (f" HyPO's other knobs: {held}." if held else ""), "",
              "| beta | lr | training seeds | DPO gold reward | HyPO gold reward | DPO KL (k1) | HyPO KL (k1) | experiments (DPO, HyPO) |",
              "|---|---|---|---|---|---|---|---|"]
     for setting, d, h in cells:

@@ -28,13 +28,14 @@ def test_thread_count_is_the_usable_cores_shared_among_our_processes(env, cores,
     assert threads.thread_count(env, cores=cores) == expected
 
 
-def test_cooperate_writes_the_choice_for_children_and_keeps_a_users_wait_policy():
+def test_cooperate_writes_the_choice_for_children_and_keeps_a_users_wait_policy_and_mkl_mode():
     env = {"PYTEST_XDIST_WORKER_COUNT": str(threads.usable_cores())}
     assert threads.cooperate(env) == 1
     assert env["OMP_NUM_THREADS"] == env[threads.OURS] == "1" and env["OMP_WAIT_POLICY"] == "PASSIVE"
-    env = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "1"}
+    assert env["MKL_CBWR"] == "AUTO,STRICT"
+    env = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
     threads.cooperate(env)
-    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["OMP_NUM_THREADS"] == "1"
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["OMP_NUM_THREADS"] == "1" and env["MKL_CBWR"] == "COMPATIBLE"
 
 
 def test_affinity_limits_the_cores_and_pftlab_sets_torch_before_it_loads():
@@ -42,10 +43,10 @@ def test_affinity_limits_the_cores_and_pftlab_sets_torch_before_it_loads():
     environment when torch is first imported, after pftlab."""
     code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
             "[os.environ.pop(k, None) for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'PYTEST_XDIST_WORKER_COUNT', "
-            f"'LOCAL_WORLD_SIZE', '{threads.OURS}')]; "
-            "import pftlab, torch; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
+            f"'LOCAL_WORLD_SIZE', 'MKL_CBWR', '{threads.OURS}')]; "
+            "import pftlab, torch; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'], os.environ['MKL_CBWR'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["1", "PASSIVE"]
+    assert out == ["1", "PASSIVE", "AUTO,STRICT"]
 
 
 def first_import(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""How many CPU threads a process of ours uses, and how its idle threads wait: decided here, once.
+"""How many CPU threads a process of ours uses, how its idle threads wait and how MKL sums: decided here, once.
 
 Every stage, test worker and bench shares the machine's cores with whatever else runs. Two rules keep them
 from fighting (3-15x slowdowns measured beside one busy neighbour on 2 cores, docs/ARCHITECTURE.md):
@@ -12,13 +12,22 @@ from fighting (3-15x slowdowns measured beside one busy neighbour on 2 cores, do
   so a core another process needs is given back. OpenMP reads the policy once, when torch loads it: this module
   runs from `pftlab/__init__.py`, and every stage imports pftlab before torch (tests/test_threads.py checks).
 
-Neither changes a number on a machine where the count equals torch's own default (one thread per physical
+Neither rule changes a number on a machine where the count equals torch's own default (one thread per physical
 core): the wait policy never does, and a thread count does only where it differs (float sums split otherwise).
+
+One more rule keeps the numbers themselves fixed: **MKL sums the same way every run** (`MKL_CBWR=AUTO,STRICT`,
+Intel's conditional numerical reproducibility: fixed blocking, deterministic reductions, static scheduling, no
+dependence on memory alignment). Without it MKL may choose by alignment and load, the likely cause of a fresh clone
+on an AMD EPYC not reproducing that machine's own `dvc.lock`. AUTO keeps each CPU's fastest path at no cost (SFT
+stage 35.5 s vs 34.6-36.3 s without it), so numbers repeat on one CPU kind, not across kinds (an AVX-512 Xeon and
+an EPYC differ at float rounding). `MKL_CBWR=COMPATIBLE` puts MKL on one path for every x86 CPU at twice the
+time (72 s), though torch's own vectorised kernels still follow the CPU. A user's `MKL_CBWR` wins.
 """
 import os
 import sys
 
 WAIT_POLICY = "PASSIVE"
+MKL_REPRODUCIBLE = "AUTO,STRICT"
 OURS = "PFTLAB_OMP_NUM_THREADS"  # the count this module wrote into OMP_NUM_THREADS: not the user's word
 
 
@@ -52,7 +61,7 @@ def thread_count(env=os.environ, cores=None) -> int:
 
 
 def cooperate(env=os.environ) -> int:
-    """Set this process's (and its children's) thread count and wait policy; returns the thread count.
+    """Set this process's (and its children's) thread count, wait policy and MKL mode; returns the thread count.
 
     Writes the environment so that processes started from here (a stage under `dvc repro`, a launcher's
     workers) inherit the same decision, and sets torch's count directly where torch is already loaded.
@@ -60,6 +69,8 @@ def cooperate(env=os.environ) -> int:
     threads = thread_count(env)
     if not env.get("OMP_WAIT_POLICY"):  # unset or empty: the user chose nothing
         env["OMP_WAIT_POLICY"] = WAIT_POLICY
+    if not env.get("MKL_CBWR"):
+        env["MKL_CBWR"] = MKL_REPRODUCIBLE
     env["OMP_NUM_THREADS"] = env[OURS] = str(threads)
     torch = sys.modules.get("torch") if env is os.environ else None  # another env describes another process
     if torch is not None and hasattr(torch, "set_num_threads") and torch.get_num_threads() != threads:

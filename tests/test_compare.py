@@ -35,3 +35,15 @@ def test_rows_show_only_what_differs_from_the_workspace():
     text = compare.render(rows)
     assert "algorithms=" not in text and "gold reward [95% CI over prompts]" in text.splitlines()[0]
     assert compare.render(rows, markdown=True).splitlines()[1] == "|---|---|---|---|---|---|"
+
+
+def test_wall_clock_fields_do_not_make_a_run_differ_and_a_null_reward_is_no_row():
+    params = {"seed": 0, "policy": {"lr": 1e-4}}
+    m = {"gold_reward": 1.0, "gold_reward_ci95": 0.5, "kl_k1": 0.1, "win_rate_vs_sft": 0.5, "seconds": 10.0}
+    workspace = entry(params, {"dpo": m, "ipo": {**m, "gold_reward": None}}, rev="workspace")
+    commit = entry(params, {"dpo": {**m, "seconds": 12.5}})
+    runs = compare.runs([workspace, commit])
+    assert set(runs[0][2]) == {"dpo"}  # ipo's gold reward was not a number (written as null)
+    rows = compare.table(runs)
+    assert rows[-1][0] == "commit abc1234" and rows[-1][2] == "(same numbers as workspace)"
+    assert rows[0][1] == "-"  # no param differs

@@ -44,6 +44,11 @@ def test_a_hub_dataset_must_be_pinned_and_a_local_one_tracked(tmp_path, monkeypa
     check_tracked({"id": "data/raw/linked.jsonl", "layout": "hh_rlhf"})  # a link inside data/raw/ is tracked there
     with pytest.raises(DataError, match="outside data/raw/"):
         check_tracked({"id": "data/raw/../../elsewhere.jsonl", "layout": "hh_rlhf"})
+    linked = tmp_path / "linked_project"  # data/raw/ itself a link (to a big disk): its files are inside it
+    (linked / "data").mkdir(parents=True)
+    (linked / "data" / "raw").symlink_to(tmp_path / "data" / "raw")
+    monkeypatch.chdir(linked)
+    check_tracked({"id": "data/raw/pairs.jsonl", "layout": "hh_rlhf"})
 
 
 def test_a_local_copy_reads_row_by_row(tmp_path):

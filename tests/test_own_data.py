@@ -3,6 +3,7 @@
 import csv
 import gzip
 import json
+import re
 
 import pytest
 
@@ -155,8 +156,22 @@ def test_the_split_follows_the_conversation_not_its_rendering_and_a_default_syst
         templated, report = read_pairs(spec, 0.0, TemplateTokenizer("You are SmolLM."))
     assert report["template_adds_system_prompt"] is True and templated[0]["prompt"].startswith("<|system|>You are SmolLM.")
     assert not layouts.template_adds_system_prompt(TemplateTokenizer(""))
-    split = lambda kept: [len(v) for v in prepare(kept, 0.3).values()]  # noqa: E731
-    assert split(plain) == split(templated) and 20 <= split(plain)[1] < 60
+
+    class Alpaca(TemplateTokenizer):  # prints a system text bare, with no header, and none by default
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt=False):
+            return "".join(m["content"] + "\n\n" if m["role"] == "system" else f"### Instruction:\n{m['content']}\n"
+                           for m in messages)
+    assert not layouts.template_adds_system_prompt(Alpaca(""))
+    broken = TemplateTokenizer("x")
+    broken.apply_chat_template = lambda *a, **k: None
+    assert not layouts.template_adds_system_prompt(broken)
+    eval_side = lambda kept: sorted(re.search(r"Question \d+", r["prompt"])[0]  # noqa: E731
+                                    for r in prepare(kept, 0.3)["prompts_eval"])
+    assert eval_side(plain) == eval_side(templated) and 20 <= len(eval_side(plain)) < 60
+    # two conversations a template renders alike (it trims whitespace) are one prompt, on one side of the split
+    trimmed = [{**r, "split_key": r["split_key"] + " " * (i % 2)} for i, r in enumerate(templated * 2)]
+    splits = prepare(trimmed, 0.3)
+    assert not {r["prompt"] for r in splits["prompts_train"]} & {r["prompt"] for r in splits["prompts_eval"]}
 
 
 def test_an_empty_or_small_evaluation_split_is_refused_or_warned(tmp_path):

@@ -63,12 +63,12 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
             metrics = main(params, tracker)
             if not main_process:
                 return
-            metrics = without_nonfinite(metrics, name)
             metrics["seconds"] = round(time.time() - start, 2)
             metrics["startup_seconds"] = round(startup, 2)
             torch = sys.modules.get("torch")  # only where the stage used it: light stages never import it
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
                 metrics["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            metrics = without_nonfinite(metrics, name)
             tracker.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
                                 to_policy_run=False)
             if results_prefix:

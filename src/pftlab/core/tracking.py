@@ -237,6 +237,7 @@ class Tracker:
         """Final numbers of the stage on its policy's run (the stage's own run has them as final/*)."""
         self.flush()
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._logged = self._logged or bool(numbers)
         if self.enabled and numbers:
             self._send({"results": numbers})
 
@@ -246,6 +247,7 @@ class Tracker:
         self._buffer = []
 
     def log_artifact(self, path):
+        self._logged = True
         if self.enabled and Path(path).exists():
             self._send({"artifact": str(Path(path).resolve())})
 

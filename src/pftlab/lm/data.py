@@ -31,11 +31,12 @@ def check_tracked(spec: dict, key="data.source"):
     prepare. A hub dataset must be pinned by revision (what was read is recorded as a digest too)."""
     location = spec["id"]
     if readers.looks_local(location):
-        try:  # as written, not resolved: a symlink inside data/raw/ is tracked there (DVC hashes what it points to)
-            Path(os.path.abspath(os.path.expanduser(location))).relative_to(TRACKED_DIR.resolve())
-        except ValueError:
+        # As written, not resolved: a symlink inside data/raw/ is tracked there (DVC hashes what it points to); and
+        # resolved, for a data/raw/ that is itself a link and a path given through it.
+        written, resolved = Path(os.path.abspath(os.path.expanduser(location))), Path(location).expanduser().resolve()
+        if not (written.is_relative_to(os.path.abspath(TRACKED_DIR)) or resolved.is_relative_to(TRACKED_DIR.resolve())):
             raise DataError(f"{key}.id: {location} is outside {TRACKED_DIR}/, so DVC would not rerun prepare when it "
-                            f"changes: copy it there (or `dvc add` it there) and point {key}.id at the copy") from None
+                            f"changes: copy it there (or `dvc add` it there) and point {key}.id at the copy")
     elif not spec.get("revision"):
         raise DataError(f"{key}.revision: hub dataset '{location}' is not pinned: set a commit sha (or tag) so a "
                         f"rerun reads the same rows")
@@ -106,8 +107,12 @@ def is_eval_prompt(key: str, eval_fraction: float) -> bool:
 def prepare(rows, eval_fraction: float) -> dict:
     """SFT examples (prompt, chosen reply), the unique prompts and the preference pairs, per side of the split."""
     out = {"sft_train": [], "sft_eval": [], "prompts_train": {}, "prompts_eval": {}, "pairs_train": [], "pairs_eval": []}
+    # Conversations that render alike (whitespace a template trims) are one prompt: the group's smallest key decides
+    key = {}
     for row in rows:
-        side = "eval" if is_eval_prompt(row.get("split_key", row["prompt"]), eval_fraction) else "train"
+        key[row["prompt"]] = min(key.get(row["prompt"], row.get("split_key", row["prompt"])), row.get("split_key", row["prompt"]))
+    for row in rows:
+        side = "eval" if is_eval_prompt(key[row["prompt"]], eval_fraction) else "train"
         out[f"sft_{side}"].append({"prompt": row["prompt"], "response": row["chosen"]})
         out[f"pairs_{side}"].append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
         out[f"prompts_{side}"].setdefault(row["prompt"], None)

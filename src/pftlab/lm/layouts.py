@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 from pftlab.core.errors import DataError
+from pftlab.lm.config import DATASET_LAYOUTS
 
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -243,6 +244,10 @@ LAYOUTS = {  # name -> (columns every row needs, columns that may be absent, the
 }
 
 
+if tuple(LAYOUTS) != DATASET_LAYOUTS:  # the params rule names them without importing this module (lm/config.py)
+    raise ImportError(f"lm/config.py DATASET_LAYOUTS {DATASET_LAYOUTS} != lm/layouts.py LAYOUTS {tuple(LAYOUTS)}")
+
+
 def suggest_layout(row: dict) -> str:
     """The layout a row's columns and value types look like ("" if none): for error messages only."""
     cols = set(row)
@@ -334,11 +339,14 @@ def template_adds_system_prompt(tokenizer) -> bool:
         marked = tokenizer.apply_chat_template([{"role": "system", "content": "\x02"}, *user], tokenize=False)
     except Exception:  # noqa: BLE001 - a template that refuses system turns (jinja raises its own errors)
         return False
-    if "\x01" not in bare or "\x01" not in marked:
+    if not (isinstance(bare, str) and isinstance(marked, str) and "\x01" in bare and "\x01" in marked):
         return False
-    before_user = marked[: marked.index("\x01")]
-    return bare.index("\x01") > 0 and "\x02" in before_user and \
-        bare[: bare.index("\x01")].startswith(before_user[: before_user.index("\x02")])
+    before_user, bare_before_user = marked[: marked.index("\x01")], bare[: bare.index("\x01")]
+    if "\x02" not in before_user:  # the template drops system messages
+        return False
+    header, between = before_user.split("\x02", 1)  # what opens a system turn, what closes it and opens the user's
+    return (bare_before_user.startswith(header) and bare_before_user.endswith(between)
+            and len(bare_before_user) > len(header) + len(between))  # some system text of its own in between
 
 
 def plain_prompt(turns: list) -> str:

@@ -21,6 +21,7 @@ from pftlab.core.errors import DataError
 
 STAGE_LISTS = ("algorithms", "training_seeds.", "variants.")
 EVAL_FILE = re.compile(r"metrics/eval/(\w+)\.json")
+SHOWN = ("gold_reward", "gold_reward_ci95", "kl_k1", "win_rate_vs_sft")
 COLUMNS = ("run", "params that differ", "algorithm", "gold reward [95% CI over prompts]", "KL k1", "win rate vs SFT")
 
 
@@ -34,7 +35,8 @@ def runs(exp_show: list) -> list:
         evals = {}
         for path, value in (data.get("metrics") or {}).items():
             match = EVAL_FILE.fullmatch(path.replace("\\", "/"))
-            if match and isinstance(value, dict) and isinstance(value.get("data"), dict) and "gold_reward" in value["data"]:
+            if match and isinstance(value, dict) and isinstance(value.get("data"), dict) and \
+                    isinstance(value["data"].get("gold_reward"), (int, float)):  # null: no number to show
                 evals[match.group(1)] = value["data"]
         if params or evals:
             out.append((name, params, evals))
@@ -69,6 +71,11 @@ def _number(m: dict, key: str, digits: int) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 
+def _shown(m: dict) -> tuple:
+    """The numbers a row shows (not wall-clock fields): what decides whether a run differs from the workspace."""
+    return tuple(m.get(k) for k in SHOWN)
+
+
 def table(all_runs: list) -> list:
     """Rows of COLUMNS: every algorithm of the workspace (or of the first run), then for each other run the
     algorithms whose numbers differ from those (`same as workspace` when none does)."""
@@ -79,7 +86,7 @@ def table(all_runs: list) -> list:
     rows = []
     for name, params, evals in sorted(all_runs, key=lambda r: r[0] != base_name):
         knobs = ", ".join(f"{k}={params[k]}" for k in keys if k in params) or "-"
-        shown = [a for a in evals if name == base_name or evals[a] != base.get(a)]
+        shown = [a for a in evals if name == base_name or _shown(evals[a]) != _shown(base.get(a) or {})]
         if not shown:
             rows.append((name, knobs, f"(same numbers as {base_name})", "", "", ""))
         for i, algorithm in enumerate(shown):

@@ -1,7 +1,7 @@
 """Stage bandit: Tajwar et al.'s didactic bandit as the authors ran it: every method offline and on-policy
 on the aligned and misaligned rewards, every seed of a cell in one batched run, and the sample-reuse
 study (metrics/didactic/bandit.json; curves, mean, 95% interval, min and max over seeds, in
-metrics/curves/bandit_<reward>_<offline|on_policy>.csv and bandit_reuse.csv)."""
+metrics/curves/bandit_<reward>_<offline|on_policy>.csv, bandit_reuse.csv and bandit_reuse_final.csv)."""
 import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
 
 # isort: split
@@ -31,6 +31,20 @@ def wide_curves(curves: dict) -> list:
             row |= {label: mean(rewards), f"{label}_ci95": mean_ci(rewards)[1], f"{label}_min": min(rewards),
                     f"{label}_max": max(rewards),
                     f"{label}_samples": curves[label][i]["samples"]}
+        rows.append(row)
+    return rows
+
+
+def final_by_reuse(results: dict, reuse) -> list:
+    """One row per sample reuse T: each method's final reward (mean over seeds, 95% t half-width) and the fresh
+    samples it drew; one column per method, so `dvc plots` draws any preset's methods from `bandit.reuse.methods`."""
+    rows = []
+    for t in reuse.values:
+        row = {"T": t}
+        for m in reuse.methods:
+            cell = results[f"misaligned/{m}/reuse_{t}"]
+            row |= {m: mean(cell["final_reward"]), f"{m}_ci95": mean_ci(cell["final_reward"])[1],
+                    f"{m}_fresh_samples": cell["samples"][0]}
         rows.append(row)
     return rows
 
@@ -68,6 +82,7 @@ def main(p, tracker):
             write_csv(f"metrics/curves/bandit_{reward_name}_{sampling}.csv", wide_curves(by_method))
     reuse = {f"{m}_T{t}": curves[f"misaligned/{m}/reuse_{t}"] for m in cfg.reuse.methods for t in cfg.reuse.values}
     write_csv("metrics/curves/bandit_reuse.csv", wide_curves(reuse))
+    write_csv("metrics/curves/bandit_reuse_final.csv", final_by_reuse(results, cfg.reuse))
     refs = [bandit.seed_reference(seed, cfg.reference) for seed in cfg.seeds]
     over_seeds = lambda f: mean(float(f(ref)) for ref in refs)  # the seeds' pi_ref differ (`reference: per_seed`)
     summary = {"reference": {"kind": cfg.reference, "mode_interior": [int(ref[5:95].argmax()) + 5 for ref in refs],

@@ -6,7 +6,6 @@ import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set bef
 # isort: split
 import numpy as np
 
-from pftlab.core.errors import ParamError
 from pftlab.core.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
 from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
 from pftlab.core.stage import run_stage
@@ -38,9 +37,7 @@ def human_pairs(p, tok):
 
 def main(p, tracker):
     tok = load_tokenizer(SFT_MODEL)
-    if p.get("pairs.source") == "human":
-        if TASK.variant:
-            raise ParamError(f"{p.path}: 'variants.rewards' relabel SFT samples; with 'pairs.source: human' leave it empty")
+    if p.get("pairs.source") == "human":  # never with variants.rewards (core/params.py CROSS_SECTION_RULES)
         return human_pairs(p, tok)
     eos = tok.eos_token_id
     rows = read_jsonl(SFT_SAMPLES)

@@ -5,10 +5,14 @@ import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set bef
 # isort: split
 from pftlab.core.stage import run_stage
 from pftlab.reporting.report import build_report
+from pftlab.reporting.sweep import context_of
 
 
 def main(p, tracker):
-    build_report(p["algorithms"], p["variants"], p["seed"], training_seeds=p["training_seeds"], policy_lr=p["policy.lr"])
+    # Every param is read once, into the sweep's fingerprint: the committed sweep table is shown only beside the
+    # params and data it ran with. (Not DVC params here: what changes a fingerprint changes the evaluations too.)
+    build_report(p["algorithms"], p["variants"], p["seed"], training_seeds=p["training_seeds"], policy_lr=p["policy.lr"],
+                 params_context=context_of(p.tree))
     tracker.log_artifact("metrics/report.md")
     tracker.log_artifact("metrics/figures")
     return {"policies": 1 + len(p["algorithms"])}

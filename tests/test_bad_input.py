@@ -54,7 +54,8 @@ def test_every_row_is_kept_skipped_or_named(tmp_path, lines, gz, max_bad):
     bad = report["skipped_rows"]
     assert len(rows) + report["rows_skipped"] == sum(1 for line in data.splitlines() if line.strip())
     assert all(s.startswith("line ") and int(s.split(":")[0][5:]) >= 1 and s.split(": ", 1)[1] for s in bad)
-    assert report["rows_skipped"] <= max_bad * (len(rows) + report["rows_skipped"])
+    assert report["rows_malformed"] <= max_bad * (len(rows) + report["rows_skipped"])  # ties are not malformed
+    assert report["rows_skipped"] == report["rows_malformed"] + report["rows_without_preference"]
     assert all(r["prompt"].endswith("Assistant:") and r["chosen"] != r["rejected"] for r in rows)
 
 
@@ -144,6 +145,33 @@ def test_prepare_stage_refuses_a_bad_data_file_cleanly(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "broken.jsonl.gz" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "data" / "prepared").exists() and not (tmp_path / "metrics").exists()
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"data": {"source": {"id": "data/raw/mine.jsonl", "layout": "hh_rlhf"}}}, "'pairs.source' is not"),
+    ({"pairs": {"source": "human"}, "variants": {"rewards": ["min_length"]}}, "'variants.rewards' relabel"),
+    ({"model": {"n_embd": 65, "n_head": 4}}, "'model.n_embd' must be divisible by 'model.n_head'"),
+])
+def test_a_rule_joining_two_sections_stops_the_first_stage_before_any_work(tmp_path, change, named):
+    """prepare declares neither pairs nor variants, yet refuses their combination: no later stage finds it minutes in."""
+    tree = _default()
+    for section, values in change.items():
+        tree[section] = {**tree.get(section, {}), **values}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "PFTLAB_MLFLOW": "0"}
+    out = subprocess.run([sys.executable, str(ROOT / "stages" / "prepare.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and named in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "data").exists()
+
+
+def test_a_nonfinite_metric_is_written_as_null_with_a_warning():
+    from pftlab.core.stage import without_nonfinite
+
+    with pytest.warns(UserWarning, match="stage 'pairs': metric 'label_agrees_with_gold' is nan"):
+        clean = without_nonfinite({"label_agrees_with_gold": float("nan"), "pairs": 3, "per": {"x": math.inf}}, "pairs")
+    assert clean == {"label_agrees_with_gold": None, "pairs": 3, "per": {"x": None}}
+    json.dumps(clean, allow_nan=False)
 
 
 def test_a_stage_whose_output_folder_cannot_be_written_stops_before_any_work(tmp_path):

@@ -165,3 +165,14 @@ def test_code_deps_in_dvc_lock_exist(dvc_stages):
     stale = [f"{name}: {d['path']}" for name, entry in _lock_entries(dvc_stages).items()
              for d in entry.get("deps") or [] if d["path"].endswith(".py") and not (ROOT / d["path"]).exists()]
     assert not stale, f"dvc.lock records code deps that no longer exist ({FIX}):\n  " + "\n  ".join(stale[:40])
+
+
+def test_what_a_module_change_reruns_is_narrow_by_design():
+    """`python -m pftlab.core.deps --fanout`: editing a dataset layout reruns prepare only (and what its output
+    changes), not every stage that checks params; the didactic problems' code reaches no LLM stage."""
+    reach = deps.fanout(deps.plan((ROOT / "dvc.yaml").read_text(), ROOT))
+    assert reach["src/pftlab/lm/layouts.py"] == ["prepare"]
+    assert reach["src/pftlab/lm/readers.py"] == reach["src/pftlab/lm/data.py"] == ["prepare"]
+    llm = {"prepare", "tokenizer", "sft", "sft_samples", "pairs", "reward_model", "policy", "evaluate_sft", "evaluate"}
+    for module in ("didactic/bandit.py", "didactic/coverage.py", "didactic/config.py"):
+        assert not llm & set(reach[f"src/pftlab/{module}"]), module

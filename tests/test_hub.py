@@ -39,6 +39,16 @@ def test_a_hub_dataset_must_be_pinned_and_a_local_one_tracked(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "raw").mkdir(parents=True)
     check_tracked({"id": "data/raw/pairs.jsonl", "layout": "hh_rlhf"})
+    (tmp_path / "elsewhere.jsonl").write_text("{}\n")
+    (tmp_path / "data" / "raw" / "linked.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    check_tracked({"id": "data/raw/linked.jsonl", "layout": "hh_rlhf"})  # a link inside data/raw/ is tracked there
+    with pytest.raises(DataError, match="outside data/raw/"):
+        check_tracked({"id": "data/raw/../../elsewhere.jsonl", "layout": "hh_rlhf"})
+    linked = tmp_path / "linked_project"  # data/raw/ itself a link (to a big disk): its files are inside it
+    (linked / "data").mkdir(parents=True)
+    (linked / "data" / "raw").symlink_to(tmp_path / "data" / "raw")
+    monkeypatch.chdir(linked)
+    check_tracked({"id": "data/raw/pairs.jsonl", "layout": "hh_rlhf"})
 
 
 def test_a_local_copy_reads_row_by_row(tmp_path):

@@ -3,6 +3,7 @@
 import csv
 import gzip
 import json
+import re
 
 import pytest
 
@@ -107,10 +108,80 @@ def test_ties_and_fractional_preferences_are_counted_as_such():
     leaning = layouts.to_pair({**alpaca, "preference": 1.25}, "alpaca_farm")
     assert leaning.chosen == "I will not." and "fractional" in leaning.note
     assert layouts.to_pair({**alpaca, "preference": "2"}, "alpaca_farm").chosen == "Red."  # from a CSV cell
-    with pytest.raises(layouts.Skip, match="outside"):
+    with pytest.raises(layouts.NoPreference, match=r"tie \(preference 0\)"):  # alpaca_eval's "equally good"
         layouts.to_pair({**alpaca, "preference": 0}, "alpaca_farm")
-    with pytest.raises(layouts.Skip, match="tie"):
+    with pytest.raises(layouts.Skip, match="outside") as malformed:
+        layouts.to_pair({**alpaca, "preference": 3}, "alpaca_farm")
+    assert not isinstance(malformed.value, layouts.NoPreference)
+    with pytest.raises(layouts.NoPreference, match="tie"):
         layouts.to_pair({**ROWS["ultrafeedback_binarized"], "score_rejected": 8.0}, "ultrafeedback_binarized")
+    with pytest.raises(layouts.NoPreference, match="identical"):
+        layouts.to_pair({**alpaca, "output_1": "Red."}, "alpaca_farm")
+
+
+@pytest.mark.parametrize("spelling", ["text", "value"])
+def test_content_parts_in_either_spelling_are_read_and_other_parts_skip_the_row(spelling):
+    parts = lambda *texts: [{"type": "text", spelling: t} for t in texts]  # noqa: E731
+    row = {"conversations": [{"from": "human", "value": "Name a "}],
+           "chosen": {"from": "gpt", "value": parts("Re", "d.")}, "rejected": {"from": "gpt", "value": parts("No.")}}
+    row["conversations"][0]["value"] = parts("Name a ", "colour.")  # LLaMA-Factory's v1 shape: a list of parts
+    pair = layouts.to_pair(row, "sharegpt")
+    assert pair.messages == [{"role": "user", "content": "Name a colour."}] and (pair.chosen, pair.rejected) == ("Red.", "No.")
+    image = {**row, "chosen": {"from": "gpt", "value": [*parts("Red."), {"type": "image_url", "image_url": "x"}]}}
+    with pytest.raises(layouts.Skip, match="'chosen' has a image_url content part: only text is read"):
+        layouts.to_pair(image, "sharegpt")
+
+
+class TemplateTokenizer:
+    """A chat template with (SmolLM2, Qwen) or without a default system turn."""
+    chat_template = "yes"
+
+    def __init__(self, default_system):
+        self.default_system = default_system
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt=False):
+        if messages[0]["role"] != "system" and self.default_system:
+            messages = [{"role": "system", "content": self.default_system}, *messages]
+        return "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + ("<|assistant|>" * add_generation_prompt)
+
+
+def test_the_split_follows_the_conversation_not_its_rendering_and_a_default_system_prompt_is_said(tmp_path):
+    from pftlab.lm.data import prepare, read_pairs
+
+    rows = [{**ROWS["conversational"], "prompt": [{"role": "user", "content": f"Question {i}?"}]} for i in range(100)]
+    spec = {"id": str(write_jsonl(tmp_path / "c.jsonl", rows)), "layout": "conversational"}
+    plain, report = read_pairs(spec, 0.0)
+    assert report["template_adds_system_prompt"] is False
+    with pytest.warns(UserWarning, match="adds the model's default system prompt to the 100 prompts that have none"):
+        templated, report = read_pairs(spec, 0.0, TemplateTokenizer("You are SmolLM."))
+    assert report["template_adds_system_prompt"] is True and templated[0]["prompt"].startswith("<|system|>You are SmolLM.")
+    assert not layouts.template_adds_system_prompt(TemplateTokenizer(""))
+
+    class Alpaca(TemplateTokenizer):  # prints a system text bare, with no header, and none by default
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt=False):
+            return "".join(m["content"] + "\n\n" if m["role"] == "system" else f"### Instruction:\n{m['content']}\n"
+                           for m in messages)
+    assert not layouts.template_adds_system_prompt(Alpaca(""))
+    broken = TemplateTokenizer("x")
+    broken.apply_chat_template = lambda *a, **k: None
+    assert not layouts.template_adds_system_prompt(broken)
+    eval_side = lambda kept: sorted(re.search(r"Question \d+", r["prompt"])[0]  # noqa: E731
+                                    for r in prepare(kept, 0.3)["prompts_eval"])
+    assert eval_side(plain) == eval_side(templated) and 20 <= len(eval_side(plain)) < 60
+    # two conversations a template renders alike (it trims whitespace) are one prompt, on one side of the split
+    trimmed = [{**r, "split_key": r["split_key"] + " " * (i % 2)} for i, r in enumerate(templated * 2)]
+    splits = prepare(trimmed, 0.3)
+    assert not {r["prompt"] for r in splits["prompts_train"]} & {r["prompt"] for r in splits["prompts_eval"]}
+
+
+def test_an_empty_or_small_evaluation_split_is_refused_or_warned(tmp_path):
+    from pftlab.lm.data import prepare
+
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(10)]
+    with pytest.raises(DataError, match="data.eval_fraction = 0.0 leaves no eval prompt among the 10 rows: raise it"):
+        prepare(rows, 0.0)
+    with pytest.warns(UserWarning, match=r"only \d+ evaluation prompts .* intervals over prompts will be wide"):
+        prepare(rows, 0.5)
 
 
 def test_roles_are_checked():
@@ -205,9 +276,20 @@ def test_max_bad_fraction_holds_for_every_layout_and_skips_name_their_rows(tmp_p
         writer.writeheader()
         writer.writerows(rows)
     spec = {"id": str(tmp_path / "ties.csv"), "layout": "alpaca_farm"}
-    with pytest.raises(DataError, match=r"ties.csv: 6 of 9 rows skipped .*max_bad_fraction=0.5.*line 3: tie \(preference 1.5\)"):
-        read_pairs(spec, 0.5)
-    with pytest.warns(UserWarning, match="skipped 6 of 9 rows"):
-        kept, report = read_pairs(spec, 0.7)
+    kept, report = read_pairs(spec, 0.0)  # ties are skipped, but not against the bad-row budget
     assert len(kept) == 3 and report["skipped_by_reason"] == {"tie (preference 1.5)": 6}
+    assert report["rows_without_preference"] == 6 and report["rows_malformed"] == 0
     assert report["skipped_rows"][0] == "line 3: tie (preference 1.5)" and report["rows_read"] == 9
+    rows = [{**r, "preference": "x" if i % 3 else r["preference"]} for i, r in enumerate(rows)]
+    rows[1]["preference"] = 1.5
+    with open(tmp_path / "bad.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    spec = {"id": str(tmp_path / "bad.csv"), "layout": "alpaca_farm"}
+    with pytest.raises(DataError, match=r"bad.csv: 5 of 9 rows malformed .*max_bad_fraction=0.5; ties, 1, are not "
+                                        r"counted\); first: line 4: 'preference' is 'x'"):
+        read_pairs(spec, 0.5)
+    with pytest.warns(UserWarning, match="skipped 5 malformed rows of 9"):
+        kept, report = read_pairs(spec, 0.7)
+    assert len(kept) == 3 and report["rows_malformed"] == 5 and report["rows_without_preference"] == 1

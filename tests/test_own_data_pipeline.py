@@ -36,6 +36,7 @@ def chat_run(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].pop("raw")
     params["data"]["source"] = {"id": "data/raw/chat.jsonl", "layout": "conversational"}
+    params["pairs"]["source"] = "human"  # the file's labels train the reward model and DPO
     params["model"]["max_prompt_tokens"] = 384  # whole prompts: every turn must reach the model
     params |= {"algorithms": ["dpo"], "training_seeds": {"seeds": []},
                "variants": {"rewards": [], "algorithms": []}}
@@ -80,3 +81,64 @@ def test_editing_your_file_makes_dvc_rerun_prepare(chat_run):
         f.write(json.dumps(chat_rows(1, seed=9)[0]) + "\n")
     status = dvc(chat_run, "status", "prepare")
     assert "prepare:" in status and "data/raw" in status and "modified" in status
+
+
+def sharegpt_parts_rows(n: int) -> list:
+    """LLaMA-Factory's v1 shape: every content a list of {"type": "text", "value"} parts; every tenth row has an
+    image part (skipped, counted), every seventh identical replies (no preference)."""
+    parts = lambda text: [{"type": "text", "value": half} for half in (text[:3], text[3:])]  # noqa: E731
+    rows = []
+    for i in range(n):
+        chosen = parts(f"Answer {i}.")
+        rejected = chosen if i % 7 == 3 else parts(f"No answer to {i}.")
+        if i % 10 == 5:
+            chosen = [*chosen, {"type": "image_url", "image_url": {"url": "x.png"}}]
+        rows.append({"conversations": [{"from": "human", "value": parts(f"Question number {i}?")}],
+                     "chosen": {"from": "gpt", "value": chosen}, "rejected": {"from": "gpt", "value": rejected}})
+    return rows
+
+
+def alpaca_eval_rows(n: int) -> list:
+    """alpaca_eval annotations: preference 1 / 2, 1.5 and 0 (ties), a fractional 1.25."""
+    prefs = [1, 2, 1.5, 0, 1.25, 2, 1, 2]
+    return [{"instruction": f"Write line {i}.", "input": "", "output_1": f"First {i}.", "output_2": f"Second {i}.",
+             "preference": prefs[i % len(prefs)]} for i in range(n)]
+
+
+@pytest.mark.parametrize("layout, rows, kept, malformed, no_preference", [
+    ("sharegpt", sharegpt_parts_rows(200), 200 - 20 - 26, 20, 26),  # i % 10 == 5 (image) and i % 7 == 3 (identical)
+    ("alpaca_farm", alpaca_eval_rows(200), 150, 0, 50),
+])
+def test_your_file_in_each_shape_through_the_prepare_stage(tmp_path, layout, rows, kept, malformed, no_preference):
+    """The prepare stage itself, as `dvc repro` runs it, on files in the shapes people bring: ties never spend the
+    bad-row budget, non-text parts are counted skips, and a file past the budget stops in one line."""
+    import subprocess
+    import sys
+
+    from test_pipeline import env
+
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "data/raw/mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].pop("raw")
+    params["data"] |= {"source": {"id": "data/raw/mine.jsonl", "layout": layout}, "max_bad_fraction": 0.15}
+    params["pairs"]["source"] = "human"
+    params["variants"] = {"rewards": [], "algorithms": []}  # other gold rewards relabel SFT samples: not with human pairs
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = lambda: subprocess.run([sys.executable, "stages/prepare.py"], cwd=repo, env=env(False),  # noqa: E731
+                                 capture_output=True, text=True, timeout=300)
+    out = run()
+    assert out.returncode == 0, out.stderr
+    prepare = load(repo, "prepare.json")
+    assert (prepare["rows_valid"], prepare["rows_malformed"], prepare["rows_without_preference"]) == (kept, malformed, no_preference)
+    assert prepare["prompts_eval"] > 0 and prepare["prompts_train"] + prepare["prompts_eval"] == kept
+    if layout == "alpaca_farm":
+        assert prepare["kept_with_note"] == {"fractional preference: the side it leans to is kept as chosen": 25}
+    else:  # the parts joined in order
+        first = json.loads((repo / "data/prepared/sft_train.jsonl").read_text().splitlines()[0])
+        assert first["response"].startswith(" Answer ") and "Question number" in first["prompt"]
+        params["data"]["max_bad_fraction"] = 0.05  # 20 malformed of 200 is past it
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run()
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+        assert "20 of 200 rows malformed" in out.stderr and "image_url content part" in out.stderr

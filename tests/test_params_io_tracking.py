@@ -1,4 +1,5 @@
 """Params validation names the key; writes are atomic; a tracking failure never stops a stage."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -274,7 +275,7 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
     assert set(runs) == {parent_name, f"dpo ({parent_name})", "policy@dpo", "evaluate@dpo"}
     parent, dpo = runs[parent_name], runs[f"dpo ({parent_name})"]
     assert dpo.data.tags["policy_run"] == "dpo"
-    assert parent_name == f"{dpo.data.tags['git_commit'][:7]}-" + parent_name.split("-")[-1]
+    assert parent_name == "params " + hashlib.sha256(b"seed: 0\n").hexdigest()[:6]  # not the commit: see below
     assert parent.data.params["algos.dpo.beta"] == "0.3" and parent.data.params["eval.seed"] == "5"
     assert dpo.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert {runs[s].data.tags["mlflow.parentRunId"] for s in ("policy@dpo", "evaluate@dpo")} == {dpo.info.run_id}
@@ -292,9 +293,52 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
     assert model.tags["dvc_md5"] == "b" * 32 + ".dir"  # tagged when evaluate@dpo read it
     assert [m.model_id for m in client.get_run(runs["evaluate@dpo"].info.run_id).inputs.model_inputs] == [model.model_id]
     assert [m.model_id for m in client.get_run(dpo.info.run_id).outputs.model_outputs] == [model.model_id]
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]  # a commit between two `dvc repro` calls
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    with Tracker("report", {"seed": 0}, all_params=everything):
+        pass
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_name for r in runs if r.data.tags["run_kind"] == "pipeline"] == [parent_name]  # still one
+    assert len({r.data.tags["mlflow.source.git.commit"] for r in runs}) == 2  # each stage run names its commit
     assert [algorithm_run_name(s) for s in ("prepare", "sft", "evaluate@sft", "policy_seed@online_dpo-2",
                                             "policy_variant@mode_length-dpo", "evaluate_variant_sft@mode_length")] == \
         [None, "sft", "sft", "online_dpo seed 2", "dpo on mode_length", "sft on mode_length"]
+
+
+def test_a_refused_stage_leaves_no_run_and_a_failure_after_work_is_kept(tmp_path, monkeypatch):
+    """Trying data files: prepare refuses one (a DataError before it reports anything) and leaves no run, not even
+    a pipeline run; once a stage of the pipeline has run, a later refusal leaves that run as it was; a stage that
+    fails after logging keeps its FAILED run."""
+    from mlflow.tracking import MlflowClient
+
+    from pftlab.core.errors import DataError
+
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    client = lambda: MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # noqa: E731
+    statuses = lambda: sorted((r.info.run_name.split(" (")[0].split("-")[0], r.info.status)  # noqa: E731
+                              for r in client().search_runs([client().get_experiment_by_name("pftlab").experiment_id]))
+    with pytest.raises(DataError):
+        with Tracker("prepare", {"seed": 0}, all_params={"seed": 0}):
+            raise DataError("data/raw/x.jsonl: 9 of 10 rows malformed")
+    assert statuses() == []
+    with Tracker("policy@dpo", {"seed": 0}, all_params={"seed": 0}) as t:
+        t.log_metrics({"loss": 1.0})
+    before = statuses()
+    with pytest.raises(DataError):
+        with Tracker("evaluate@dpo", {"seed": 0}, all_params={"seed": 0}):
+            raise DataError("refused")
+    assert statuses() == before and {s for _, s in before} == {"FINISHED"} and len(before) == 3
+    with pytest.raises(DataError):
+        with Tracker("evaluate@dpo", {"seed": 0}, all_params={"seed": 0}) as t:
+            t.log_metrics({"gold_reward": 1.0})
+            raise DataError("stopped after work")
+    assert ("evaluate@dpo", "FAILED") in statuses()
 
 
 def test_system_metrics_on_request(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pftlab.core import tracking
 from pftlab.core.params import load_params
 from pftlab.reporting import seeds
 from pftlab.reporting.report import build_report
@@ -324,6 +325,15 @@ def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     assert any(c["over"].startswith("held-out prompts") for c in llm)  # every policy, over prompts, as well
     report = (tmp_path / "metrics" / "report.md").read_text()
     assert "### Across training seeds" in report and "| mode_length | dpo |" in report
+    # a sweep that ran under other params or data (the default task's, beside a run on your own) is not shown
+    sweep_row = {"experiment": "e1", "setting": {"lr": 0.001}, "validation_gold_reward": 1.0, "validation_interval": [0, 2],
+                 "validation_kl_k1": 0.1, "gold_reward": 1.0}
+    (tmp_path / "metrics" / "sweep").mkdir()
+    (tmp_path / "metrics" / "sweep" / "summary.json").write_text(json.dumps(
+        {"rule": "r", "context": "theirs", "algorithms": {"dpo": {"rows": [sweep_row], "selected": {"lr": 0.001}}}}))
+    build_report(ALGORITHMS, VARIANTS, seed=0, root=tmp_path, params_context="ours")
+    report = (tmp_path / "metrics" / "report.md").read_text()
+    assert "### Hyperparameter sweep" not in report and "ran under other params or data than this run" in report
 
 
 def _free_port() -> int:
@@ -364,6 +374,14 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
             break
         time.sleep(5)
     assert status.count("Success") == 2, status + dvc(repo, "queue", "logs", "beta-low")
+    # the one-table comparison: each experiment's dpo beside the knob that differs, nothing else
+    shown = subprocess.run([sys.executable, "-m", "pftlab.reporting.compare"], cwd=repo, env=env(False),
+                           capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines()[2:] if line and not line.startswith(" ")}
+    assert "algos.dpo.beta=0.05" in lines["beta-low"] and " dpo " in lines["beta-low"]
+    assert "algos.dpo.beta=0.5" in lines["beta-high"] and "policy.iterations=1" in lines["beta-high"]
+    assert "algorithms=" not in shown.stdout and "workspace" in lines
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -407,13 +425,22 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None:
             pytest.skip("no chromium here for the browser check (.ci/run installs Debian's)")
+        browse = lambda page, *what: subprocess.run(  # noqa: E731
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,1000",
+             "--virtual-time-budget=20000", *what, page], capture_output=True, text=True, timeout=120)
+        # the link the README gives: the runs table (not the GenAI overview), held-out results as columns
+        runs_table = base + "/" + tracking.RUNS_TABLE.format(id=exp["experiment_id"])
+        out = browse(runs_table, "--dump-dom")
+        assert "Run Name" in out.stdout and "beta-low" in out.stdout and "beta-high" in out.stdout, out.stdout[-2000:]
+        assert all(column in out.stdout for column in tracking.VIEW_COLUMNS) and "Overview" not in out.stdout
         ids = json.dumps([dpo[n]["info"]["run_id"] for n in dpo]).replace(" ", "")
-        page = f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([exp['experiment_id']])}"
-        out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", f"--user-data-dir={tmp_path / 'chromium'}",
-                              "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", page],
-                             capture_output=True, text=True, timeout=120)
+        compare_view = f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([exp['experiment_id']])}"
+        out = browse(compare_view, "--dump-dom")
         assert "algos.dpo.beta" in out.stdout and "eval/gold_reward" in out.stdout, out.stdout[-2000:]
+        if os.environ.get("PFTLAB_SCREENSHOTS"):  # the README's pictures, taken here: PFTLAB_SCREENSHOTS=docs/images
+            for name, page in (("mlflow_runs.png", runs_table), ("mlflow_compare.png", compare_view)):
+                browse(page, f"--screenshot={Path(os.environ['PFTLAB_SCREENSHOTS']).resolve() / name}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -443,6 +470,15 @@ def test_dvc_plots_show_needs_no_network(smoke_run, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) and "cdn.jsdelivr" not in page
     assert "vega-embed 6.18.2" in page and "vegaEmbed(" in page
     assert len(re.findall(r"<div id\s*=", page)) >= 5  # the bandit, coverage and policy curves declared in dvc.yaml
+    # every plot of dvc.yaml has data under this preset (its own bandit methods, not the default's columns)
+    shown = subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"], cwd=smoke_run,
+                           env=env(False), capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and "WARNING" not in shown.stderr, shown.stderr
+    declared = [next(iter(entry)) for entry in yaml.safe_load((smoke_run / "dvc.yaml").read_text())["plots"]]
+    rendered = json.loads(shown.stdout)
+    assert not rendered.get("errors"), rendered.get("errors")
+    for name in declared:
+        assert [v for plot in rendered["data"][name] for v in plot["content"]["data"]["values"]], name
 
 
 def test_dvc_exp_run_sets_small_floats_lists_and_nested_keys(smoke_run):

@@ -348,6 +348,16 @@ def plan(text: str, root: str | os.PathLike) -> list[Plan]:
     return plans
 
 
+def fanout(plans: list[Plan]) -> dict:
+    """{module: [stage entries of dvc.yaml whose code it is]}, most-reached first: what a change to it reruns (an
+    entry such as `policy` stands for every `policy@<algorithm>`)."""
+    reach = {}
+    for p in plans:
+        for module in p.closure:
+            reach.setdefault(module, []).append(p.stage.name)
+    return dict(sorted(reach.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+
+
 def rewrite(text: str, plans: list[Plan]) -> str:
     """`text` with each planned stage's code deps made exactly its closure (scripts added if absent)."""
     nl = "\r\n" if "\r\n" in text else "\n"
@@ -416,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 if any stage's code deps differ from its closure")
     mode.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml to the closures")
+    mode.add_argument("--fanout", action="store_true", help="for each module, the stage entries a change to it reruns")
     ap.add_argument("--root", help="repository root (default: the nearest directory up with a dvc.yaml)")
     ap.add_argument("--file", default="dvc.yaml", help="the pipeline file, relative to the root (default dvc.yaml)")
     args = ap.parse_args(argv)
@@ -457,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         print(f"{args.file}: code deps match the import closures ({len(plans)} stages)")
+        return 0
+
+    if args.fanout:
+        reach = fanout(plans)
+        for module, stages in reach.items():
+            print(f"{len(stages):3d} of {len(plans)}  {module}: {' '.join(stages)}")
         return 0
 
     for p in plans:

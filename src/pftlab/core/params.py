@@ -162,16 +162,35 @@ class Params:
         return self
 
     def check_stage_lists(self):
-        """Check the lists that decide which stages dvc.yaml generates (algorithms, variants, training_seeds).
-        Every stage calls this, whatever it declares, so a bad list stops the first stage that runs rather than
-        the report at the end; it only reads them to refuse, never to compute, so they are not DVC params there."""
-        return self.check(*[s for s in ("algorithms", "variants", "training_seeds") if self.get(s) is not None])
+        """Check the lists that decide which stages dvc.yaml generates (algorithms, variants, training_seeds) and
+        every rule that joins two sections (CROSS_SECTION_RULES). Every stage calls this, whatever it declares, so
+        a bad combination stops the first stage that runs rather than a later one minutes in; it only reads them
+        to refuse, never to compute, so they are not DVC params there."""
+        self.check(*[s for s in ("algorithms", "variants", "training_seeds") if self.get(s) is not None])
+        for broken, message in CROSS_SECTION_RULES:
+            if broken(self):
+                raise ParamError(f"{self.path}: {message}")
+        return self
 
     def config(self, section: str):
         """The typed, checked section (e.g. `PolicyConfig`); `algos.<name>` gives the algorithm's hyperparameters."""
         self.check(section)
         cls = _load(SECTIONS["algos"])[section.split(".")[1]] if section.startswith("algos.") else _load(SECTIONS[section])
         return config.build(cls, self[section], section, self.path)
+
+
+# Rules that read two sections: (is it broken?, what to set). Each reads only keys that may be absent with .get.
+CROSS_SECTION_RULES = [
+    (lambda p: p.get("data.source") and p.get("pairs.source") is None,
+     "'data.source' is set (your own preference data) but 'pairs.source' is not: set 'pairs.source: human' to train "
+     "the reward model and the offline methods on your data's labels, or 'pairs.source: sft_samples' to label pairs "
+     "of SFT samples by 'gold.reward' instead (the papers' synthetic task; your labels then train only SFT)"),
+    (lambda p: p.get("pairs.source") == "human" and p.get("variants.rewards"),
+     "'variants.rewards' relabel SFT samples by other gold rewards; with 'pairs.source: human' leave it empty"),
+    (lambda p: isinstance(p.get("model.n_embd"), int) and isinstance(p.get("model.n_head"), int)
+     and p.get("model.n_head") > 0 and p.get("model.n_embd") % p.get("model.n_head"),
+     "'model.n_embd' must be divisible by 'model.n_head'"),
+]
 
 
 def load_params(path="params.yaml") -> Params:

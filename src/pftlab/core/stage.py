@@ -1,8 +1,10 @@
 """What every stage entry point shares: params check, seeding, MLflow run, timing, clean errors, checkpoints."""
+import math
 import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pftlab.core.checkpoint import Checkpointer, checkpoint_dir, fingerprint, remove_checkpoint
@@ -66,6 +68,7 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
             torch = sys.modules.get("torch")  # only where the stage used it: light stages never import it
             if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
                 metrics["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            metrics = without_nonfinite(metrics, name)
             tracker.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
                                 to_policy_run=False)
             if results_prefix:
@@ -80,6 +83,18 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
         print(f"error in stage '{name}': {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 1))
     print(f"stage '{name}' done in {time.time() - start:.1f}s -> {metrics_path}")
+
+
+def without_nonfinite(metrics: dict, stage: str) -> dict:
+    """NaN or infinity is not JSON and not a result: written as null (no value), with a warning naming the key."""
+    def clean(value, key):
+        if isinstance(value, float) and not math.isfinite(value):
+            warnings.warn(f"stage '{stage}': metric '{key}' is {value} (no value): written as null", stacklevel=3)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}") for k, v in value.items()}
+        return value
+    return {k: clean(v, k) for k, v in metrics.items()}
 
 
 def stage_checkpointer(params, inputs: list) -> Checkpointer:

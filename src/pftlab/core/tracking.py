@@ -7,8 +7,9 @@ writing at once (`dvc queue start -j 2`) wait for sqlite's lock, up to PFTLAB_ML
 
 Shape: runs are nested the way the work is.
 
-    <pipeline run>            one per `dvc repro` / `dvc exp run`: named by the DVC experiment, or
-    |                         <commit>-<params hash> in the workspace; holds every param of params.yaml
+    <pipeline run>            one per params file (and DVC experiment), however many `dvc repro` calls and
+    |                         commits built it: named by the DVC experiment, or `params <hash>` in the
+    |                         workspace; holds every param of params.yaml (each stage run tags its commit)
     |-- prepare, sft, ...     one run per stage: its declared params, curves, final/* metrics, its inputs
     |-- dpo (<pipeline run>)  one run per trained policy (also sft, dpo seed 1, dpo on mode_length):
     |   |-- policy@dpo        its training params (policy.*, algos.dpo.*, ...), its curves and its held-out
@@ -30,11 +31,19 @@ import warnings
 from pathlib import Path
 
 from pftlab.core.config import flatten
+from pftlab.core.errors import PftlabError
 from pftlab.core.params import locked_stages
 
 EXPERIMENT = "pftlab"
-# MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs
+# MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs. (3.17's
+# UI reads the browser's workflow choice instead: RUNS_TABLE's `workflowType` opens the runs table there.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# A shared view of the runs table (MLflow reads it from this experiment tag for `viewStateShareKey=pftlab`): the
+# held-out results of every policy run as columns, so a comparison needs no column picking.
+VIEW_KEY = "pftlab"
+VIEW_COLUMNS = ("eval/gold_reward", "eval/gold_reward_ci95", "eval/kl_k1", "eval/win_rate_vs_sft", "eval/response_length")
+VIEW = ("mlflow.sharedViewState." + VIEW_KEY, json.dumps({"selectedColumns": [f"metrics.`{m}`" for m in VIEW_COLUMNS]}))
+RUNS_TABLE = "#/experiments/{id}/runs?workflowType=machine_learning&viewStateShareKey=" + VIEW_KEY
 WAIT_SECONDS = 300  # PFTLAB_MLFLOW_WAIT: how long a writer waits for a store another writer holds
 CODE_SUFFIXES = (".py", ".cfg", ".toml", ".html", ".yaml", ".md")  # deps that are code or config, not data
 
@@ -86,14 +95,15 @@ def _params_digest(params_path="params.yaml") -> str:
 
 
 def pipeline_run_id(params_path="params.yaml") -> str:
-    """Shared by every stage of one `dvc repro` of one params file at one commit (and one DVC experiment)."""
-    key = _git_commit() + _params_digest(params_path) + os.environ.get("DVC_EXP_NAME", "")
+    """Shared by every stage run under one params file (and one DVC experiment), whichever `dvc repro` call or
+    commit ran it: a pipeline built by several calls, or across a commit, is one parent run, not several."""
+    key = _params_digest(params_path) + os.environ.get("DVC_EXP_NAME", "")
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def pipeline_run_name(params_path="params.yaml") -> str:
-    """The DVC experiment's name, or `<commit>-<params hash>` for a run in the workspace."""
-    return os.environ.get("DVC_EXP_NAME") or f"{_git_commit()[:7]}-{_params_digest(params_path)[:6]}"
+    """The DVC experiment's name, or `params <params hash>` for a run in the workspace."""
+    return os.environ.get("DVC_EXP_NAME") or f"params {_params_digest(params_path)[:6]}"
 
 
 def algorithm_run_name(stage: str):
@@ -184,6 +194,7 @@ class Tracker:
         self.dvc_stage = dvc_stage or os.environ.get("DVC_STAGE") or stage  # evaluate@sft is DVC's evaluate_sft
         self.enabled = enabled and os.environ.get("PFTLAB_MLFLOW", "1") != "0"
         self._buffer, self._writer = [], None
+        self._logged = False  # whether the stage reported anything: a PftlabError before that is a refusal
 
     def _fail(self, err: str):
         if self.enabled:
@@ -217,6 +228,7 @@ class Tracker:
         if not self.enabled:
             return
         now = int(time.time() * 1000)
+        self._logged = True
         self._buffer += [(k, float(v), now, step, to_policy_run) for k, v in metrics.items() if v is not None]
         if len(self._buffer) >= 500:
             self.flush()
@@ -225,6 +237,7 @@ class Tracker:
         """Final numbers of the stage on its policy's run (the stage's own run has them as final/*)."""
         self.flush()
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._logged = self._logged or bool(numbers)
         if self.enabled and numbers:
             self._send({"results": numbers})
 
@@ -234,6 +247,7 @@ class Tracker:
         self._buffer = []
 
     def log_artifact(self, path):
+        self._logged = True
         if self.enabled and Path(path).exists():
             self._send({"artifact": str(Path(path).resolve())})
 
@@ -257,7 +271,10 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb):
         if self.enabled:
             self.flush()
-            self._send({"end": "FAILED" if exc_type else "FINISHED"})
+            # A bad param or data file refused before the stage reported anything leaves no run behind (a store
+            # full of FAILED runs from trying data files hides the real ones); a failure after that is kept.
+            refused = exc_type is not None and issubclass(exc_type, PftlabError) and not self._logged
+            self._send({"end": "REFUSED" if refused else "FAILED" if exc_type else "FINISHED"})
             self._finish()
         return False
 
@@ -298,6 +315,7 @@ class _Writer:
 
         identity = {**identity, "pipeline_run": self.pipeline_run}
         run_id = None
+        self.created = getattr(self, "created", [])
         if not always_new:
             query = " and ".join(f"tags.{k} = '{v}'" for k, v in identity.items())
             found = _patiently(self.client.search_runs, [self.exp_id], query, max_results=1)
@@ -305,7 +323,9 @@ class _Writer:
         if run_id is None:
             tags = {**tags, **identity, "mlflow.runName": name} | ({"mlflow.parentRunId": parent} if parent else {})
             run_id = _patiently(self.client.create_run, self.exp_id, tags=tags, run_name=name).info.run_id
+            self.created.append(run_id)
         else:
+            self.reopened = {**getattr(self, "reopened", {}), run_id: found[0].info.status}
             _patiently(self.client.update_run, run_id, status="RUNNING")
         logged = _patiently(self.client.get_run, run_id).data.params if not always_new else {}
         fresh = [Param(k, v) for k, v in params.items() if k not in logged]  # MLflow refuses to change a param
@@ -364,6 +384,15 @@ class _Writer:
     def end(self, status: str):
         if self.monitor:
             self.monitor.finish()
+        if status == "REFUSED":  # nothing ran: remove this stage's run, and the policy and pipeline runs it opened
+            for run_id in filter(None, (self.run, self.policy, self.parent)):  # ...unless other runs hang below them
+                below = _patiently(self.client.search_runs, [self.exp_id], f"tags.mlflow.parentRunId = '{run_id}'",
+                                   max_results=1)
+                if run_id in self.created and not below:
+                    _patiently(self.client.delete_run, run_id)
+                elif run_id in getattr(self, "reopened", {}):  # an earlier stage's run: as it was
+                    _patiently(self.client.update_run, run_id, status=self.reopened[run_id])
+            return
         _patiently(self.client.set_terminated, self.run, status=status)
         for run_id in filter(None, (self.policy, self.parent)):  # the last stage to end leaves them ended
             _patiently(self.client.set_terminated, run_id, status=status)
@@ -383,8 +412,9 @@ def _open_store() -> tuple:
         exp_id = _patiently(client.create_experiment, EXPERIMENT, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id
-    if (exp.tags if exp else {}).get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # open on the runs table
-        _patiently(client.set_experiment_tag, exp_id, *EXPERIMENT_KIND)
+    for key, value in (EXPERIMENT_KIND, VIEW):  # open on the runs table, with the results as columns
+        if (exp.tags if exp else {}).get(key) != value:
+            _patiently(client.set_experiment_tag, exp_id, key, value)
     return client, exp_id
 
 

@@ -3,10 +3,12 @@ generation, gold reward, pairs, evaluation and the gold-reward variants."""
 from dataclasses import dataclass
 
 from pftlab.core.config import fraction_closed, fraction_open, is_bool, knob, list_of, nonneg_int, one_of, pos_int, positive, text
-from pftlab.lm.layouts import LAYOUTS
 
 GOLD_REWARDS = ("min_length", "mode_length", "skew_length")
-DATASET_LAYOUTS = tuple(LAYOUTS)  # lm/layouts.py: each a mapping to prompt messages, chosen and rejected
+# The names of lm/layouts.py's LAYOUTS (each a mapping to prompt messages, chosen and rejected; layouts.py checks
+# they agree): named here, not imported, so that editing a layout reruns prepare only, not every stage that checks params.
+DATASET_LAYOUTS = ("hh_rlhf", "prompt_chosen_rejected", "conversational", "sharegpt", "openai", "alpaca_farm",
+                   "ultrafeedback_binarized")
 PAIR_SOURCES = ("sft_samples", "human")
 
 

@@ -10,13 +10,14 @@ chat messages (every turn, the system message too), the chosen and the rejected 
                              [system] (ShareGPT / LLaMA-Factory preference data)
     openai                   input.messages, preferred_output, non_preferred_output (OpenAI preference fine-tuning)
     alpaca_farm              instruction, [input], output_1, output_2, preference (1 or 2; AlpacaFarm and
-                             alpaca_eval annotations: 1.5 is a tie, other fractions lean to one side)
+                             alpaca_eval annotations: 1.5 and 0 are ties, other fractions lean to one side)
     ultrafeedback_binarized  prompt, chosen, rejected (message lists ending with the reply), [score_chosen,
                              score_rejected] (HuggingFaceH4/ultrafeedback_binarized)
 
-A message is {"role" or "from": ..., "content" or "value": ...}; roles human/user, gpt/assistant/model/bot,
-system. A row that does not fit is skipped with its reason; `LayoutError` (a DataError) is for what is wrong
-with the whole file: a missing layout (with the layout its columns suggest), columns it does not have.
+A message is {"role" or "from": ..., "content" or "value": ...}, the content text or a list of text parts
+({"type": "text", "text" or "value": ...}); roles human/user, gpt/assistant/model/bot, system. A row that does
+not fit is skipped with its reason (`NoPreference` for a tie, counted apart); `LayoutError` (a DataError) is for
+what is wrong with the whole file: a missing layout (with the layout its columns suggest), columns it lacks.
 
 Rendering (`render`): with the tokenizer's chat template when it has one (`apply_chat_template`, the
 generation prompt added; replies are the bare message text, EOS added at tokenization). Otherwise the plain
@@ -30,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 from pftlab.core.errors import DataError
+from pftlab.lm.config import DATASET_LAYOUTS
 
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -44,6 +46,11 @@ class LayoutError(DataError):
 
 class Skip(Exception):
     """A row that does not fit its layout: the reason names the column."""
+
+
+class NoPreference(Skip):
+    """A well-formed row that prefers neither reply (a tie, two identical replies): skipped, and counted apart from
+    malformed rows, so a file's ties do not spend its `data.max_bad_fraction`."""
 
 
 @dataclass
@@ -75,9 +82,12 @@ def message(value, column) -> dict:
         raise Skip(f"'{column}' holds {_type(value)} where a message is expected")
     role = value.get("role", value.get("from"))
     content = value.get("content", value.get("value"))
-    if isinstance(content, list):  # OpenAI content parts: [{"type": "text", "text": ...}]
-        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        content = "".join(parts) if parts and len(parts) == len(content) else None
+    if isinstance(content, list):  # content parts: {"type": "text", "text": ...} (OpenAI, transformers) or "value"
+        kinds = [p.get("type") if isinstance(p, dict) else _type(p) for p in content]  # (LLaMA-Factory)
+        if any(kind != "text" for kind in kinds):
+            raise Skip(f"'{column}' has a {next(k for k in kinds if k != 'text')} content part: only text is read")
+        parts = [p.get("text", p.get("value")) for p in content]
+        content = "".join(parts) if parts and all(isinstance(t, str) for t in parts) else None
     if not isinstance(role, str) or role.lower() not in ROLES:
         raise Skip(f"'{column}' has a message with unknown role {role!r}")
     if not isinstance(content, str):
@@ -204,10 +214,12 @@ def alpaca_farm(row) -> Pair:
         preference = float(raw)
     except (TypeError, ValueError):
         raise Skip(f"'preference' is {raw!r}, expected 1 or 2 (or a number between)") from None
+    if preference == 0:  # alpaca_eval: neither output preferred
+        raise NoPreference("tie (preference 0)")
     if not (1 <= preference <= 2) or math.isnan(preference):
         raise Skip(f"'preference' is {raw!r}, outside [1, 2]")
     if preference == 1.5:
-        raise Skip("tie (preference 1.5)")
+        raise NoPreference("tie (preference 1.5)")
     chosen, rejected = (first, second) if preference < 1.5 else (second, first)
     note = "fractional preference: the side it leans to is kept as chosen" if preference not in (1, 2) else ""
     return Pair([{"role": "user", "content": prompt}], chosen, rejected, plain=(prompt, chosen, rejected), note=note)
@@ -217,7 +229,7 @@ def ultrafeedback_binarized(row) -> Pair:
     prompt = [{"role": "user", "content": text(row, "prompt")}]
     scores = row.get("score_chosen"), row.get("score_rejected")
     if all(isinstance(s, (int, float)) for s in scores) and scores[0] == scores[1]:
-        raise Skip(f"tie (score_chosen = score_rejected = {scores[0]})")
+        raise NoPreference(f"tie (score_chosen = score_rejected = {scores[0]})")
     return _conversation_pair(prompt, messages(row, "chosen"), messages(row, "rejected"))
 
 
@@ -230,6 +242,10 @@ LAYOUTS = {  # name -> (columns every row needs, columns that may be absent, the
     "alpaca_farm": (("instruction", "output_1", "output_2", "preference"), ("input",), alpaca_farm),
     "ultrafeedback_binarized": (("prompt", "chosen", "rejected"), ("score_chosen", "score_rejected"), ultrafeedback_binarized),
 }
+
+
+if tuple(LAYOUTS) != DATASET_LAYOUTS:  # the params rule names them without importing this module (lm/config.py)
+    raise ImportError(f"lm/config.py DATASET_LAYOUTS {DATASET_LAYOUTS} != lm/layouts.py LAYOUTS {tuple(LAYOUTS)}")
 
 
 def suggest_layout(row: dict) -> str:
@@ -295,7 +311,7 @@ def check_columns(rows: list, layout: str, columns: dict, source: str, key: str)
 
 
 def to_pair(row: dict, layout: str, columns: dict = None) -> Pair:
-    """One row -> a Pair, or Skip with the reason."""
+    """One row -> a Pair, or Skip with the reason (NoPreference for a tie)."""
     row = rename(row, columns)
     required, _, convert = LAYOUTS[layout]
     missing = [c for c in required if c not in row]
@@ -303,13 +319,34 @@ def to_pair(row: dict, layout: str, columns: dict = None) -> Pair:
         raise Skip(f"missing column {', '.join(repr(c) for c in missing)}")
     pair = convert(row)
     if pair.chosen.strip() == pair.rejected.strip():
-        raise Skip("chosen and rejected are identical")
+        raise NoPreference("chosen and rejected are identical")
     return pair
 
 
 # --- rendering -----------------------------------------------------------------------------------------------
 def has_chat_template(tokenizer) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def template_adds_system_prompt(tokenizer) -> bool:
+    """Whether the chat template writes a system turn into a conversation that has none (SmolLM2 and Qwen add
+    their default one): rendered with and without a system message, the rest of the text agrees."""
+    if not has_chat_template(tokenizer):
+        return False
+    user = [{"role": "user", "content": "\x01"}]
+    try:
+        bare = tokenizer.apply_chat_template(user, tokenize=False)
+        marked = tokenizer.apply_chat_template([{"role": "system", "content": "\x02"}, *user], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses system turns (jinja raises its own errors)
+        return False
+    if not (isinstance(bare, str) and isinstance(marked, str) and "\x01" in bare and "\x01" in marked):
+        return False
+    before_user, bare_before_user = marked[: marked.index("\x01")], bare[: bare.index("\x01")]
+    if "\x02" not in before_user:  # the template drops system messages
+        return False
+    header, between = before_user.split("\x02", 1)  # what opens a system turn, what closes it and opens the user's
+    return (bare_before_user.startswith(header) and bare_before_user.endswith(between)
+            and len(bare_before_user) > len(header) + len(between))  # some system text of its own in between
 
 
 def plain_prompt(turns: list) -> str:

@@ -219,6 +219,8 @@ def read_source(spec_id: str, split: str = "train", config=None, revision=None, 
         return read_folder(path, split)
     if looks_local(spec_id):
         if not path.exists():
-            raise DataError(f"{path}: file not found (set {key}.id to an existing file or folder, or a hub id org/name)")
+            raise DataError(f"{path}: file not found (set {key}.id to an existing file or folder, or a hub id org/name; "
+                            f"`dvc exp run --queue` and `--temp` see only what git or DVC tracks: `dvc add` a file that "
+                            f"is in your workspace)")
         return read_file(path)
     return read_hub(spec_id, split, config, revision, key)

@@ -39,8 +39,9 @@ from pftlab.reporting.tables import (
 
 
 def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".", training_seeds: dict = None,
-                 policy_lr: float = None) -> str:
-    """metrics/report.md, metrics/claims.json and the figures, from the files under `root`."""
+                 policy_lr: float = None, params_context: str = None) -> str:
+    """metrics/report.md, metrics/claims.json and the figures, from the files under `root`; the sweep summary only
+    where it ran under `params_context` (`reporting.sweep.context_of` of this run's params; None: not checked)."""
     root = Path(root)
     m = root / "metrics"
     figures = m / "figures"
@@ -63,6 +64,9 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         llm_parts.append((f"synthetic LLM task ({gold_name})",
                           {"3": claims_lib.dpo_likelihood_check(dpo_evals, [seed] + [r["seed"] for r in dpo_runs])}))
     sweep = json.loads((m / "sweep" / "summary.json").read_text()) if (m / "sweep" / "summary.json").exists() else {}
+    other_sweep = bool(sweep) and params_context is not None and sweep.get("context") != params_context
+    if other_sweep:  # e.g. the default task's committed sweep beside a run on your own data
+        sweep = {}
     cells = claims_lib.matched_cells(sweep, policy_lr) if "dpo" in evals and "hypo" in evals else []
     llm_parts.append((f"synthetic LLM task ({gold_name}), hyperparameter sweep", claims_lib.matched_settings_claims(cells)))
     claims = claims_lib.all_claims(bandit, coverage, token_bandit, llm_parts)
@@ -93,6 +97,10 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         lines += ["", rm_sentence(root / task.metrics("reward_model"))]
     if sweep:
         lines += [""] + sweep_section(sweep, policy_lr)
+    elif other_sweep:
+        lines += ["", "The hyperparameter sweep in `metrics/sweep/summary.json` ran under other params or data than "
+                  "this run, so it is not shown and decides nothing here (`python -m pftlab.reporting.sweep` runs one "
+                  "for these)."]
     if cells:  # claim 8 as Song et al. ran it, and the frontier from every DPO and HyPO run at hand
         points = {n: [(s["kl_k1"], s["gold_reward"], "sweep") for r in sweep["algorithms"][n]["rows"] if not r.get("earlier")
                       for s in claims_lib.seed_scores(r).values()]

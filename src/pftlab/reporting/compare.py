@@ -1,0 +1,131 @@
+"""One table to compare runs at a glance: the workspace, the commits and every `dvc exp`, per algorithm, held-out
+gold reward with its 95% interval over the evaluation prompts, KL to pi_ref and win rate against SFT, beside
+only the params that differ between the runs.
+
+    python -m pftlab.reporting.compare                  # the workspace and the experiments of this commit
+    python -m pftlab.reporting.compare --all-commits    # and of every commit
+    python -m pftlab.reporting.compare --md             # as a markdown table
+
+An experiment is shown for the algorithms whose numbers differ from the workspace's: a queued sweep point reruns one
+policy and carries the others over unchanged. The stage lists (`algorithms`, `training_seeds.seeds`, `variants.*`)
+choose which stages run, never a number, so they are not listed among the params that differ.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+
+from pftlab.core.config import flatten
+from pftlab.core.errors import DataError
+
+STAGE_LISTS = ("algorithms", "training_seeds.", "variants.")
+EVAL_FILE = re.compile(r"metrics/eval/(\w+)\.json")
+SHOWN = ("gold_reward", "gold_reward_ci95", "kl_k1", "win_rate_vs_sft")
+COLUMNS = ("run", "params that differ", "algorithm", "gold reward [95% CI over prompts]", "KL k1", "win rate vs SFT")
+
+
+def runs(exp_show: list) -> list:
+    """[(name, flat params, {algorithm: eval metrics})] of the workspace, each commit and each finished experiment in
+    `dvc exp show --json` output (a queued, running or failed experiment has no numbers of its own)."""
+    out = []
+
+    def add(name, data):
+        params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+        evals = {}
+        for path, value in (data.get("metrics") or {}).items():
+            match = EVAL_FILE.fullmatch(path.replace("\\", "/"))
+            if match and isinstance(value, dict) and isinstance(value.get("data"), dict) and \
+                    isinstance(value["data"].get("gold_reward"), (int, float)):  # null: no number to show
+                evals[match.group(1)] = value["data"]
+        if params or evals:
+            out.append((name, params, evals))
+
+    for entry in exp_show:
+        data = entry.get("data") or {}
+        if entry.get("rev") == "workspace":
+            add("workspace", data)
+            continue
+        add(f"commit {entry.get('rev', '')[:7]}", data)
+        for exp in entry.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state") not in (None, "success"):
+                continue
+            for rev in exp.get("revs") or []:
+                add(rev.get("name") or rev.get("rev", "")[:7], rev.get("data") or {})
+    return out
+
+
+def differing(all_params: list) -> list:
+    """The keys whose value is not the same in every run (absent counts as a value), stage lists left out."""
+    keys = sorted({k for p in all_params for k in p if not k.startswith(STAGE_LISTS)})
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in all_params}) > 1]
+
+
+def _gold(m: dict) -> str:
+    g, half = m["gold_reward"], m.get("gold_reward_ci95")
+    return f"{g:.2f}" + (f" [{g - half:.2f}, {g + half:.2f}]" if isinstance(half, (int, float)) else "")
+
+
+def _number(m: dict, key: str, digits: int) -> str:
+    value = m.get(key)
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _shown(m: dict) -> tuple:
+    """The numbers a row shows (not wall-clock fields): what decides whether a run differs from the workspace."""
+    return tuple(m.get(k) for k in SHOWN)
+
+
+def table(all_runs: list) -> list:
+    """Rows of COLUMNS: every algorithm of the workspace (or of the first run), then for each other run the
+    algorithms whose numbers differ from those (`same as workspace` when none does)."""
+    if not all_runs:
+        return []
+    keys = differing([p for _, p, _ in all_runs])
+    base_name, _, base = next((r for r in all_runs if r[0] == "workspace"), all_runs[0])
+    rows = []
+    for name, params, evals in sorted(all_runs, key=lambda r: r[0] != base_name):
+        knobs = ", ".join(f"{k}={params[k]}" for k in keys if k in params) or "-"
+        shown = [a for a in evals if name == base_name or _shown(evals[a]) != _shown(base.get(a) or {})]
+        if not shown:
+            rows.append((name, knobs, f"(same numbers as {base_name})", "", "", ""))
+        for i, algorithm in enumerate(shown):
+            m = evals[algorithm]
+            rows.append((name if i == 0 else "", knobs if i == 0 else "", algorithm, _gold(m),
+                         _number(m, "kl_k1", 3), _number(m, "win_rate_vs_sft", 2)))
+    return rows
+
+
+def render(rows: list, markdown: bool = False) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(COLUMNS, *rows)]
+    fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def exp_show(all_commits: bool) -> list:
+    args = ["dvc", "exp", "show", "--json", "--hide-queued", "--hide-failed", *(["--all-commits"] if all_commits else [])]
+    out = subprocess.run(args, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DataError(f"`{' '.join(args)}` failed: {(out.stderr.strip().splitlines() or ['no message'])[-1]}")
+    return json.loads(out.stdout or "[]")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all-commits", action="store_true", help="the experiments of every commit, not only HEAD's")
+    parser.add_argument("--md", action="store_true", help="a markdown table")
+    args = parser.parse_args(argv)
+    try:
+        rows = table(runs(exp_show(args.all_commits)))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(render(rows, args.md) if rows else "no run with evaluation metrics yet: run `dvc repro` first")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

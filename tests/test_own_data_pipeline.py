@@ -71,7 +71,8 @@ def test_the_tokenized_prompt_holds_every_turn(chat_run):
     decoded = [tok.decode(r["prompt_ids"]) for r in pairs]
     multi = [d for d in decoded if d.count("\n\nHuman: ") >= 2]
     assert multi and all(d in prepared for d in decoded)  # the whole rendered prompt, no turn lost
-    assert load(chat_run, "sft_samples.json")["prompts_truncated"] == 0 and load(chat_run, "sft.json")["prompts_truncated"] == 0
+    assert load(chat_run, "pairs.json")["prompts_truncated"] == 0 and load(chat_run, "sft.json")["prompts_truncated"] == 0
+    assert load(chat_run, "sft_samples.json")["skipped"] == "pairs.source is human"  # the file's own pairs are used
     assert load(chat_run, "policy/dpo.json")["steps"] > 0
 
 

@@ -328,7 +328,7 @@ def test_seed_runs_from_dvc_exp_show_enter_the_report(smoke_run, tmp_path):
     # a sweep that ran under other params or data (the default task's, beside a run on your own) is not shown
     sweep_row = {"experiment": "e1", "setting": {"lr": 0.001}, "validation_gold_reward": 1.0, "validation_interval": [0, 2],
                  "validation_kl_k1": 0.1, "gold_reward": 1.0}
-    (tmp_path / "metrics" / "sweep").mkdir()
+    (tmp_path / "metrics" / "sweep").mkdir(exist_ok=True)
     (tmp_path / "metrics" / "sweep" / "summary.json").write_text(json.dumps(
         {"rule": "r", "context": "theirs", "algorithms": {"dpo": {"rows": [sweep_row], "selected": {"lr": 0.001}}}}))
     build_report(ALGORITHMS, VARIANTS, seed=0, root=tmp_path, params_context="ours")

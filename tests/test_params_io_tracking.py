@@ -239,7 +239,19 @@ def test_a_stage_in_a_dvc_temporary_workspace_logs_to_the_repositorys_store(tmp_
     assert run.info.artifact_uri.startswith((tmp_path / "repo" / "mlruns").resolve().as_uri())
 
 
-def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_results(tmp_path, monkeypatch):
+@pytest.fixture
+def workspace_store(tmp_path, monkeypatch):
+    """A workspace run (no DVC experiment) in `tmp_path`, tracked to its own mlflow.db, params `seed: 0`."""
+    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    return tmp_path
+
+
+def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_results(tmp_path, workspace_store):
     """Two stages of one pipeline run (policy@dpo, then evaluate@dpo reading its model): one parent run with all
     params, one `dpo` run with the training params, the curves and the held-out results, a run per stage under
     it; inputs carry their DVC hashes from dvc.lock, and the trained policy is an MLflow model tagged with its."""
@@ -247,12 +259,6 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
 
     from pftlab.core.tracking import algorithm_run_name
 
-    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
     everything = {"seed": 0, "policy": {"lr": 1e-4}, "algos": {"dpo": {"beta": 0.3}}, "eval": {"seed": 5}}
     lock = {"schema": "2.0", "stages": {
         "pairs": {"cmd": "x", "outs": [{"path": "data/pairs.jsonl", "md5": "a" * 32}]},
@@ -306,7 +312,7 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
         [None, "sft", "sft", "online_dpo seed 2", "dpo on mode_length", "sft on mode_length"]
 
 
-def test_a_refused_stage_leaves_no_run_and_a_failure_after_work_is_kept(tmp_path, monkeypatch):
+def test_a_refused_stage_leaves_no_run_and_a_failure_after_work_is_kept(tmp_path, workspace_store):
     """Trying data files: prepare refuses one (a DataError before it reports anything) and leaves no run, not even
     a pipeline run; once a stage of the pipeline has run, a later refusal leaves that run as it was; a stage that
     fails after logging keeps its FAILED run."""
@@ -314,12 +320,6 @@ def test_a_refused_stage_leaves_no_run_and_a_failure_after_work_is_kept(tmp_path
 
     from pftlab.core.errors import DataError
 
-    monkeypatch.setenv("PFTLAB_MLFLOW", "1")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
     client = lambda: MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # noqa: E731
     statuses = lambda: sorted((r.info.run_name.split(" (")[0].split("-")[0], r.info.status)  # noqa: E731
                               for r in client().search_runs([client().get_experiment_by_name("pftlab").experiment_id]))

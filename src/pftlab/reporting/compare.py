@@ -18,6 +18,7 @@ import sys
 
 from pftlab.core.config import flatten
 from pftlab.core.errors import DataError
+from pftlab.reporting.seeds import experiments
 
 STAGE_LISTS = ("algorithms", "training_seeds.", "variants.")
 EVAL_FILE = re.compile(r"metrics/eval/(\w+)\.json")
@@ -25,34 +26,34 @@ SHOWN = ("gold_reward", "gold_reward_ci95", "kl_k1", "win_rate_vs_sft")
 COLUMNS = ("run", "params that differ", "algorithm", "gold reward [95% CI over prompts]", "KL k1", "win rate vs SFT")
 
 
+def _evals(metrics: dict) -> dict:
+    """{algorithm: its evaluation metrics} of one run's metrics files ({path: data}); a null gold reward is no row."""
+    evals = {}
+    for path, data in metrics.items():
+        match = EVAL_FILE.fullmatch(path.replace("\\", "/"))
+        if match and isinstance(data, dict) and isinstance(data.get("gold_reward"), (int, float)):
+            evals[match.group(1)] = data
+    return evals
+
+
 def runs(exp_show: list) -> list:
     """[(name, flat params, {algorithm: eval metrics})] of the workspace, each commit and each finished experiment in
     `dvc exp show --json` output (a queued, running or failed experiment has no numbers of its own)."""
-    out = []
+    commits = {entry.get("name") or entry.get("rev"): entry.get("rev", "") for entry in exp_show}  # branch -> sha
+    found = [("workspace", *wanted) for wanted in _workspace(exp_show)]
+    found += [(f"commit {commits[name][:7]}" if name in commits else name, params, metrics)
+              for name, params, metrics in experiments(exp_show)]
+    out = [(name, flatten(params), _evals(metrics)) for name, params, metrics in found]
+    return [run for run in out if run[1] or run[2]]
 
-    def add(name, data):
-        params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
-        evals = {}
-        for path, value in (data.get("metrics") or {}).items():
-            match = EVAL_FILE.fullmatch(path.replace("\\", "/"))
-            if match and isinstance(value, dict) and isinstance(value.get("data"), dict) and \
-                    isinstance(value["data"].get("gold_reward"), (int, float)):  # null: no number to show
-                evals[match.group(1)] = value["data"]
-        if params or evals:
-            out.append((name, params, evals))
 
+def _workspace(exp_show: list):
+    """(params, metrics) of the workspace row, the one `seeds.experiments` leaves out."""
     for entry in exp_show:
-        data = entry.get("data") or {}
         if entry.get("rev") == "workspace":
-            add("workspace", data)
-            continue
-        add(f"commit {entry.get('rev', '')[:7]}", data)
-        for exp in entry.get("experiments") or []:
-            if (exp.get("executor") or {}).get("state") not in (None, "success"):
-                continue
-            for rev in exp.get("revs") or []:
-                add(rev.get("name") or rev.get("rev", "")[:7], rev.get("data") or {})
-    return out
+            data = entry.get("data") or {}
+            yield ((data.get("params") or {}).get("params.yaml", {}).get("data") or {},
+                   {path: v["data"] for path, v in (data.get("metrics") or {}).items() if isinstance(v, dict) and "data" in v})
 
 
 def differing(all_params: list) -> list:

@@ -73,8 +73,10 @@ def main(p, tracker):
     for (reward_name, method, sampling), out in zip(cells, outs):
         key = f"{reward_name}/{method}/{sampling}"
         results[key] = {k: out[k] for k in ("final_reward", "final_kl", "final_entropy", "mean_reward", "samples")}
-        if "/reuse_" in key:  # claim 2 reads reward against fresh samples and against steps
+        if "/reuse_" in key:  # claim 2 reads reward against fresh samples, steps and compute
             results[key]["curve"] = [{k: point[k] for k in ("step", "samples", "reward")} for point in out["curve"]]
+            schedule = bandit.cell_schedule(cfg, method, sampling)
+            results[key]["collection_samples"] = schedule["train_contexts"] * schedule["samples_per_context"]
         curves[key] = out["curve"]
     for reward_name in b["rewards"]:
         for sampling in ("offline", "on_policy"):
@@ -91,6 +93,7 @@ def main(p, tracker):
                "expected_reward_under_ref": {name: over_seeds(lambda ref: (ref * bandit.peaked_reward(peak, cfg.reward_width)).sum())
                                              for name, peak in b["rewards"].items()},
                "seeds": cfg.seeds, "statistic": "final_reward: mean exact eval reward over the last 5 steps, per seed",
+               "reuse_sample_costs": list(cfg.reuse.sample_costs),
                "runs": results}
     tracker.log_metrics({f"{key.replace('/', '.')}.final_reward": mean(v["final_reward"]) for key, v in results.items()})
     return summary

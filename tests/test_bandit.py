@@ -253,6 +253,25 @@ def test_reuse_study_counts_fresh_samples_as_collections_times_contexts_times_n(
     assert grows["collections"] * grows["samples_per_context"] == 10 * 10  # the earlier ablation: samples fixed
 
 
+def test_reuse_study_logs_t1_either_side_of_every_ts_compute_hand_worked():
+    from pftlab.reporting.claims import compute_used
+
+    # 10 steps, 3 contexts x N = 10: a collection is 30 samples. T = 2 draws 5 collections (150 samples) and passes
+    # 30 samples on each of 10 steps: at a sample cost of 1, 150 + 300 = 450. T = 1 spends 30 + 30 per step: 7.5 steps.
+    assert bandit.equal_compute_step(2, 10, 1.0) == 7.5
+    cfg = _reuse_cfg("fixed")
+    cfg = dataclasses.replace(cfg, reuse=dataclasses.replace(cfg.reuse, sample_costs=[1.0, 0.333]))
+    assert {7, 8} <= set(bandit.reuse_log_steps(cfg.reuse))
+    runs = {t: bandit.run("ppo", bandit.peaked_reward(70), HP, [0], **bandit.cell_schedule(cfg, "ppo", f"reuse_{t}")
+                          | {"eval_contexts": 5}) for t in (1, 2, 5)}
+    for cost in cfg.reuse.sample_costs:
+        for t in (2, 5):
+            spent = compute_used(runs[t]["curve"][-1], 30, cost)
+            assert spent == cost * (10 // t) * 30 + 10 * 30
+            t1 = [compute_used(point, 30, cost) for point in runs[1]["curve"]]
+            assert any(c <= spent <= c_next and c_next - c <= 60 for c, c_next in zip(t1, t1[1:]))  # one step apart
+
+
 def test_a_bad_bandit_choice_is_refused_naming_its_key():
     from pftlab.core.errors import ParamError
     from pftlab.core.params import Params

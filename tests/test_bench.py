@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +31,14 @@ def test_scale_knobs_bench_runs_and_its_memory_numbers_hold(tmp_path):
 def test_bandit_seeds_bench_runs(tmp_path):
     result = run_bench("bandit_seeds.py", tmp_path, "--seeds", "2", "--collections", "1")
     assert result["seeds"] == 2 and result["speedup"] > 0
+
+
+def test_bandit_cell_seeds_bench_gives_the_stages_numbers_for_its_seeds(tmp_path):
+    result = run_bench("bandit_cell_seeds.py", tmp_path, "--method", "best_of_n", "--seeds", "40")
+    stage = json.loads((ROOT / "metrics/didactic/bandit.json").read_text())["runs"]["misaligned/best_of_n/offline"]
+    # seeds 0-19 are the stage's (equal on one CPU kind; another kind's float rounding moves them slightly)
+    assert result["means_of_20_seed_windows"][0] == pytest.approx(sum(stage["final_reward"]) / 20, abs=0.01)
+    assert len(result["means_of_20_seed_windows"]) == 2 and result["ci95_over_seeds"][0] <= result["final_reward_mean"]
 
 
 def test_collection_split_bench_runs_both_ways(tmp_path):

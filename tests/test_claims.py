@@ -222,6 +222,20 @@ def _bandit_summary(reuse_end: dict, t1_curve: dict, speeds: dict) -> dict:
     return {"runs": runs}
 
 
+def test_claim_2_at_equal_compute_interpolates_t1_and_never_decides():
+    # a collection of 10 samples; T = 1 logs steps 0, 5, 10 (samples 0, 50, 100), T = 5 ends at step 10 with 20.
+    t1 = {"collection_samples": 10, "curve": [{"step": s, "samples": 10 * s, "reward": [r, r + 0.1]}
+                                             for s, r in ((0, 0.0), (5, 0.5), (10, 0.6))]}
+    t5 = {"collection_samples": 10, "final_reward": [0.4, 0.5], "curve": [{"step": 10, "samples": 20, "reward": [0.4, 0.5]}]}
+    assert claims.compute_used(t5["curve"][-1], 10, 1.0) == 120  # 20 fresh samples + 10 steps x 10
+    assert claims.reward_at_compute(t1, 120, 1.0) == pytest.approx([0.52, 0.62])  # T = 1 spends 20 a step: step 6, 0.5 + 0.2 x 0.1
+    assert claims.reward_at_compute(t1, 201, 1.0) is None  # beyond T = 1's run
+    t1["final_reward"] = [0.6, 0.7]
+    out = claims.reuse_claims({"misaligned/ppo/reuse_1": t1, "misaligned/ppo/reuse_5": t5}, [1.0])
+    line = next(c for c in out if c["reading"] == "reuse saves compute (ours)")
+    assert line["decides"] is False and line["mean"] == pytest.approx(-0.12)
+
+
 def test_bandit_claim_2_reads_reward_at_equal_fresh_samples_and_at_equal_steps_per_method():
     # T=1 draws 10 samples per step (1000 in all); T=2 draws 500, T=5 200. At 500 samples T=1 had 0.4, at 200 0.2.
     t1 = {m: {200: 0.2, 500: 0.4} for m in ("best_of_n", "ppo")}

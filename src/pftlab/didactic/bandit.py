@@ -322,10 +322,24 @@ def method_hyperparameters(cfg, method: str, sampling: str) -> dict:
     return hp
 
 
+def equal_compute_step(t: int, steps: int, sample_cost: float) -> float:
+    """The step at which T = 1 has spent the compute of T's whole run (reporting/claims.py `compute_used`: a fresh
+    sample costs c, a gradient step passes its collection of n samples once). T's run draws steps/T collections,
+    T = 1's first k steps draw k: (c steps/T + steps) n = k (c + 1) n."""
+    return steps * (sample_cost / t + 1) / (sample_cost + 1)
+
+
 def reuse_log_steps(r) -> tuple:
     """The steps at which the reuse study's curves are logged besides every 10th: where each T's run ends its
-    last collection's budget (steps / T), so T = 1 is read at every other T's fresh-sample budget."""
-    return tuple(sorted({r.steps // t for t in r.values}))
+    last collection's budget (steps / T), so T = 1 is read at every other T's fresh-sample budget, and the
+    steps either side of each T's compute (`sample_costs`), so T = 1 is read there by interpolation."""
+    at = {r.steps // t for t in r.values}
+    if r.collection_size == "fixed":
+        for c in r.sample_costs:
+            for t in r.values:
+                k = equal_compute_step(t, r.steps, c)
+                at |= {math.floor(k), min(math.ceil(k), r.steps)}
+    return tuple(sorted(at))
 
 
 def cell_schedule(cfg, method: str, sampling: str) -> dict:

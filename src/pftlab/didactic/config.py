@@ -52,6 +52,9 @@ class BanditReuse:
     steps: int = knob(pos_int, "a positive integer (a multiple of every T)")
     train_contexts: int = knob(pos_int, "a positive integer")
     lr: float = knob(positive, "a number > 0")
+    # the fixed-compute reading: a fresh sample's cost in passes of one sample through a gradient step (compute =
+    # cost x fresh samples + gradient steps x samples per collection); each value is a line of claim 2
+    sample_costs: list = knob(list_of(positive), "a non-empty list of numbers > 0", (1.0,))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,7 +77,7 @@ def bandit_claims(bandit: dict) -> dict:
                          "on-policy - offline, misaligned reward (peak where pi_ref is unlikely)", gap_mis),
                    check("final eval reward, mean over methods",
                          "(on-policy - offline gap) misaligned - aligned (peak where pi_ref is likely)", paired(gap_mis, gap_al))]
-    reuse = reuse_claims(runs)
+    reuse = reuse_claims(runs, bandit.get("reuse_sample_costs", ()))
     if reuse:
         claims["2"] = reuse
     neg = [m for m in ("dpo", "ipo") if m in methods]
@@ -126,7 +126,25 @@ def reward_at_fresh_samples(cell: dict, samples: int):
     return None if point is None else point["reward"]
 
 
-def reuse_claims(runs: dict) -> list:
+def compute_used(point: dict, collection_samples: int, sample_cost: float) -> float:
+    """The compute a run had spent at a logged point, in passes of one sample through a gradient step: each fresh
+    sample costs `sample_cost` to draw, each gradient step passes its whole collection once."""
+    return sample_cost * point["samples"] + point["step"] * collection_samples
+
+
+def reward_at_compute(cell: dict, compute: float, sample_cost: float):
+    """Per-seed eval reward of a cell when it had spent `compute`, linear between the logged points either side
+    (stage bandit logs T = 1 at the steps around every T's compute); None beyond its last point or with no
+    logged point on each side."""
+    spent = [(compute_used(p, cell["collection_samples"], sample_cost), p["reward"]) for p in cell["curve"]]
+    for (c0, r0), (c1, r1) in zip(spent, spent[1:]):
+        if c0 <= compute <= c1:
+            w = 0.0 if c1 == c0 else (compute - c0) / (c1 - c0)
+            return [a + w * (b - a) for a, b in zip(r0, r1)]
+    return None
+
+
+def reuse_claims(runs: dict, sample_costs=()) -> list:
     """Claim 2 on the reuse study (every T runs the same gradient steps, T on each of steps/T collections), per
     method, two parts (READINGS). *Reuse saves fresh samples*: at each T > 1's fresh-sample budget (what it drew in
     its whole run), its reward at the end minus T = 1's reward when T = 1 had drawn as many; the mean over T > 1
@@ -151,6 +169,20 @@ def reuse_claims(runs: dict) -> list:
                                 reading="reuse saves fresh samples"))
             checks += [check(quantity, f"T={t} - T=1 at T={t}'s budget ({by_t[t]['curve'][-1]['samples']} samples)", g,
                              reading="reuse saves fresh samples") | {"decides": False} for t, g in gains.items()]
+        for cost in sample_costs:  # our reading at fixed compute: a line per sample cost, not deciding
+            at_compute = {}
+            for t in ts[1:]:
+                if "collection_samples" in by_t[t]:
+                    end = by_t[t]["curve"][-1]
+                    at_one = reward_at_compute(by_t[1], compute_used(end, by_t[t]["collection_samples"], cost), cost)
+                    if at_one is not None:
+                        at_compute[t] = paired(end["reward"], at_one)
+            if at_compute:
+                checks.append(check(f"eval reward at equal compute (a fresh sample costs {cost:g} sample passes of a "
+                                    f"gradient step), {name}, misaligned", f"T > 1 ({', '.join(map(str, at_compute))}; mean "
+                                    "over T) - T=1 at each T's compute (reuse saves compute: our reading, not the paper's)",
+                                    [mean(x) for x in zip(*at_compute.values())], reading="reuse saves compute (ours)")
+                              | {"decides": False})
         final = lambda t: by_t[t]["final_reward"]
         largest = ts[-1]
         best = max(ts[:-1], key=lambda t: mean(final(t)))  # the best smaller T: a largest T that is best fails the claim
@@ -286,8 +318,10 @@ CLAIM_READING = {
          "each of steps/T collections of fresh samples, for best-of-N, REINFORCE and PPO: *reuse saves fresh samples*: "
          "at each T > 1's fresh-sample budget, its reward is higher than T = 1's when T = 1 had drawn as many samples "
          "(mean over T > 1); *too much reuse hurts*: at equal gradient steps, the final reward at the largest T is "
-         "lower than at the best smaller T. Whether PPO tolerates reuse better than best-of-N is our own comparison, shown "
-         "beside without deciding.",
+         "lower than at the best smaller T. Two comparisons of our own are shown beside without deciding: whether PPO "
+         "tolerates reuse better than best-of-N, and *reuse saves compute*: T > 1's reward against T = 1's at equal "
+         "compute, a fresh sample costing c passes of one sample through a gradient step, for each c in "
+         "`bandit.reuse.sample_costs`.",
     "3": "offline DPO/IPO end above offline maximum likelihood (pref-FT, best-of-N, RWR on the same pairs) where the "
          "reward peaks where pi_ref is unlikely; and under DPO the log-likelihood of the training pairs' y_w falls, "
          "as y_l's does.",

@@ -219,35 +219,43 @@ def plot_bandit_seeds(runs: dict, path):
 
 
 def plot_reuse(bandit: dict, path):
-    """Left: final reward against T at equal gradient steps; right (cells with curves): reward against fresh
-    samples, T = 1's curve and each T's end at its budget."""
+    """Left: final reward against T at equal gradient steps. With curves, beside it: reward against fresh samples
+    and against compute (a fresh sample costing the middle of `reuse_sample_costs`), T = 1's curve and each T's end."""
     runs = bandit["runs"]
     methods = sorted({k.split("/")[1] for k in runs if "/reuse_" in k})
     with_curves = any("curve" in v for k, v in runs.items() if "/reuse_" in k)
-    fig, axes = plt.subplots(1, 2 if with_curves else 1, figsize=(10 if with_curves else 5, 3.6), squeeze=False)
+    costs = bandit.get("reuse_sample_costs", [])
+    cost = sorted(costs)[len(costs) // 2] if costs else None
+    panels = 1 + with_curves + (with_curves and cost is not None and all(
+        "collection_samples" in v for k, v in runs.items() if "/reuse_" in k))
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     ax = axes[0][0]
     for method in methods:
         ts = sorted({int(k.split("_")[-1]) for k in runs if k.startswith(f"misaligned/{method}/reuse_")})
         stats = [mean_ci(runs[f"misaligned/{method}/reuse_{t}"]["final_reward"]) for t in ts]
         ax.errorbar(ts, [m for m, _ in stats], yerr=[half for _, half in stats], fmt="o-", capsize=3, label=method)
     ax.set_xscale("log")
+    ax.set_title("at equal gradient steps", fontsize=10)
     ax.set_xlabel("gradient steps per collection T (gradient steps fixed)")
     ax.set_ylabel("final eval reward, misaligned (95% CI over seeds)")
     ax.legend(fontsize=8)
-    if with_curves:
-        ax = axes[0][1]
+    spent = {("at equal fresh samples", "fresh samples drawn", "log"): lambda point, cell: point["samples"],
+             ("at equal compute (ours)", f"compute (sample passes of a gradient step; a fresh sample costs {cost:g})",
+              "linear"): lambda point, cell: cost * point["samples"] + point["step"] * cell["collection_samples"]}
+    for ax, ((title, xlabel, scale), x) in zip(axes[0][1:], spent.items()):
         for i, method in enumerate(methods):
             cells = {int(k.split("_")[-1]): v for k, v in runs.items() if k.startswith(f"misaligned/{method}/reuse_")}
             colour = f"C{i}"
             if 1 in cells:
                 curve = cells[1]["curve"]
-                ax.plot([p["samples"] for p in curve], [mean(p["reward"]) for p in curve], color=colour, label=f"{method} T=1")
-            ends = [(cell["curve"][-1]["samples"], mean(cell["curve"][-1]["reward"])) for t, cell in sorted(cells.items()) if t > 1]
-            ax.plot([x for x, _ in ends], [y for _, y in ends], "o--", color=colour, label=f"{method} T>1 (end)")
-        ax.set_xscale("log")
-        ax.set_xlabel("fresh samples drawn")
+                ax.plot([x(p, cells[1]) for p in curve], [mean(p["reward"]) for p in curve], color=colour, label=f"{method} T=1")
+            ends = [(x(cell["curve"][-1], cell), mean(cell["curve"][-1]["reward"])) for t, cell in sorted(cells.items()) if t > 1]
+            ax.plot([e for e, _ in ends], [y for _, y in ends], "o--", color=colour, label=f"{method} T>1 (end)")
+        ax.set_xscale(scale)  # compute: every T > 1 ends between half and all of T = 1's, too close for a log axis
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("eval reward, misaligned (mean over seeds)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 

@@ -197,6 +197,7 @@ def plot_bandit(curves: dict, methods: list, path):
             ax.set_ylabel("eval reward (mean; band: 95% over seeds)")
             ax.set_ylim(0, 1.02)
     axes[0, -1].legend(fontsize=8)
+    fig.tight_layout()  # the lower row's titles clear the upper row's axis labels
     _save(fig, path)
 
 
@@ -220,7 +221,8 @@ def plot_bandit_seeds(runs: dict, path):
 
 def plot_reuse(bandit: dict, path):
     """Left: final reward against T at equal gradient steps. With curves, beside it: reward against fresh samples
-    and against compute (a fresh sample costing the middle of `reuse_sample_costs`), T = 1's curve and each T's end."""
+    and against compute (a fresh sample costing the middle of `reuse_sample_costs`), T = 1's curve and each T's end,
+    each with its 95% t-interval over seeds."""
     runs = bandit["runs"]
     methods = sorted({k.split("/")[1] for k in runs if "/reuse_" in k})
     with_curves = any("curve" in v for k, v in runs.items() if "/reuse_" in k)
@@ -247,14 +249,17 @@ def plot_reuse(bandit: dict, path):
             cells = {int(k.split("_")[-1]): v for k, v in runs.items() if k.startswith(f"misaligned/{method}/reuse_")}
             colour = f"C{i}"
             if 1 in cells:
-                curve = cells[1]["curve"]
-                ax.plot([x(p, cells[1]) for p in curve], [mean(p["reward"]) for p in curve], color=colour, label=f"{method} T=1")
-            ends = [(x(cell["curve"][-1], cell), mean(cell["curve"][-1]["reward"])) for t, cell in sorted(cells.items()) if t > 1]
-            ax.plot([e for e, _ in ends], [y for _, y in ends], "o--", color=colour, label=f"{method} T>1 (end)")
+                curve, xs = cells[1]["curve"], [x(p, cells[1]) for p in cells[1]["curve"]]
+                stats = [mean_ci(p["reward"]) for p in curve]
+                ax.plot(xs, [m for m, _ in stats], color=colour, label=f"{method} T=1")
+                ax.fill_between(xs, [m - h for m, h in stats], [m + h for m, h in stats], color=colour, alpha=0.15, linewidth=0)
+            ends = [(x(cell["curve"][-1], cell), *mean_ci(cell["curve"][-1]["reward"])) for t, cell in sorted(cells.items()) if t > 1]
+            ax.errorbar([e for e, _, _ in ends], [m for _, m, _ in ends], yerr=[h for _, _, h in ends], fmt="o--", capsize=3,
+                        color=colour, label=f"{method} T>1 (end)")
         ax.set_xscale(scale)  # compute: every T > 1 ends between half and all of T = 1's, too close for a log axis
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel("eval reward, misaligned (mean over seeds)")
+        ax.set_ylabel("eval reward, misaligned (95% CI over seeds)")
         ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 

@@ -2,7 +2,6 @@
 (results.py): learning curves over training seeds, reward against KL, the SFT loss, the bandit and coverage
 problems. Colour says an algorithm's family, line style and marker its sampling."""
 from pathlib import Path
-from statistics import mean
 
 import matplotlib
 

@@ -178,9 +178,9 @@ def reuse_claims(runs: dict, sample_costs=()) -> list:
                     if at_one is not None:
                         at_compute[t] = paired(end["reward"], at_one)
             if at_compute:
-                checks.append(check(f"eval reward at equal compute (a fresh sample costs {cost:g} sample passes of a "
+                checks.append(check(f"eval reward at equal compute (a fresh sample costs {cost:g} x a sample's pass through a "
                                     f"gradient step), {name}, misaligned", f"T > 1 ({', '.join(map(str, at_compute))}; mean "
-                                    "over T) - T=1 at each T's compute (reuse saves compute: our reading, not the paper's)",
+                                    "over T) - T=1 at each T's compute",
                                     [mean(x) for x in zip(*at_compute.values())], reading="reuse saves compute (ours)")
                               | {"decides": False})
         final = lambda t: by_t[t]["final_reward"]

@@ -28,7 +28,7 @@ SECTIONS = {"data": "pftlab.lm.config.DataConfig", "tokenizer": "pftlab.lm.confi
             "algos": "pftlab.algorithms.hyperparameters.HYPERPARAMETERS",  # algos.<name>: that algorithm's dataclass
             "algorithms": "pftlab.algorithms.hyperparameters.ALGORITHM_NAMES"}
 TOP_LEVEL = {
-    "seed": (config.nonneg_int, "an integer >= 0", True),
+    "seed": (*config.NONNEG_INT, True),
     "launch": (config.text, "the command that starts a training stage's python", True),
     "algorithms": (config.list_of(lambda v: isinstance(v, str)), "a non-empty list of algorithm names", True),
 }

@@ -40,7 +40,7 @@ class LoopPosition:
     history: list = field(default_factory=list)
 
 
-def train_policy(algorithm, hp: dict, cfg: LoopKnobs, seed: int, policy, ref, source, monitor=None, tracker=None,
+def train_policy(algorithm, hp, cfg: LoopKnobs, seed: int, policy, ref, source, monitor=None, tracker=None,
                  progress_desc="policy", checkpointer=None):
     """Run the loop; returns the per-step history (list of dicts) for metrics and plots.
 

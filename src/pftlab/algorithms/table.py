@@ -2,13 +2,13 @@
 gradient (pushes some sampled response down), whether it needs a reward model, and its objective.
 
 An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) and the method's typed
-hyperparameters `hp` (its dataclass of hyperparameters.py; on the token-level bandit, one TokenBanditHp for every
-method) into (loss, stats) with the loss functions of losses.py, its loss a mean over the row's `loss_unit` (rows, response tokens or
-pairs kept); `state` carries what persists across steps (REINFORCE's baseline). The step (training/step.py)
-weighs each micro-batch by its share of the whole minibatch's units, so the gradient and the logged numbers
-are the same however the minibatch is split over micro-batches and processes; what else depends on the
-whole minibatch (REINFORCE's baseline) is computed once per optimizer step by the row's `begin_step` and
-read from `state`. The loop is the same for every row.
+hyperparameters `hp` (its dataclass of hyperparameters.py; on the token-level bandit, one TokenBanditHp for
+every method) into (loss, stats) with the loss functions of losses.py, its loss a mean over the row's
+`loss_unit` (rows, response tokens or pairs kept); `state` carries what persists across steps (REINFORCE's
+baseline). The step (training/step.py) weighs each micro-batch by its share of the whole minibatch's units, so
+the gradient and the logged numbers are the same however the minibatch is split over micro-batches and
+processes; what else depends on the whole minibatch (REINFORCE's baseline) is computed once per optimizer step
+by the row's `begin_step` and read from `state`. The loop is the same for every row.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -96,8 +96,7 @@ def rwr_objective(policy, batch, hp, state):
 # --- on-policy, RL ---------------------------------------------------------------------------------
 def _shaped_rewards(batch, hp):
     """r - kl_coef * KL(pi || pi_ref) of each sample, with the chosen estimator (k1 or k3) summed over tokens."""
-    penalty = losses.sequence_kl_penalty(batch.old_token_logp, batch.ref_token_logp, target_mask(batch.seqs),
-                                         hp.kl_estimator)
+    penalty = losses.sequence_kl_penalty(batch.old_token_logp, batch.ref_token_logp, target_mask(batch.seqs), hp.kl_estimator)
     return batch.rewards - hp.kl_coef * penalty
 
 

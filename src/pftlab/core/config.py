@@ -4,7 +4,8 @@ A section's dataclass lives in a torch-free `config.py` beside the code that rea
 `training/config.py`, `didactic/config.py`, `algorithms/hyperparameters.py`), so checking params imports
 no torch and a bad value is refused in well under a second. `knob(rule, want)` declares a field: `rule`
 says which values are allowed, `want` says so in the error message (the common pairs are named below,
-e.g. `knob(*POS_INT)`); `default=None` marks a key a preset may set and the CPU default leaves out. A nested dataclass is a nested mapping.
+e.g. `knob(*POS_INT)`); `default=None` marks a key a preset may set and the CPU default leaves out. A
+nested dataclass is a nested mapping.
 """
 import dataclasses
 import difflib

@@ -15,7 +15,7 @@ from pftlab.didactic import bandit, token_bandit
 def main(p, tracker):
     hf_logging.set_verbosity_error()
     cfg = p.config("token_bandit")
-    peaks, hp = p["token_bandit.rewards"], dict(p["token_bandit.hp"])  # mappings, in the file's order
+    peaks = p["token_bandit.rewards"]  # a mapping, in the file's order
     results = {}
     starts = {}
     jobs = [(r, a, s) for r in peaks for a in cfg.algorithms for s in cfg.seeds]
@@ -24,7 +24,7 @@ def main(p, tracker):
         if seed not in starts:  # the policy fitted to pi_ref, shared by every run of this seed
             starts[seed] = token_bandit.fit_reference_policy(seed, train_prompts, cfg.fit_steps).state_dict()
         reward = bandit.peaked_reward(peaks[reward_name], cfg.reward_width)
-        out = token_bandit.run(name, reward, seed, cfg, hp, starts[seed], train_prompts, eval_prompts)
+        out = token_bandit.run(name, reward, seed, cfg, starts[seed], train_prompts, eval_prompts)
         entry = results.setdefault(f"{reward_name}/{name}", {"start_reward": [], "final_reward": [], "samples": []})
         entry["start_reward"].append(out["start_reward"])
         entry["final_reward"].append(out["final_reward"])

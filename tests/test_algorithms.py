@@ -1,5 +1,6 @@
 """The algorithm table against what the objectives do, and the objectives on small bandits with a
 known optimum (pi* proportional to pi_ref * exp(r / beta))."""
+import dataclasses
 import itertools
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 import pftlab.algorithms.table as algorithms
 from pftlab.algorithms import losses
+from pftlab.algorithms.hyperparameters import HYPERPARAMETERS, HypoHp, PairHp
 from pftlab.algorithms.table import ALGORITHMS
 from pftlab.lm.model import pack, target_mask, token_logprobs
 from pftlab.training.batches import HybridBatch, PairBatch, SampleBatch
@@ -95,9 +97,15 @@ def _batch(source, k=4, prompts=3):
 
 
 HP = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "kl_coef": 0.05, "baseline_decay": 0.9,
-      "min_reward_gap": 0.0, "length_normalise": True, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1",
+      "min_reward_gap": 0.0, "offline_fraction": 0.0, "length_normalise": True, "lam": 0.5, "length_penalty": 0.0, "kl_estimator": "k1",
       "adaptive_kl": True, "kl_target": 1.0,
       "kl_horizon": 100, "clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "gae_lambda": 0.95}
+
+
+def typed_hp(name: str, hp: dict):
+    """Algorithm `name`'s hyperparameters, typed as a run gets them, from a mapping of every algorithm's keys."""
+    cls = HYPERPARAMETERS[name]
+    return cls(**{f.name: hp[f.name] for f in dataclasses.fields(cls) if f.name in hp})
 
 
 def sequence_weights(name, monkeypatch):
@@ -117,8 +125,9 @@ def sequence_weights(name, monkeypatch):
     monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
     monkeypatch.setattr(algorithms, "token_logprobs_and_values", fake_logprobs_and_values)
     algo = ALGORITHMS[name]
-    hp = HP | {"samples_per_prompt": 2 if "online" in name else 4}
-    batch, state = _batch(algo.source, k=hp["samples_per_prompt"]), {"value_head": None}
+    k = 2 if "online" in name else 4
+    hp = typed_hp(name, HP | {"samples_per_prompt": k})
+    batch, state = _batch(algo.source, k=k), {"value_head": None}
     if algo.prepare is not None:
         batch, _ = algo.prepare(None, batch, hp, state)
         leaves.clear()  # what prepare scored is data, not part of the loss
@@ -147,8 +156,8 @@ def test_hypo_with_lambda_zero_is_dpo():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=16, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0,
                                        embd_pdrop=0, attn_pdrop=0, pad_token_id=PAD, bos_token_id=1, eos_token_id=1))
     results = []
-    for objective, hp in ((ALGORITHMS["dpo"].objective, {"beta": 0.1}),
-                          (ALGORITHMS["hypo"].objective, {"beta": 0.1, "lam": 0.0, "length_penalty": 0.0})):
+    for objective, hp in ((ALGORITHMS["dpo"].objective, PairHp(beta=0.1)),
+                          (ALGORITHMS["hypo"].objective, HypoHp(beta=0.1, lam=0.0, length_penalty=0.0, samples_per_prompt=2))):
         model.zero_grad()
         loss, _ = objective(model, batch if objective is ALGORITHMS["hypo"].objective else batch.pairs, hp, {})
         loss.backward()
@@ -362,7 +371,7 @@ def sequence_weights_of(algo, batch, monkeypatch):
         return (leaf, torch.ones_like(leaf)) if with_entropy else leaf
 
     monkeypatch.setattr(algorithms, "token_logprobs", fake_token_logprobs)
-    hp, state = HP | {"min_reward_gap": 10.0}, {}
+    hp, state = typed_hp(algo.name, HP | {"min_reward_gap": 10.0}), {}
     if algo.begin_step is not None:
         algo.begin_step(batch, hp, state)
     loss, _ = algo.objective(None, batch, hp, state)
@@ -383,9 +392,9 @@ def test_hypo_length_penalty_pushes_down_the_longer_fresh_sample():
     g = torch.Generator().manual_seed(1)
     batch.samples = SampleBatch(seqs, torch.full((4,), float("nan")), torch.zeros(4, seqs.input_ids.shape[1] - 1),
                                 -torch.rand(4, seqs.input_ids.shape[1] - 1, generator=g) * target_mask(seqs), 2)
-    hp = {"beta": 0.1, "lam": 0.5, "length_penalty": 0.0}
+    hp = HypoHp(beta=0.1, lam=0.5, length_penalty=0.0, samples_per_prompt=2)
     base, _ = ALGORITHMS["hypo"].objective(model, batch, hp, {})
-    with_penalty, _ = ALGORITHMS["hypo"].objective(model, batch, hp | {"length_penalty": 0.3}, {})
+    with_penalty, _ = ALGORITHMS["hypo"].objective(model, batch, dataclasses.replace(hp, length_penalty=0.3), {})
     logp = token_logprobs(model, seqs).sum(-1).detach()
     expected = 0.5 * 0.3 * torch.mean(torch.tensor([-2.0, 2.0, -3.0, 3.0]) * logp)
     assert (with_penalty - base).item() == pytest.approx(expected.item(), rel=1e-5)

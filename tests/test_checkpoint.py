@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from pftlab.algorithms.hyperparameters import HYPERPARAMETERS
 from pftlab.algorithms.table import ALGORITHMS
 from pftlab.core import io
 from pftlab.core.checkpoint import Checkpointer, Interrupted, checkpoint_dir
@@ -26,7 +27,7 @@ from pftlab.training.supervised import train_sft
 from tests.test_model import EOS, PAD, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-HP = yaml.safe_load((ROOT / "params.yaml").read_text())["algos"]
+HP = {name: HYPERPARAMETERS[name](**hp) for name, hp in yaml.safe_load((ROOT / "params.yaml").read_text())["algos"].items()}
 CFG = {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "steps_per_batch": 2, "lr": 1e-2, "warmup_steps": 1,
        "max_grad_norm": 1.0, "monitor_every": 1, "lr_schedule": "cosine"}
 TIMES = ("samples_per_second", "tokens_per_second", "collect_seconds")

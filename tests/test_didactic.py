@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pftlab.didactic import bandit, coverage
-from pftlab.didactic.config import BANDIT_METHODS, TokenBanditConfig
+from pftlab.didactic.config import BANDIT_METHODS, TokenBanditConfig, TokenBanditHp
 from pftlab.reporting import claims
 
 
@@ -129,9 +129,10 @@ def test_token_bandit_policy_fits_pi_ref_and_rloo_climbs_through_the_llm_trainer
     cfg = TokenBanditConfig(iterations=8, batch_size=4, minibatch_size=4, steps_per_batch=2, lr=3e-3, warmup_steps=0,
                             max_grad_norm=1.0, monitor_every=2, lr_schedule="constant", offline_pairs_per_prompt=2,
                             eval_samples=64, seeds=[0], algorithms=["rloo"], rewards=None, reward_width=10,
-                            train_prompts=len(train), eval_prompts=len(evaluation), fit_steps=0, hp=None)
-    hp = {"samples_per_prompt": 4, "kl_coef": 0.0, "kl_estimator": "k1", "clip": 0.2}
-    out = token_bandit.run("rloo", reward, 0, cfg, hp, policy.state_dict(), train, evaluation)
+                            train_prompts=len(train), eval_prompts=len(evaluation), fit_steps=0,
+                            hp=TokenBanditHp(samples_per_prompt=4, kl_coef=0.0, kl_estimator="k1", clip=0.2, beta=0.1, top=1,
+                                             min_reward_gap=0.0, offline_fraction=0))  # RLOO reads the first four
+    out = token_bandit.run("rloo", reward, 0, cfg, policy.state_dict(), train, evaluation)
     assert out["final_reward"] > out["start_reward"] + 0.02
     assert out["curve"][-1]["samples"] == 8 * 4 * 4  # iterations x prompts x k fresh samples
 

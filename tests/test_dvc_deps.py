@@ -5,6 +5,8 @@ dvc.yaml test is the one that guards edits; the dvc.lock test checks what DVC ac
 passes once the lock has been refreshed (`dvc commit` / `dvc repro`) after the deps changed.
 Fix a failure with: python -m pftlab.core.deps --write
 """
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,16 @@ def test_what_a_module_change_reruns_is_narrow_by_design():
     llm = {"prepare", "tokenizer", "sft", "sft_samples", "pairs", "reward_model", "policy", "evaluate_sft", "evaluate"}
     for module in ("didactic/bandit.py", "didactic/coverage.py", "didactic/config.py"):
         assert not llm & set(reach[f"src/pftlab/{module}"]), module
+
+
+def test_the_code_every_stage_runs_imports_no_torch():
+    """A module in every stage's closure loads with every stage: torch there would cost the light stages
+    (prepare, report, ...) its import, and a change to torch code there would rerun all of them."""
+    plans = deps.plan((ROOT / "dvc.yaml").read_text(), ROOT)
+    everywhere = [m for m, stages in deps.fanout(plans).items() if len(stages) == len(plans)]
+    names = [m.removeprefix("src/").removesuffix(".py").removesuffix("/__init__").replace("/", ".") for m in everywhere]
+    assert "pftlab.core.stage" in names and "pftlab.core.checkpoint" in names, names
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({n!r})\n" for n in names) + \
+        "assert 'torch' not in sys.modules, [n for n in sys.modules if n.split('.')[0] == 'torch'][:3]"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

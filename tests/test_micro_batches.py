@@ -17,6 +17,7 @@ from pftlab.training import step
 from pftlab.training.batches import HybridBatch, PairBatch, SampleBatch
 from pftlab.training.optimization import Updater
 from pftlab.training.supervised import reward_model_batch_loss, sft_batch_loss, sft_units
+from tests.test_algorithms import typed_hp
 from tests.test_model import EOS, PAD, tiny_model
 
 HP = {"beta": 0.1, "temperature": 1.0, "max_weight": 10.0, "top": 1, "kl_coef": 0.05, "baseline_decay": 0.9,
@@ -55,7 +56,7 @@ def _online_pair_rewards(n):
 
 
 def _batch(model, algorithm, rows, g):
-    k = algorithm.samples_per_prompt(HP | {"samples_per_prompt": 2 if algorithm.name == "hypo" else 3})
+    k = 2 if algorithm.pairs_of_samples or algorithm.name == "hypo" else 3
     if algorithm.pairs_of_samples:
         return _samples(model, rows, 2, g, _online_pair_rewards(rows))
     if algorithm.source == "on_policy":
@@ -100,7 +101,8 @@ def case(name: str, rows: int):
                  for p, m in zip(prompts, lengths)]
         return list(model.parameters()), pairs, reward_model_batch_loss(model, PAD), len
     algorithm = ALGORITHMS[name.removesuffix("_summed")]
-    hp = HP | {"samples_per_prompt": 2 if algorithm.name == "hypo" else 3, "length_normalise": "summed" not in name}
+    hp = typed_hp(algorithm.name, HP | {"samples_per_prompt": 2 if algorithm.name == "hypo" else 3,
+                                        "length_normalise": "summed" not in name})
     model = tiny_model(seed=1).train()
     state = {"baseline": 0.3}
     if algorithm.value_head:

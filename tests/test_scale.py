@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pftlab.algorithms.hyperparameters import PairHp
 from pftlab.algorithms.table import ALGORITHMS
 from pftlab.core.checkpoint import Checkpointer
 from pftlab.core.errors import ParamError
@@ -51,7 +52,7 @@ def test_micro_batches_accumulate_to_the_full_minibatch_gradient():
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(plain_policy.parameters(), policy.parameters()))  # float sums
 
 
-DPO_HP = {"beta": 0.1}  # fixed here: the tolerances below were measured at it, whatever the sweep puts in params.yaml
+DPO_HP = PairHp(beta=0.1)  # fixed here: the tolerances below were measured at it, whatever the sweep puts in params.yaml
 
 
 def dpo_run(tmp_path, cfg, reference="frozen_copy", checkpointer=None, tracker=None, name="base"):

@@ -81,7 +81,7 @@ def prompts_of(batch: SampleBatch, k: int) -> list:
 
 
 def test_the_union_of_both_processes_samples_is_one_process_draw_with_their_seeds(two_process_runs):
-    k = HP["rloo"]["samples_per_prompt"]
+    k = HP["rloo"].samples_per_prompt
     batches = [fresh_samples(b) for b in two_process_runs["rloo"]["batches"]]
     gathered = batches[0]
     seeds = gathered.extra["sample_seed"].tolist()
@@ -105,7 +105,7 @@ def test_the_union_of_both_processes_samples_is_one_process_draw_with_their_seed
 
 
 def test_hypos_gathered_samples_line_up_with_their_pairs(two_process_runs):
-    k = HP["hypo"]["samples_per_prompt"]
+    k = HP["hypo"].samples_per_prompt
     for batch in two_process_runs["hypo"]["batches"]:
         pair_rows = batch.pairs.chosen.attention_mask - batch.pairs.chosen.response_mask
         pair_prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.pairs.chosen.input_ids, pair_rows)]
@@ -116,7 +116,7 @@ def test_zero3_keeps_processes_in_step_when_their_samples_end_apart(two_process_
     """Under ZeRO-3 every forward pass gathers weights from all processes: one whose samples have all ended keeps
     stepping (`generate(synced_gpus=True)`), and a short shard samples as many prompts (3 prompts over 2 processes)."""
     run = two_process_runs["rloo_zero3"]
-    k = HP["rloo"]["samples_per_prompt"]
+    k = HP["rloo"].samples_per_prompt
     lengths = [[int(b.seqs.response_mask[half].sum(-1).max()) for half in (slice(0, len(b.seqs) // 2),
                                                                             slice(len(b.seqs) // 2, None))]
                for b in run["batches"]]

@@ -1,13 +1,14 @@
 """The algorithm table: for each method, where its samples come from, whether its loss has a negative
 gradient (pushes some sampled response down), whether it needs a reward model, and its objective.
 
-An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) into (loss, stats)
-with the loss functions of losses.py, its loss a mean over the row's `loss_unit` (rows, response tokens or
-pairs kept); `state` carries what persists across steps (REINFORCE's baseline). The step (training/step.py)
-weighs each micro-batch by its share of the whole minibatch's units, so the gradient and the logged numbers
-are the same however the minibatch is split over micro-batches and processes; what else depends on the
-whole minibatch (REINFORCE's baseline) is computed once per optimizer step by the row's `begin_step` and
-read from `state`. The loop is the same for every row.
+An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) and the method's typed
+hyperparameters `hp` (its dataclass of hyperparameters.py; on the token-level bandit, one TokenBanditHp for
+every method) into (loss, stats) with the loss functions of losses.py, its loss a mean over the row's
+`loss_unit` (rows, response tokens or pairs kept); `state` carries what persists across steps (REINFORCE's
+baseline). The step (training/step.py) weighs each micro-batch by its share of the whole minibatch's units, so
+the gradient and the logged numbers are the same however the minibatch is split over micro-batches and
+processes; what else depends on the whole minibatch (REINFORCE's baseline) is computed once per optimizer step
+by the row's `begin_step` and read from `state`. The loop is the same for every row.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -35,13 +36,14 @@ class Algorithm:
     value_head: bool = False  # trains a critic on the policy's hidden states (PPO)
     pairs_of_samples: bool = False  # draws exactly 2 fresh samples per prompt (on-policy DPO / IPO)
 
-    def units(self, batch, hp: dict) -> int:
+    def units(self, batch, hp) -> int:
         """How many of the loss's units `batch` holds: the weight of a micro-batch in its minibatch."""
         return len(batch) if self.loss_unit is None else self.loss_unit(batch, hp)
 
-    def samples_per_prompt(self, hp: dict) -> int:
-        """Fresh samples per prompt (k): 2 for pairwise on-policy methods, else `samples_per_prompt` (default 2)."""
-        return 2 if self.pairs_of_samples else hp.get("samples_per_prompt", 2)
+    def samples_per_prompt(self, hp) -> int:
+        """Fresh samples per prompt (k) of a method that draws them: 2 for pairwise on-policy methods, else its
+        `samples_per_prompt`."""
+        return 2 if self.pairs_of_samples else hp.samples_per_prompt
 
 
 def _pair_logps(policy, batch):
@@ -74,29 +76,28 @@ def offline_bon_objective(policy, batch, hp, state):
 def offline_rwr_objective(policy, batch, hp, state):
     logp = torch.stack(_pair_logps(policy, batch), -1)
     rewards = torch.stack([batch.reward_chosen, batch.reward_rejected], -1)
-    return losses.weighted_nll(logp, losses.rwr_weights(rewards, hp["temperature"], hp["max_weight"]))
+    return losses.weighted_nll(logp, losses.rwr_weights(rewards, hp.temperature, hp.max_weight))
 
 
 # --- on-policy, maximum likelihood -----------------------------------------------------------------
 def bon_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
-    weights = losses.best_of_n_weights(batch.rewards.view(-1, batch.k), hp["top"]).view(-1)
+    weights = losses.best_of_n_weights(batch.rewards.view(-1, batch.k), hp.top).view(-1)
     loss, more = losses.weighted_nll(logp, weights)
     return loss, stats | more
 
 
 def rwr_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
-    loss, more = losses.weighted_nll(logp, losses.rwr_weights(batch.rewards, hp["temperature"], hp["max_weight"]))
+    loss, more = losses.weighted_nll(logp, losses.rwr_weights(batch.rewards, hp.temperature, hp.max_weight))
     return loss, stats | more
 
 
 # --- on-policy, RL ---------------------------------------------------------------------------------
 def _shaped_rewards(batch, hp):
     """r - kl_coef * KL(pi || pi_ref) of each sample, with the chosen estimator (k1 or k3) summed over tokens."""
-    penalty = losses.sequence_kl_penalty(batch.old_token_logp, batch.ref_token_logp, target_mask(batch.seqs),
-                                         hp.get("kl_estimator", "k1"))
-    return batch.rewards - hp["kl_coef"] * penalty
+    penalty = losses.sequence_kl_penalty(batch.old_token_logp, batch.ref_token_logp, target_mask(batch.seqs), hp.kl_estimator)
+    return batch.rewards - hp.kl_coef * penalty
 
 
 def reinforce_begin_step(batch, hp, state):
@@ -105,13 +106,13 @@ def reinforce_begin_step(batch, hp, state):
     mean = _shaped_rewards(batch, hp).mean().item()
     baseline = state.get("baseline", mean)
     state["step_baseline"] = baseline
-    state["baseline"] = hp["baseline_decay"] * baseline + (1 - hp["baseline_decay"]) * mean
+    state["baseline"] = hp.baseline_decay * baseline + (1 - hp.baseline_decay) * mean
 
 
 def reinforce_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
     baseline = state["step_baseline"]
-    loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, _shaped_rewards(batch, hp) - baseline, hp["clip"])
+    loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, _shaped_rewards(batch, hp) - baseline, hp.clip)
     return loss, stats | more | {"baseline": baseline}
 
 
@@ -119,24 +120,24 @@ def rloo_objective(policy, batch, hp, state):
     logp, stats = _sample_logps(policy, batch)
     shaped = _shaped_rewards(batch, hp)
     advantages = losses.leave_one_out_advantages(shaped.view(-1, batch.k)).view(-1)
-    loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, advantages, hp["clip"])
+    loss, more = losses.clipped_policy_gradient_loss(logp, batch.old_logp, advantages, hp.clip)
     return loss, stats | more
 
 
 def ppo_prepare(policy, batch, hp, state):
     """At collection: the critic's values, per-token KL-penalised rewards, GAE advantages (whitened) and
     returns; then the adaptive KL controller moves the coefficient toward the target KL."""
-    kl_coef = state.setdefault("kl_coef", hp["kl_coef"])
+    kl_coef = state.setdefault("kl_coef", hp.kl_coef)
     mask = target_mask(batch.seqs)
     values = batched(lambda s: token_logprobs_and_values(policy, state["value_head"], s)[2], batch.seqs)
     token_rewards = losses.kl_penalised_token_rewards(batch.rewards, batch.old_token_logp, batch.ref_token_logp,
                                                       mask, kl_coef)
-    advantages, returns = losses.gae_advantages(token_rewards, values, mask, hp["gamma"], hp["gae_lambda"])
+    advantages, returns = losses.gae_advantages(token_rewards, values, mask, hp.gamma, hp.gae_lambda)
     # whitened over the whole collected batch, as TRL's PPO does (the authors' PPO is TRL's)
     batch.extra = {"values": values, "advantages": losses.masked_whiten(advantages, mask), "returns": returns}
     observed_kl = (batch.old_logp - batch.ref_logp).mean().item()
-    if hp["adaptive_kl"]:
-        state["kl_coef"] = losses.adaptive_kl_coef(kl_coef, observed_kl, hp["kl_target"], hp["kl_horizon"], len(batch.seqs))
+    if hp.adaptive_kl:
+        state["kl_coef"] = losses.adaptive_kl_coef(kl_coef, observed_kl, hp.kl_target, hp.kl_horizon, len(batch.seqs))
     return batch, {"kl_coef": kl_coef, "return_mean": (returns.sum(-1) / mask.sum(-1).clamp(min=1)).mean().item()}
 
 
@@ -145,10 +146,10 @@ def ppo_objective(policy, batch, hp, state):
     micro-batch's response tokens (the row's loss unit)."""
     mask = target_mask(batch.seqs)
     logp, entropy, values = token_logprobs_and_values(policy, state["value_head"], batch.seqs)
-    policy_loss, stats = losses.ppo_policy_loss(logp, batch.old_token_logp, batch.extra["advantages"], mask, hp["clip"])
-    value_loss, more = losses.ppo_value_loss(values, batch.extra["values"], batch.extra["returns"], mask, hp["value_clip"])
+    policy_loss, stats = losses.ppo_policy_loss(logp, batch.old_token_logp, batch.extra["advantages"], mask, hp.clip)
+    value_loss, more = losses.ppo_value_loss(values, batch.extra["values"], batch.extra["returns"], mask, hp.value_clip)
     tokens = mask.sum().item()
-    return policy_loss + hp["vf_coef"] * value_loss, \
+    return policy_loss + hp.vf_coef * value_loss, \
         stats | more | {"entropy": Mean(losses.masked_mean(entropy, mask).item(), tokens),
                         "policy_loss": Mean(policy_loss.item(), tokens)}
 
@@ -156,25 +157,25 @@ def ppo_objective(policy, batch, hp, state):
 # --- contrastive -----------------------------------------------------------------------------------
 def dpo_objective(policy, batch, hp, state):
     logp_w, logp_l = _pair_logps(policy, batch)
-    return losses.dpo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"])
+    return losses.dpo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp.beta)
 
 
 def _ipo_lengths(chosen, rejected, hp):
     """Response lengths for IPO's per-token log-ratios (`length_normalise`), else None (summed log-ratios)."""
-    if not hp["length_normalise"]:
+    if not hp.length_normalise:
         return None
     return target_mask(chosen).sum(-1), target_mask(rejected).sum(-1)
 
 
 def ipo_objective(policy, batch, hp, state):
     logp_w, logp_l = _pair_logps(policy, batch)
-    return losses.ipo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp["beta"],
+    return losses.ipo_loss(logp_w, logp_l, batch.ref_logp_chosen, batch.ref_logp_rejected, hp.beta,
                            _ipo_lengths(batch.chosen, batch.rejected, hp))
 
 
 def _kept_pairs(rewards, hp):
     """Pairs of fresh samples whose proxy rewards differ by at least min_reward_gap (a (pairs, 2) grid)."""
-    return (rewards[:, 0] - rewards[:, 1]).abs() >= hp["min_reward_gap"]
+    return (rewards[:, 0] - rewards[:, 1]).abs() >= hp.min_reward_gap
 
 
 def _count_kept_pairs(batch, hp) -> int:
@@ -204,12 +205,12 @@ def _online_pairs(policy, batch, hp, pair_loss):
 
 def online_dpo_objective(policy, batch, hp, state):
     return _online_pairs(policy, batch, hp, lambda logp_w, logp_l, ref_w, ref_l, lengths:
-                         losses.dpo_loss(logp_w, logp_l, ref_w, ref_l, hp["beta"]))
+                         losses.dpo_loss(logp_w, logp_l, ref_w, ref_l, hp.beta))
 
 
 def online_ipo_objective(policy, batch, hp, state):
     return _online_pairs(policy, batch, hp, lambda logp_w, logp_l, ref_w, ref_l, lengths: losses.ipo_loss(
-        logp_w, logp_l, ref_w, ref_l, hp["beta"], lengths if hp["length_normalise"] else None))
+        logp_w, logp_l, ref_w, ref_l, hp.beta, lengths if hp.length_normalise else None))
 
 
 def hypo_objective(policy, batch, hp, state):
@@ -219,9 +220,9 @@ def hypo_objective(policy, batch, hp, state):
     loss, stats = dpo_objective(policy, batch.pairs, hp, state)
     logp, more = _sample_logps(policy, batch.samples)
     kl = logp.detach() - batch.samples.ref_logp
-    penalty = kl + hp["length_penalty"] * target_mask(batch.samples.seqs).sum(-1)
+    penalty = kl + hp.length_penalty * target_mask(batch.samples.seqs).sum(-1)
     kl_term = losses.hypo_kl_term(logp.view(-1, batch.samples.k), penalty.view(-1, batch.samples.k))
-    return loss + hp["lam"] * kl_term, stats | more | {"online_kl_k1": Mean(kl.mean().item(), len(kl)),
+    return loss + hp.lam * kl_term, stats | more | {"online_kl_k1": Mean(kl.mean().item(), len(kl)),
                                                        "dpo_loss": Mean(loss.item(), len(batch.pairs))}
 
 

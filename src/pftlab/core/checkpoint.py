@@ -5,19 +5,18 @@ A training loop calls `checkpointer.step_done(step, snapshot)` after every optim
 `Interrupted`. A checkpoint lives in `checkpoints/<stage>/`, written atomically, and is resumed only if
 it was written for the same params, inputs and code (its fingerprint); `run_stage` removes it once
 the stage's outputs and metrics are written. Loading uses `torch.load(weights_only=True)`: a checkpoint
-holds tensors and plain Python values only (numpy RNG states are stored as ints).
+holds tensors and plain Python values only (numpy RNG states are stored as ints). What a snapshot holds is
+built by core/train_state.py.
+
+Torch-free at import: every stage imports this module (through core/stage.py), and only the training stages
+save or load, so torch is imported where they do.
 """
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
-from dataclasses import fields, is_dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from pftlab.core.errors import PftlabError
 from pftlab.core.io import atomic_dir
@@ -83,6 +82,8 @@ class Checkpointer:
             print(f"{self.dir}: checkpoint of other params, inputs or code; starting over")
             remove_checkpoint(self.stage)
             return None
+        import torch
+
         state = torch.load(self.dir / "state.pt", weights_only=True)
         self.last_step = state["step"]
         print(f"resuming stage '{self.stage}' from its checkpoint at step {state['step']} ({self.dir})")
@@ -92,6 +93,8 @@ class Checkpointer:
         if int(os.environ.get("RANK", 0)) != 0:  # every rank holds the same state; rank 0 writes it
             self.last_step = state["step"]
             return
+        import torch
+
         with atomic_dir(self.dir) as tmp:
             torch.save(state, tmp / "state.pt")
             (tmp / "meta.json").write_text(json.dumps({"fingerprint": self.fingerprint, "step": state["step"]}))
@@ -109,63 +112,3 @@ class Checkpointer:
     def describe_last(self) -> str:
         return f"last good checkpoint: {self.dir} at step {self.last_step}" if self.last_step is not None else \
             "no checkpoint written yet"
-
-
-# --- what a snapshot holds -------------------------------------------------------------------------
-def rng_state(generator: torch.Generator = None) -> dict:
-    """Every random stream a training loop may draw from (global torch / numpy / python, and its own)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": _plain(random.getstate()),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if generator is not None:
-        state["generator"] = generator.get_state()
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator = None):
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if generator is not None:
-        generator.set_state(state["generator"])
-
-
-def trainable_state(model) -> dict:
-    """The parameters an optimizer updates (all of them, or a LoRA adapter only)."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, state: dict):
-    own = dict(model.named_parameters())
-    missing = [name for name, p in own.items() if p.requires_grad and name not in state]
-    if missing or set(state) - set(own):
-        raise PftlabError(f"checkpoint does not fit the model (missing {missing[:3]}, unexpected "
-                          f"{sorted(set(state) - set(own))[:3]}); delete the checkpoint folder to start over")
-    with torch.no_grad():
-        for name, value in state.items():
-            own[name].copy_(value)
-
-
-def to_tree(x):
-    """Dataclasses (batches, Sequences) as tagged dicts, so that a weights-only load can read them back."""
-    if is_dataclass(x):
-        return {"__dataclass__": type(x).__name__, **{f.name: to_tree(getattr(x, f.name)) for f in fields(x)}}
-    if isinstance(x, dict):
-        return {k: to_tree(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_tree(v) for v in x]
-    return x
-
-
-def from_tree(x, types: dict):
-    if isinstance(x, dict):
-        values = {k: from_tree(v, types) for k, v in x.items() if k != "__dataclass__"}
-        return types[x["__dataclass__"]](**values) if "__dataclass__" in x else values
-    if isinstance(x, list):
-        return [from_tree(v, types) for v in x]
-    return x
-
-
-def _plain(x):
-    return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x

@@ -3,8 +3,9 @@
 A section's dataclass lives in a torch-free `config.py` beside the code that reads it (`lm/config.py`,
 `training/config.py`, `didactic/config.py`, `algorithms/hyperparameters.py`), so checking params imports
 no torch and a bad value is refused in well under a second. `knob(rule, want)` declares a field: `rule`
-says which values are allowed, `want` says so in the error message; `default=None` marks a key a
-preset may set and the CPU default leaves out. A nested dataclass is a nested mapping.
+says which values are allowed, `want` says so in the error message (the common pairs are named below,
+e.g. `knob(*POS_INT)`); `default=None` marks a key a preset may set and the CPU default leaves out. A
+nested dataclass is a nested mapping.
 """
 import dataclasses
 import difflib
@@ -67,9 +68,18 @@ def knob(rule, want: str, default=REQUIRED, help: str = ""):
     return dataclasses.field(default=default, metadata={"rule": rule, "want": want, "help": help})
 
 
-# common knobs, written once
-POSITIVE = ("a number > 0", positive)
-SEEDS = ("a non-empty list of integers >= 0", list_of(nonneg_int))
+# The common rules with their words, each written once: `knob(*POS_INT)`, `knob(*POS_INT, None)` where optional.
+POS_INT = (pos_int, "a positive integer")
+NONNEG_INT = (nonneg_int, "an integer >= 0")
+INT_AT_LEAST_2 = (lambda v: pos_int(v) and v >= 2, "an integer >= 2")
+POSITIVE = (positive, "a number > 0")
+NONNEG = (nonneg, "a number >= 0")
+FRACTION_OPEN = (fraction_open, "a number in (0, 1)")
+FRACTION_CLOSED = (fraction_closed, "a number in [0, 1]")
+FRACTION_BELOW_1 = (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+BOOL = (is_bool, "true or false")
+TEXT = (text, "a non-empty string")
+SEEDS = (list_of(nonneg_int), "a non-empty list of integers >= 0")
 
 
 def rules(cls, prefix: str, within: str = None) -> dict:

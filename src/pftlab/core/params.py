@@ -28,7 +28,7 @@ SECTIONS = {"data": "pftlab.lm.config.DataConfig", "tokenizer": "pftlab.lm.confi
             "algos": "pftlab.algorithms.hyperparameters.HYPERPARAMETERS",  # algos.<name>: that algorithm's dataclass
             "algorithms": "pftlab.algorithms.hyperparameters.ALGORITHM_NAMES"}
 TOP_LEVEL = {
-    "seed": (config.nonneg_int, "an integer >= 0", True),
+    "seed": (*config.NONNEG_INT, True),
     "launch": (config.text, "the command that starts a training stage's python", True),
     "algorithms": (config.list_of(lambda v: isinstance(v, str)), "a non-empty list of algorithm names", True),
 }
@@ -206,12 +206,12 @@ def load_params(path="params.yaml") -> Params:
     return Params(tree, str(path))
 
 
-def check_algorithm_params(p: Params, name: str) -> dict:
-    """The hyperparameters of one algorithm: every required one present and in range."""
+def check_algorithm_params(p: Params, name: str):
+    """The hyperparameters of one algorithm, typed (its dataclass of algorithms/hyperparameters.py): every required
+    one present and in range."""
     if name not in algorithm_names():
         raise ParamError(f"{p.path}: unknown algorithm {name!r}; known: {', '.join(algorithm_names())}")
-    p.check(f"algos.{name}")
-    return dict(p[f"algos.{name}"])
+    return p.config(f"algos.{name}")
 
 
 def check_batch(key: str, batch: int, available: int, what: str, path="params.yaml"):

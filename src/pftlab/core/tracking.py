@@ -286,6 +286,7 @@ class _Writer:
         self.stage, self.dvc_stage = message["stage"], message["dvc_stage"]
         self.client, self.exp_id = store
         self.pipeline_run = pipeline_run_id()
+        self.created, self.reopened = [], {}  # runs this stage created; runs it found, with the status to restore
         commit = _git_commit()
         source = {"mlflow.source.type": "LOCAL", "mlflow.source.name": message.get("entry_point") or self.stage,
                   "mlflow.source.git.commit": commit, "git_commit": commit, "pipeline_run": self.pipeline_run,
@@ -315,7 +316,6 @@ class _Writer:
 
         identity = {**identity, "pipeline_run": self.pipeline_run}
         run_id = None
-        self.created = getattr(self, "created", [])
         if not always_new:
             query = " and ".join(f"tags.{k} = '{v}'" for k, v in identity.items())
             found = _patiently(self.client.search_runs, [self.exp_id], query, max_results=1)
@@ -325,7 +325,7 @@ class _Writer:
             run_id = _patiently(self.client.create_run, self.exp_id, tags=tags, run_name=name).info.run_id
             self.created.append(run_id)
         else:
-            self.reopened = {**getattr(self, "reopened", {}), run_id: found[0].info.status}
+            self.reopened[run_id] = found[0].info.status
             _patiently(self.client.update_run, run_id, status="RUNNING")
         logged = _patiently(self.client.get_run, run_id).data.params if not always_new else {}
         fresh = [Param(k, v) for k, v in params.items() if k not in logged]  # MLflow refuses to change a param
@@ -390,7 +390,7 @@ class _Writer:
                                    max_results=1)
                 if run_id in self.created and not below:
                     _patiently(self.client.delete_run, run_id)
-                elif run_id in getattr(self, "reopened", {}):  # an earlier stage's run: as it was
+                elif run_id in self.reopened:  # an earlier stage's run: as it was
                     _patiently(self.client.update_run, run_id, status=self.reopened[run_id])
             return
         _patiently(self.client.set_terminated, self.run, status=status)

@@ -3,11 +3,23 @@ bandit and token-level bandit, Song et al.'s coverage problems."""
 from dataclasses import dataclass
 
 from pftlab.algorithms.hyperparameters import KL_ESTIMATORS
-from pftlab.core.config import knob, list_of, nonneg, nonneg_int, one_of, pos_int, positive
+from pftlab.core.config import (
+    INT_AT_LEAST_2,
+    NONNEG,
+    NONNEG_INT,
+    POS_INT,
+    POSITIVE,
+    SEEDS,
+    knob,
+    list_of,
+    nonneg,
+    one_of,
+    pos_int,
+    positive,
+)
 from pftlab.training.config import LoopKnobs
 
 BANDIT_METHODS = ("best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo")
-_SEEDS = (list_of(nonneg_int), "a non-empty list of integers >= 0")
 _ACTION = (lambda v: nonneg(v) and v <= 99, "an action in [0, 99]")
 _METHODS = (list_of(lambda v: True, BANDIT_METHODS), f"a non-empty list from {', '.join(BANDIT_METHODS)}")
 
@@ -21,18 +33,18 @@ class RewardPeaks:
 @dataclass(frozen=True, kw_only=True)
 class BanditSetting:
     """One sampling setting of the authors' scripts: collections of N samples per context, steps on each."""
-    train_contexts: int = knob(pos_int, "a positive integer")
-    collections: int = knob(pos_int, "a positive integer")
-    steps_per_collection: int = knob(pos_int, "a positive integer")
-    lr: float = knob(positive, "a number > 0")
+    train_contexts: int = knob(*POS_INT)
+    collections: int = knob(*POS_INT)
+    steps_per_collection: int = knob(*POS_INT)
+    lr: float = knob(*POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class IpoSetting:
     """What the authors' IPO scripts set differently from best-of-N's (absent: the setting's value)."""
-    train_contexts: int = knob(pos_int, "a positive integer", None)
-    lr: float = knob(positive, "a number > 0", None)
-    min_reward_gap: float = knob(nonneg, "a number >= 0", None)
+    train_contexts: int = knob(*POS_INT, None)
+    lr: float = knob(*POSITIVE, None)
+    min_reward_gap: float = knob(*NONNEG, None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,58 +71,58 @@ class BanditReuse:
 
 @dataclass(frozen=True, kw_only=True)
 class BanditConfig:
-    seeds: list = knob(*_SEEDS)
-    eval_contexts: int = knob(pos_int, "a positive integer")
-    samples_per_context: int = knob(lambda v: pos_int(v) and v >= 2, "an integer >= 2")
-    init_gain: float = knob(positive, "a number > 0")
-    fit_steps: int = knob(nonneg_int, "an integer >= 0")
-    fit_lr: float = knob(positive, "a number > 0")
+    seeds: list = knob(*SEEDS)
+    eval_contexts: int = knob(*POS_INT)
+    samples_per_context: int = knob(*INT_AT_LEAST_2)
+    init_gain: float = knob(*POSITIVE)
+    fit_steps: int = knob(*NONNEG_INT)
+    fit_lr: float = knob(*POSITIVE)
     rewards: RewardPeaks
-    reward_width: float = knob(positive, "a number > 0")
+    reward_width: float = knob(*POSITIVE)
     methods: list = knob(*_METHODS)
     offline: BanditSetting
     on_policy: BanditSetting
     ipo: IpoSettings = None
-    beta: float = knob(positive, "a number > 0")
-    min_reward_gap: float = knob(nonneg, "a number >= 0")
-    clip: float = knob(positive, "a number > 0")
-    kl_coef: float = knob(nonneg, "a number >= 0")
-    entropy_coef: float = knob(nonneg, "a number >= 0")
+    beta: float = knob(*POSITIVE)
+    min_reward_gap: float = knob(*NONNEG)
+    clip: float = knob(*POSITIVE)
+    kl_coef: float = knob(*NONNEG)
+    entropy_coef: float = knob(*NONNEG)
     entropy_estimate: str = knob(one_of(("sampled", "exact")), "sampled or exact", "sampled")  # sampled: the authors'
     reinforce_baseline: str = knob(one_of(("running", "collection")), "running or collection", "running")  # running: the authors'
     logp: str = knob(one_of(("clamped", "log_softmax")), "clamped or log_softmax", "clamped")  # clamped: the authors' Categorical
     reference: str = knob(one_of(("per_seed", "fixed")), "per_seed or fixed", "per_seed")  # per_seed: a pi_ref drawn per run, as theirs
-    reinforce_clip: float = knob(positive, "a number > 0", default=None)  # absent: plain REINFORCE on reused samples (authors)
-    rwr_temperature: float = knob(positive, "a number > 0")
-    rwr_max_weight: float = knob(positive, "a number > 0")
+    reinforce_clip: float = knob(*POSITIVE, default=None)  # absent: plain REINFORCE on reused samples (authors)
+    rwr_temperature: float = knob(*POSITIVE)
+    rwr_max_weight: float = knob(*POSITIVE)
     reuse: BanditReuse
 
 
 @dataclass(frozen=True, kw_only=True)
 class TokenBanditHp:
     """The algorithms' hyperparameters on the token-level bandit (one set for all of them)."""
-    beta: float = knob(positive, "a number > 0")
-    kl_coef: float = knob(nonneg, "a number >= 0")
+    beta: float = knob(*POSITIVE)
+    kl_coef: float = knob(*NONNEG)
     kl_estimator: str = knob(one_of(KL_ESTIMATORS), "k1 or k3")
-    samples_per_prompt: int = knob(lambda v: pos_int(v) and v >= 2, "an integer >= 2")
-    top: int = knob(pos_int, "a positive integer")
-    min_reward_gap: float = knob(nonneg, "a number >= 0")
-    clip: float = knob(positive, "a number > 0")
+    samples_per_prompt: int = knob(*INT_AT_LEAST_2)
+    top: int = knob(*POS_INT)
+    min_reward_gap: float = knob(*NONNEG)
+    clip: float = knob(*POSITIVE)
     offline_fraction: float = knob(lambda v: v == 0, "0 (no offline share on the token bandit)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TokenBanditConfig(LoopKnobs):
     """The token-level bandit: its loop knobs obey the policy loop's rules (it runs that loop)."""
-    seeds: list = knob(*_SEEDS)
+    seeds: list = knob(*SEEDS)
     algorithms: list = knob(list_of(lambda v: isinstance(v, str)), "a non-empty list of offline or on-policy algorithms")
     rewards: RewardPeaks
-    reward_width: float = knob(positive, "a number > 0")
-    train_prompts: int = knob(pos_int, "a positive integer")
-    eval_prompts: int = knob(pos_int, "a positive integer")
-    fit_steps: int = knob(nonneg_int, "an integer >= 0")
-    offline_pairs_per_prompt: int = knob(pos_int, "a positive integer")
-    eval_samples: int = knob(pos_int, "a positive integer")
+    reward_width: float = knob(*POSITIVE)
+    train_prompts: int = knob(*POS_INT)
+    eval_prompts: int = knob(*POS_INT)
+    fit_steps: int = knob(*NONNEG_INT)
+    offline_pairs_per_prompt: int = knob(*POS_INT)
+    eval_samples: int = knob(*POS_INT)
     hp: TokenBanditHp
 
 
@@ -118,20 +130,20 @@ class TokenBanditConfig(LoopKnobs):
 class Claim6Runs:
     """Claim 6's DPO runs on the multi-armed bandit (coverage_mass.py), at Song et al.'s length (6.1.2: 5000 iterations)."""
     steps: int = knob(pos_int, "a positive integer (DPO iterations; also RLHF's ascent steps)")
-    sgd_lr: float = knob(positive, "a number > 0")
-    adam_lr: float = knob(positive, "a number > 0")
+    sgd_lr: float = knob(*POSITIVE)
+    adam_lr: float = knob(*POSITIVE)
     log_every: int = knob(pos_int, "a positive integer (steps between logged points of the curves)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class CoverageConfig:
-    seeds: list = knob(*_SEEDS)
-    steps: int = knob(pos_int, "a positive integer")
-    rm_steps: int = knob(pos_int, "a positive integer")
-    lr: float = knob(positive, "a number > 0")
-    beta: float = knob(positive, "a number > 0")
-    lam: float = knob(positive, "a number > 0")
-    batch_size: int = knob(pos_int, "a positive integer")
-    pairs: int = knob(pos_int, "a positive integer")
-    preferred_subset: int = knob(pos_int, "a positive integer")
+    seeds: list = knob(*SEEDS)
+    steps: int = knob(*POS_INT)
+    rm_steps: int = knob(*POS_INT)
+    lr: float = knob(*POSITIVE)
+    beta: float = knob(*POSITIVE)
+    lam: float = knob(*POSITIVE)
+    batch_size: int = knob(*POS_INT)
+    pairs: int = knob(*POS_INT)
+    preferred_subset: int = knob(*POS_INT)
     claim6: Claim6Runs

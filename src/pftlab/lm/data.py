@@ -110,7 +110,8 @@ def prepare(rows, eval_fraction: float) -> dict:
     # Conversations that render alike (whitespace a template trims) are one prompt: the group's smallest key decides
     key = {}
     for row in rows:
-        key[row["prompt"]] = min(key.get(row["prompt"], row.get("split_key", row["prompt"])), row.get("split_key", row["prompt"]))
+        row_key = row.get("split_key", row["prompt"])
+        key[row["prompt"]] = min(key.get(row["prompt"], row_key), row_key)
     for row in rows:
         side = "eval" if is_eval_prompt(key[row["prompt"]], eval_fraction) else "train"
         out[f"sft_{side}"].append({"prompt": row["prompt"], "response": row["chosen"]})

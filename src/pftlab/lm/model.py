@@ -26,11 +26,8 @@ def model_device(model) -> torch.device:
 
 def new_policy(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions: int) -> GPT2LMHeadModel:
     """A GPT-2-style LM from scratch. Dropout is off: on-policy ratios and KL estimates need a
-    deterministic forward pass (as in TRL and OpenRLHF)."""
-    if n_embd % n_head:
-        from pftlab.core.errors import ParamError
-
-        raise ParamError(f"params.yaml: 'model.n_embd' ({n_embd}) must be divisible by 'model.n_head' ({n_head})")
+    deterministic forward pass (as in TRL and OpenRLHF). That `n_embd` divides by `n_head` every stage checks
+    before its work (core/params.py, CROSS_SECTION_RULES)."""
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=n_positions,

@@ -2,7 +2,7 @@
 (`sft`, `reward_model`, `policy`, `token_bandit`), the supervised sections and the policy loop's own."""
 from dataclasses import dataclass
 
-from pftlab.core.config import fraction_open, is_bool, knob, list_of, nonneg, nonneg_int, one_of, pos_int, positive, text
+from pftlab.core.config import BOOL, FRACTION_OPEN, NONNEG, NONNEG_INT, POS_INT, POSITIVE, knob, list_of, nonneg_int, one_of, text
 
 LR_SCHEDULES = ("cosine", "linear", "constant")  # after warmup; optimization.py maps them to transformers' names
 REFERENCES = ("frozen_copy", "lora")
@@ -11,57 +11,57 @@ _DEEPSPEED = "a DeepSpeed JSON config file, e.g. configs/deepspeed/zero2.json"
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerKnobs:
-    lr: float = knob(positive, "a number > 0")
-    warmup_steps: int = knob(nonneg_int, "an integer >= 0")
+    lr: float = knob(*POSITIVE)
+    warmup_steps: int = knob(*NONNEG_INT)
     lr_schedule: str = knob(one_of(LR_SCHEDULES), f"one of {', '.join(LR_SCHEDULES)}")
-    max_grad_norm: float = knob(positive, "a number > 0")
+    max_grad_norm: float = knob(*POSITIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScaleKnobs:
     """Optional: absent, no micro-batches, plain PyTorch, and a non-finite step stops the stage."""
-    micro_batch_size: int = knob(pos_int, "a positive integer", None)
+    micro_batch_size: int = knob(*POS_INT, None)
     deepspeed: str = knob(text, _DEEPSPEED, None)
-    skip_nonfinite_steps: int = knob(nonneg_int, "an integer >= 0", None)
+    skip_nonfinite_steps: int = knob(*NONNEG_INT, None)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SupervisedConfig(OptimizerKnobs, ScaleKnobs):
     """A supervised section (`sft`, `reward_model`): epochs of shuffled minibatches."""
-    epochs: int = knob(pos_int, "a positive integer")
-    batch_size: int = knob(pos_int, "a positive integer")
-    weight_decay: float = knob(nonneg, "a number >= 0")
+    epochs: int = knob(*POS_INT)
+    batch_size: int = knob(*POS_INT)
+    weight_decay: float = knob(*NONNEG)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SftConfig(SupervisedConfig):
     """`sft`: prompt -> chosen reply."""
-    max_examples: int = knob(pos_int, "a positive integer", None)  # absent: every SFT example
+    max_examples: int = knob(*POS_INT, None)  # absent: every SFT example
 
 
 @dataclass(frozen=True, kw_only=True)
 class RewardModelConfig(SupervisedConfig):
     """`reward_model`: Bradley-Terry on the task's pairs."""
-    eval_fraction: float = knob(fraction_open, "a number in (0, 1)")
+    eval_fraction: float = knob(*FRACTION_OPEN)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LoopKnobs(OptimizerKnobs, ScaleKnobs):
     """The policy loop's schedule: collections, their size, minibatches and passes (sample reuse T)."""
-    iterations: int = knob(pos_int, "a positive integer")
-    batch_size: int = knob(pos_int, "a positive integer")
-    minibatch_size: int = knob(pos_int, "a positive integer")
-    steps_per_batch: int = knob(pos_int, "a positive integer")
-    monitor_every: int = knob(pos_int, "a positive integer")
+    iterations: int = knob(*POS_INT)
+    batch_size: int = knob(*POS_INT)
+    minibatch_size: int = knob(*POS_INT)
+    steps_per_batch: int = knob(*POS_INT)
+    monitor_every: int = knob(*POS_INT)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PolicyConfig(LoopKnobs):
     """`policy`: shared by every policy@ stage."""
     reference: str = knob(one_of(REFERENCES), "frozen_copy or lora")
-    lora_rank: int = knob(pos_int, "a positive integer")
-    lora_alpha: float = knob(positive, "a number > 0")
-    gradient_checkpointing: bool = knob(is_bool, "true or false", None)
+    lora_rank: int = knob(*POS_INT)
+    lora_alpha: float = knob(*POSITIVE)
+    gradient_checkpointing: bool = knob(*BOOL, None)
 
 
 @dataclass(frozen=True, kw_only=True)

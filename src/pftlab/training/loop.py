@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from pftlab.core import checkpoint, distributed
+from pftlab.core import checkpoint, distributed, train_state
 from pftlab.lm.model import ValueHead, place, target_mask
 from pftlab.training import optimization
 from pftlab.training.batches import BATCH_TYPES, SampleBatch
@@ -40,7 +40,7 @@ class LoopPosition:
     history: list = field(default_factory=list)
 
 
-def train_policy(algorithm, hp: dict, cfg: LoopKnobs, seed: int, policy, ref, source, monitor=None, tracker=None,
+def train_policy(algorithm, hp, cfg: LoopKnobs, seed: int, policy, ref, source, monitor=None, tracker=None,
                  progress_desc="policy", checkpointer=None):
     """Run the loop; returns the per-step history (list of dicts) for metrics and plots.
 
@@ -142,23 +142,23 @@ def _collect(algorithm, hp, cfg, policy, ref, source, monitor, state, at: LoopPo
 
 
 def _snapshot(at: LoopPosition, policy, state, updater, shuffle, source) -> dict:
-    weights = checkpoint.trainable_state(policy) if updater.engine is None else {}  # DeepSpeed: in its checkpoint
-    return {"step": at.step, "position": checkpoint.to_tree(at), "policy": weights,
+    weights = train_state.trainable_state(policy) if updater.engine is None else {}  # DeepSpeed: in its checkpoint
+    return {"step": at.step, "position": train_state.to_tree(at), "policy": weights,
             "algorithm_state": {k: v.state_dict() if isinstance(v, torch.nn.Module) else v for k, v in state.items()
                                 if updater.engine is None or not isinstance(v, torch.nn.Module)},
-            "updater": updater.state_dict(), "rng": checkpoint.rng_state(shuffle), "source": source.state_dict()}
+            "updater": updater.state_dict(), "rng": train_state.rng_state(shuffle), "source": source.state_dict()}
 
 
 def _restore(saved, policy, state, updater, shuffle, source) -> LoopPosition:
-    at = checkpoint.from_tree(saved["position"], BATCH_TYPES | {"LoopPosition": LoopPosition})
+    at = train_state.from_tree(saved["position"], BATCH_TYPES | {"LoopPosition": LoopPosition})
     if saved["policy"]:
-        checkpoint.load_trainable_state(policy, saved["policy"])
+        train_state.load_trainable_state(policy, saved["policy"])
     for k, v in saved["algorithm_state"].items():
         if isinstance(state.get(k), torch.nn.Module):
             state[k].load_state_dict(v)
         else:
             state[k] = v
     updater.load_state_dict(saved["updater"])
-    checkpoint.set_rng_state(saved["rng"], shuffle)
+    train_state.set_rng_state(saved["rng"], shuffle)
     source.load_state_dict(saved["source"])
     return at

@@ -35,8 +35,8 @@ def train_policy_run(p, tracker, name: str, task: Task) -> dict:
         seed_everything(seed)
     algorithm = ALGORITHMS[name]
     cfg = p.config("policy")
-    if hp.get("lr") is not None:  # the algorithm's own learning rate (the sweep's choice) over policy.lr
-        cfg = dataclasses.replace(cfg, lr=hp["lr"])
+    if hp.lr is not None:  # the algorithm's own learning rate (the sweep's choice) over policy.lr
+        cfg = dataclasses.replace(cfg, lr=hp.lr)
     generation = {**p["generation"], "max_new_tokens": p["model.max_response_tokens"]}
     tok = load_tokenizer(SFT_MODEL)
     pairs = read_jsonl(task.pairs)

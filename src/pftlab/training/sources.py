@@ -208,20 +208,24 @@ def fresh_sample_stats(batch: SampleBatch) -> dict:
 
 
 
-def make_source(algorithm, hp: dict, *, pairs: list, prompts: list, generation: dict, reward_fn, tokenizer, seed: int,
+def make_source(algorithm, hp, *, pairs: list, prompts: list, generation: dict, reward_fn, tokenizer, seed: int,
                 batch_size: int, batch_key: str = "policy.batch_size"):
-    """The sample source of one algorithm of the table, after checking that a batch fits the data.
+    """The sample source of one algorithm of the table (`hp`: its typed hyperparameters), after checking that a
+    batch fits the data.
 
     `pairs`: preference pairs (dicts of prompt_ids / chosen_ids / rejected_ids), `prompts`: the prompts that
     fresh samples are drawn for, `reward_fn(Sequences) -> rewards`: the proxy (or, didactic, true) reward."""
-    k = algorithm.samples_per_prompt(hp)
     if algorithm.source == "on_policy":
         check_batch(batch_key, batch_size, len(prompts), "training prompts")
-        source = OnPolicySamples(prompts, k, generation, reward_fn, tokenizer, seed)
-        if hp.get("offline_fraction", 0) > 0:  # on-policy DPO / IPO with some offline pairs in each batch
+        source = OnPolicySamples(prompts, algorithm.samples_per_prompt(hp), generation, reward_fn, tokenizer, seed)
+        # on-policy DPO / IPO (the rows of pairs of samples, whose hyperparameters hold `offline_fraction`) with some
+        # offline pairs in each batch
+        if algorithm.pairs_of_samples and hp.offline_fraction > 0:
             check_batch(batch_key, batch_size, len(pairs), "preference pairs")
-            source = MixedPairs(source, OfflinePairs(pairs, tokenizer.pad_token_id, seed), hp["offline_fraction"])
+            source = MixedPairs(source, OfflinePairs(pairs, tokenizer.pad_token_id, seed), hp.offline_fraction)
         return source
     check_batch(batch_key, batch_size, len(pairs), "preference pairs")
     source = OfflinePairs(pairs, tokenizer.pad_token_id, seed, reward_fn if algorithm.needs_reward_model else None)
-    return HybridSource(source, k, generation, tokenizer) if algorithm.source == "hybrid" else source
+    if algorithm.source == "hybrid":
+        return HybridSource(source, algorithm.samples_per_prompt(hp), generation, tokenizer)
+    return source

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pftlab.algorithms.losses import bradley_terry_loss, sft_loss
-from pftlab.core import checkpoint, distributed
+from pftlab.core import checkpoint, distributed, train_state
 from pftlab.lm.model import pack, pack_pairs, target_mask, token_logprobs
 from pftlab.lm.reward_model import score
 from pftlab.lm.sft import eval_loss
@@ -35,16 +35,16 @@ def train_supervised(model, examples: list, cfg: SupervisedConfig, seed: int, ba
     if saved is not None:
         run.update(saved["run"])
         if saved["model"]:  # DeepSpeed: the weights are in its own checkpoint
-            checkpoint.load_trainable_state(model, saved["model"])
+            train_state.load_trainable_state(model, saved["model"])
         updater.load_state_dict(saved["updater"])
-        checkpoint.set_rng_state(saved["rng"], generator)
+        train_state.set_rng_state(saved["rng"], generator)
     nonfinite.count = run["skipped"]
 
     def snapshot():
         run["skipped"] = nonfinite.count
-        weights = checkpoint.trainable_state(model) if updater.engine is None else {}
+        weights = train_state.trainable_state(model) if updater.engine is None else {}
         return {"step": run["step"], "run": run, "model": weights,
-                "updater": updater.state_dict(), "rng": checkpoint.rng_state(generator)}
+                "updater": updater.state_dict(), "rng": train_state.rng_state(generator)}
 
     model.train()
     bar = tqdm(total=total, initial=run["step"], desc=desc, disable=None)

@@ -62,8 +62,8 @@ class BanditReuse:
     # grows_with_T: N*T, samples fixed too (our earlier ablation, after the authors' on_policy_ablations.py)
     collection_size: str = knob(one_of(("fixed", "grows_with_T")), "fixed or grows_with_T", "fixed")
     steps: int = knob(pos_int, "a positive integer (a multiple of every T)")
-    train_contexts: int = knob(pos_int, "a positive integer")
-    lr: float = knob(positive, "a number > 0")
+    train_contexts: int = knob(*POS_INT)
+    lr: float = knob(*POSITIVE)
     # the fixed-compute reading: a fresh sample's cost in passes of one sample through a gradient step (compute =
     # cost x fresh samples + gradient steps x samples per collection); each value is a line of claim 2
     sample_costs: list = knob(list_of(positive), "a non-empty list of numbers > 0", (1.0,))

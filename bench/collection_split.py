@@ -30,7 +30,7 @@ def worker(args):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from pftlab.core import distributed
-    from pftlab.lm.model import place
+    from pftlab.core.distributed import place
     from pftlab.training.sources import sample_and_score
 
     world = distributed.world_size()

@@ -191,3 +191,15 @@ def test_the_code_every_stage_runs_imports_no_torch():
         "assert 'torch' not in sys.modules, [n for n in sys.modules if n.split('.')[0] == 'torch'][:3]"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_report_reads_the_taxonomy_without_loading_torch():
+    """The report judges claims by the algorithms' taxonomy (algorithms/taxonomy.py), not their objectives:
+    a change to an objective must not rerun it, and it must not pay torch's import."""
+    plans = {p.stage.name: p for p in deps.plan((ROOT / "dvc.yaml").read_text(), ROOT)}
+    assert "src/pftlab/algorithms/taxonomy.py" in plans["report"].closure
+    assert "src/pftlab/algorithms/table.py" not in plans["report"].closure
+    code = ("import sys\nimport pftlab.reporting.report\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -148,7 +148,7 @@ def test_a_dvc_stage_starts_its_writer_with_its_process_and_its_tracker_takes_it
 
 
 def test_readme_algorithm_table_is_the_generated_one():
-    from pftlab.algorithms.table import table_markdown
+    from pftlab.algorithms.taxonomy import table_markdown
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- algorithm-table -->\n")[1].split("<!-- /algorithm-table -->")[0]

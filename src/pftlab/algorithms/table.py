@@ -1,5 +1,5 @@
-"""The algorithm table: for each method, where its samples come from, whether its loss has a negative
-gradient (pushes some sampled response down), whether it needs a reward model, and its objective.
+"""The algorithm table: for each method, its objective and what the loop does around it (its family, sample
+source, negative gradient and reward model: taxonomy.py).
 
 An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) and the method's typed
 hyperparameters `hp` (its dataclass of hyperparameters.py; on the token-level bandit, one TokenBanditHp for
@@ -18,23 +18,26 @@ import torch
 from pftlab.algorithms import losses
 from pftlab.algorithms.hyperparameters import ALGORITHM_NAMES
 from pftlab.algorithms.losses import Mean
+from pftlab.algorithms.taxonomy import TAXONOMY
 from pftlab.lm.model import batched, target_mask, token_logprobs, token_logprobs_and_values
 
 
 @dataclass(frozen=True)
 class Algorithm:
+    """A method's row: its objective and what the loop does around it; its taxonomy (family, source, negative
+    gradient, reward model) is `taxonomy.TAXONOMY[name]`, read through the properties below."""
     name: str
-    family: str  # "max-likelihood" | "RL" | "contrastive"
-    source: str  # "offline" (the preference pairs) | "on_policy" (fresh samples) | "hybrid" (both)
-    negative_gradient: bool
-    needs_reward_model: bool
     objective: Callable
-    description: str
     loss_unit: Callable = None  # (batch, hp) -> what the loss averages over in `batch`; None: its rows
     prepare: Callable = None  # once per collected batch, without gradient (PPO: values, GAE advantages)
     begin_step: Callable = None  # once per optimizer step, on the whole minibatch (REINFORCE's baseline)
     value_head: bool = False  # trains a critic on the policy's hidden states (PPO)
     pairs_of_samples: bool = False  # draws exactly 2 fresh samples per prompt (on-policy DPO / IPO)
+
+    family = property(lambda self: TAXONOMY[self.name].family)
+    source = property(lambda self: TAXONOMY[self.name].source)
+    negative_gradient = property(lambda self: TAXONOMY[self.name].negative_gradient)
+    needs_reward_model = property(lambda self: TAXONOMY[self.name].needs_reward_model)
 
     def units(self, batch, hp) -> int:
         """How many of the loss's units `batch` holds: the weight of a micro-batch in its minibatch."""
@@ -227,45 +230,20 @@ def hypo_objective(policy, batch, hp, state):
 
 
 ALGORITHMS = {a.name: a for a in [
-    Algorithm("pref_ft", "max-likelihood", "offline", False, False, pref_ft_objective,
-              "Pref-FT: SFT on the preferred responses (Binary FeedME)"),
-    Algorithm("offline_bon", "max-likelihood", "offline", False, True, offline_bon_objective,
-              "offline best-of-N / filtered BC: likelihood of the RM's best offline sample"),
-    Algorithm("offline_rwr", "max-likelihood", "offline", False, True, offline_rwr_objective,
-              "offline RWR: likelihood weighted by exp(r / temperature), clipped"),
-    Algorithm("bon", "max-likelihood", "on_policy", False, True, bon_objective,
-              "iterated best-of-N: likelihood of the best `top` of k fresh samples"),
-    Algorithm("rwr", "max-likelihood", "on_policy", False, True, rwr_objective,
-              "on-policy RWR on fresh samples"),
-    Algorithm("reinforce", "RL", "on_policy", True, True, reinforce_objective,
-              "REINFORCE, moving-average baseline, KL penalty; clipped importance ratio to the collecting policy",
-              begin_step=reinforce_begin_step),
-    Algorithm("rloo", "RL", "on_policy", True, True, rloo_objective,
-              "REINFORCE, leave-one-out baseline, KL penalty; clipped importance ratio to the collecting policy"),
-    Algorithm("ppo", "RL", "on_policy", True, True, ppo_objective,
-              "PPO: clipped ratio, value head and GAE, per-token KL penalty (fixed or adaptive)",
-              prepare=ppo_prepare, value_head=True, loss_unit=_count_response_tokens),
-    Algorithm("dpo", "contrastive", "offline", True, False, dpo_objective, "DPO on the preference pairs"),
-    Algorithm("ipo", "contrastive", "offline", True, False, ipo_objective, "IPO on the preference pairs"),
-    Algorithm("online_dpo", "contrastive", "on_policy", True, True, online_dpo_objective,
-              "on-policy DPO: pairs of fresh samples ordered by the RM", loss_unit=_count_kept_pairs,
-              pairs_of_samples=True),
-    Algorithm("online_ipo", "contrastive", "on_policy", True, True, online_ipo_objective,
-              "on-policy IPO: pairs of fresh samples ordered by the RM", loss_unit=_count_kept_pairs,
-              pairs_of_samples=True),
-    Algorithm("hypo", "contrastive", "hybrid", True, False, hypo_objective,
-              "HyPO: DPO on the pairs + lambda * reverse KL on unlabelled fresh samples"),
+    Algorithm("pref_ft", pref_ft_objective),
+    Algorithm("offline_bon", offline_bon_objective),
+    Algorithm("offline_rwr", offline_rwr_objective),
+    Algorithm("bon", bon_objective),
+    Algorithm("rwr", rwr_objective),
+    Algorithm("reinforce", reinforce_objective, begin_step=reinforce_begin_step),
+    Algorithm("rloo", rloo_objective),
+    Algorithm("ppo", ppo_objective, prepare=ppo_prepare, value_head=True, loss_unit=_count_response_tokens),
+    Algorithm("dpo", dpo_objective),
+    Algorithm("ipo", ipo_objective),
+    Algorithm("online_dpo", online_dpo_objective, loss_unit=_count_kept_pairs, pairs_of_samples=True),
+    Algorithm("online_ipo", online_ipo_objective, loss_unit=_count_kept_pairs, pairs_of_samples=True),
+    Algorithm("hypo", hypo_objective),
 ]}
-
-def table_markdown() -> str:
-    """The taxonomy, generated from the registry so that it cannot drift from what runs."""
-    yes = {True: "yes", False: "no"}
-    rows = ["| method | family | samples | on-policy samples | negative gradient | needs reward model |",
-            "|---|---|---|---|---|---|"]
-    for a in ALGORITHMS.values():
-        rows.append(f"| `{a.name}`: {a.description} | {a.family} | {a.source} | {yes[a.source != 'offline']} | "
-                    f"{yes[a.negative_gradient]} | {yes[a.needs_reward_model]} |")
-    return "\n".join(rows)
 
 
 assert tuple(ALGORITHMS) == ALGORITHM_NAMES, "algorithms/hyperparameters.py and the table must name the same algorithms"

@@ -25,6 +25,12 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def place(model):
+    """The one place a model goes to this process's device (policy, reference, reward model, judge, value
+    head); DeepSpeed, where used, then wraps it there."""
+    return model.to(device())
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """Process `rank`'s contiguous share of `items` (sizes differ by at most one): the shards in rank order
     are `items` again, so a prompt-major batch gathered from them keeps its order."""

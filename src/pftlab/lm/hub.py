@@ -98,7 +98,7 @@ def pretrained_model(spec: dict, tokenizer, key: str = "model.pretrained"):
     for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if isinstance(getattr(model.config, name, None), float):
             setattr(model.config, name, 0.0)
-    from pftlab.lm.model import place  # here: reading a spec must not import transformers' models
+    from pftlab.core.distributed import place  # here: reading a spec must not import torch
 
     return place(model)
 

@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from pftlab.core.distributed import device
-
-
-def place(model):
-    """The one place a model goes to this process's device (policy, reference, reward model, judge, value
-    head); DeepSpeed, where used, then wraps it there."""
-    return model.to(device())
+from pftlab.core.distributed import place
 
 
 def model_device(model) -> torch.device:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from pftlab.lm.model import Sequences, batched, pack_pairs, place
+from pftlab.core.distributed import place
+from pftlab.lm.model import Sequences, batched, pack_pairs
 
 
 def new_reward_model(sft_dir):

@@ -200,11 +200,11 @@ def reuse_claims(runs: dict, sample_costs=()) -> list:
 def token_bandit_claims(tb: dict) -> dict:
     """Claims 1 and 4 on the token-level bandit (the LLM trainer and model, the true reward)."""
     runs = tb["runs"]
-    from pftlab.algorithms.table import ALGORITHMS
+    from pftlab.algorithms.taxonomy import TAXONOMY
 
     names = sorted({k.split("/")[1] for k in runs})
-    on = [n for n in names if ALGORITHMS[n].source == "on_policy"]
-    off = [n for n in names if ALGORITHMS[n].source == "offline"]
+    on = [n for n in names if TAXONOMY[n].source == "on_policy"]
+    off = [n for n in names if TAXONOMY[n].source == "offline"]
     per_seed = lambda reward, ns: [mean(x) for x in zip(*[runs[f"{reward}/{n}"]["final_reward"] for n in ns])]
     claims = {}
     if on and off:
@@ -216,7 +216,7 @@ def token_bandit_claims(tb: dict) -> dict:
     best = lambda ns: [max(x) for x in zip(*[runs[f"misaligned/{n}"]["final_reward"] for n in ns])]
     both = [n for n in names if on_policy_with_negative_gradient(n)]
     lacking = [n for n in names if n not in both]
-    contrastive_on = [n for n in on if ALGORITHMS[n].family == "contrastive"]
+    contrastive_on = [n for n in on if TAXONOMY[n].family == "contrastive"]
     others = [n for n in names if n not in contrastive_on]
     claims["4"] = []
     if both and lacking:
@@ -409,9 +409,9 @@ def llm_claims(gold: dict, kl: dict, reward: str, over: str, validation: dict = 
 
 def on_policy_with_negative_gradient(name: str) -> bool:
     """Claim 4's taxonomy, read from the algorithm table."""
-    from pftlab.algorithms.table import ALGORITHMS
+    from pftlab.algorithms.taxonomy import TAXONOMY
 
-    return ALGORITHMS[name].source == "on_policy" and ALGORITHMS[name].negative_gradient
+    return TAXONOMY[name].source == "on_policy" and TAXONOMY[name].negative_gradient
 
 
 def _claim_4(gold: dict, over: str, validation: dict) -> list:

@@ -30,15 +30,15 @@ FAMILY_COLOURS = {"max-likelihood": "Blues", "RL": "Oranges", "contrastive": "Gr
 def algorithm_styles(names) -> dict:
     """Colour by family (a shade per member), line style and marker by sampling: on-policy solid / circle,
     offline dashed / square, hybrid dotted / diamond. Anything not in the table (sft) is black."""
-    from pftlab.algorithms.table import ALGORITHMS
+    from pftlab.algorithms.taxonomy import TAXONOMY
 
     families = {}
     for name in names:
-        families.setdefault(ALGORITHMS[name].family if name in ALGORITHMS else "", []).append(name)
+        families.setdefault(TAXONOMY[name].family if name in TAXONOMY else "", []).append(name)
     styles = {}
     for family, members in families.items():
         for i, name in enumerate(members):
-            source = ALGORITHMS[name].source if name in ALGORITHMS else "offline"
+            source = TAXONOMY[name].source if name in TAXONOMY else "offline"
             colour = plt.get_cmap(FAMILY_COLOURS[family])(0.45 + 0.5 * i / max(1, len(members) - 1)) if family else "black"
             styles[name] = {"color": colour, "linestyle": SAMPLING_LINES[source], "marker": SAMPLING_MARKERS[source]}
     return styles

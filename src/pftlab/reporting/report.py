@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from pftlab.algorithms.table import table_markdown
+from pftlab.algorithms.taxonomy import table_markdown
 from pftlab.core.io import atomic_write_json, atomic_write_text
 from pftlab.core.paths import Task, seeds_stage
 from pftlab.reporting import claims as claims_lib

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pftlab.core import checkpoint, distributed, train_state
-from pftlab.lm.model import ValueHead, place, target_mask
+from pftlab.lm.model import ValueHead, target_mask
 from pftlab.training import optimization
 from pftlab.training.batches import BATCH_TYPES, SampleBatch
 from pftlab.training.config import LoopKnobs
@@ -54,7 +54,7 @@ def train_policy(algorithm, hp, cfg: LoopKnobs, seed: int, policy, ref, source, 
     total_steps = cfg.iterations * cfg.steps_per_batch * minibatches
     state = {}
     if algorithm.value_head:
-        state["value_head"] = place(ValueHead(policy.config.hidden_size))
+        state["value_head"] = distributed.place(ValueHead(policy.config.hidden_size))
     parameters = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapter only
     parameters += list(state["value_head"].parameters()) if algorithm.value_head else []
     micro = micro_batching(cfg.minibatch_size, cfg.micro_batch_size, distributed.world_size())

@@ -1,0 +1,208 @@
+"""The pipeline, declared once: every kind of stage, what it runs, reads and writes.
+
+dvc.yaml is generated from `KINDS` and `PLOTS` (`python -m pftlab.core.deps --write`; `--check` and
+tests/test_dvc_deps.py fail when the committed file differs), adding to each stage the code it runs: its
+script's import closure. A stage's runs (`run_stage`) take their params from here and may read only those.
+
+A kind is one entry of dvc.yaml: a single stage (`sft`), one per item of a params list (`foreach`:
+policy@dpo) or one per combination of two (`matrix`: policy_variant@mode_length-dpo, DVC joins the values
+with '-'). In its fields `${item}` (foreach) or `${item.<key>}` (matrix) stands for that stage's value.
+The stage seeds@<algo> holds several runs of its own (`SEED_RUNS`: policy_seed@dpo-1, evaluate_seed@dpo-1),
+named like stages in MLflow, checkpoints and progress bars. Config only: every stage imports this module.
+"""
+from dataclasses import dataclass, field
+
+ALGORITHMS = "${algorithms}"
+GOLD_REWARDS = "${variants.rewards}"
+VARIANT_ALGORITHMS = "${variants.algorithms}"
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output; `cache=False` keeps it in git rather than DVC's cache (metrics, curves, the report)."""
+    path: str
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A plot of a stage: a CSV file (or a folder of them) of `y` against `x`, kept in git."""
+    path: str
+    y: str
+    x: str = "step"
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    script: str                  # stages/<x>.py; its import closure becomes the stage's code deps
+    args: str = ""               # the script's arguments
+    launch: bool = False         # run by params `launch` (the multi-process launcher of a training stage)
+    foreach: str = ""            # a params list: one stage per item, name@item
+    matrix: tuple = ()           # ((key, params list), ...): one stage per combination, name@value-value
+    params: tuple = ()           # params keys (whole sections, or dotted keys) the stage reads
+    deps: tuple = ()             # its data inputs
+    outs: tuple = ()             # paths or `Out`s
+    metrics: tuple = ()          # JSON files (or folders of them), kept in git
+    plots: tuple = ()            # `Curve`s
+    comment: str = ""            # dvc.yaml's comment above the stage
+    notes: dict = field(default_factory=dict)  # {a params key or dep: why}, dvc.yaml's comment beside it
+
+    @property
+    def cmd(self) -> str:
+        return " ".join(filter(None, ["${launch}" if self.launch else "python", self.script, self.args]))
+
+    @property
+    def keys(self) -> tuple:
+        """The names of one stage's values: ("item",) for foreach, the matrix's keys, () for a single stage."""
+        return ("item",) if self.foreach else tuple(key for key, _ in self.matrix)
+
+    def stage(self, *values) -> str:
+        """The DVC name of this kind's stage for these values (in the order of `keys`): policy@dpo."""
+        if len(values) != len(self.keys):
+            raise ValueError(f"stage {self.name} takes {len(self.keys)} values ({', '.join(self.keys)}), not {values}")
+        return f"{self.name}@{'-'.join(map(str, values))}" if values else self.name
+
+    def expand(self, text: str, values: tuple) -> str:
+        """`text` with this kind's `${item}` / `${item.<key>}` replaced by one stage's values."""
+        for key, value in zip(self.keys, values):
+            text = text.replace("${item}" if key == "item" else f"${{item.{key}}}", str(value))
+        return text
+
+
+LLM_INPUTS = ("models/sft", "models/reward_model")
+POLICY_RUN = ("model.max_prompt_tokens", "model.max_response_tokens", "generation", "policy", "algos.${item}")
+EVALUATION = ("eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size")
+
+KINDS = {kind.name: kind for kind in [
+    Kind("prepare", "stages/prepare.py", params=("seed", "data", "model"), deps=("data/raw",),
+         outs=("data/prepared",), metrics=("metrics/prepare.json",),
+         notes={"data/raw": "the shipped file and yours (data.source): edit one and prepare reruns",
+                "model": "a pretrained model's chat template renders the prompts"}),
+    Kind("tokenizer", "stages/tokenizer.py", params=("seed", "tokenizer", "model"),
+         deps=("data/prepared/sft_train.jsonl",), outs=("models/tokenizer",), metrics=("metrics/tokenizer.json",)),
+    Kind("sft", "stages/sft.py", launch=True, params=("seed", "model", "sft"),
+         deps=("models/tokenizer", "data/prepared/sft_train.jsonl", "data/prepared/sft_eval.jsonl"),
+         outs=("models/sft",), metrics=("metrics/sft.json",), plots=(Curve("metrics/curves/sft.csv", "train_loss"),)),
+    Kind("sft_samples", "stages/sft_samples.py",
+         params=("seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation", "pairs"),
+         deps=("models/sft", "data/prepared/prompts_train.jsonl"), outs=("data/sft_samples",),
+         metrics=("metrics/sft_samples.json",)),
+    Kind("pairs", "stages/pairs.py",
+         params=("seed", "gold", "pairs", "model.max_prompt_tokens", "model.max_response_tokens"),
+         deps=("data/sft_samples", "data/prepared/pairs_train.jsonl"), outs=("data/pairs",),
+         metrics=("metrics/pairs.json",)),
+    Kind("reward_model", "stages/reward_model.py", launch=True, params=("seed", "reward_model"),
+         deps=("models/sft", "data/pairs/pairs.jsonl"), outs=("models/reward_model",),
+         metrics=("metrics/reward_model.json",), plots=(Curve("metrics/curves/reward_model.csv", "train_loss"),)),
+    Kind("policy", "stages/policy.py", "${item}", launch=True, foreach=ALGORITHMS, params=("seed", *POLICY_RUN),
+         deps=(*LLM_INPUTS, "data/pairs/pairs.jsonl"), outs=("models/policy/${item}",),
+         metrics=("metrics/policy/${item}.json",), plots=(Curve("metrics/curves/policy_${item}.csv", "loss"),)),
+    Kind("evaluate_sft", "stages/evaluate.py", "sft", params=EVALUATION,
+         deps=(*LLM_INPUTS, "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl", "data/pairs/pairs.jsonl"),
+         outs=("data/eval/sft.jsonl", "data/eval/reference.jsonl"), metrics=("metrics/eval/sft.json",)),
+    Kind("evaluate", "stages/evaluate.py", "${item}", foreach=ALGORITHMS, params=EVALUATION,
+         deps=(*LLM_INPUTS, "models/policy/${item}", "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl",
+               "data/pairs/pairs.jsonl", "data/eval/reference.jsonl"),
+         outs=("data/eval/${item}.jsonl",), metrics=("metrics/eval/${item}.json",)),
+    Kind("seeds", "stages/seeds.py", "${item}", launch=True, foreach=ALGORITHMS,
+         params=(*POLICY_RUN, "eval", "training_seeds.seeds"),
+         deps=(*LLM_INPUTS, "data/pairs/pairs.jsonl", "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl",
+               "data/eval/reference.jsonl"),
+         outs=("models/training_seeds/${item}", "data/training_seeds/${item}"),
+         metrics=("metrics/training_seeds/${item}",), plots=(Curve("metrics/curves/training_seeds/${item}", "loss"),),
+         comment="training seeds: every policy again with each seed of training_seeds.seeds, trained and\n"
+                 "evaluated in one process (stages/seeds.py; none: empty folders)"),
+    Kind("pairs_variant", "stages/pairs.py", "--variant ${item}", foreach=GOLD_REWARDS,
+         params=("seed", "gold.skew_quantile", "gold.skew_keep", "pairs"), deps=("data/sft_samples",),
+         outs=("data/variants/${item}/pairs",), metrics=("metrics/variants/${item}/pairs.json",),
+         comment="The LLM task again under other gold rewards (params `variants`): the same SFT samples relabelled,\n"
+                 "a reward model and a few algorithms each, for claims 1, 3 and 4 across where the reward peaks."),
+    Kind("reward_model_variant", "stages/reward_model.py", "--variant ${item}", launch=True, foreach=GOLD_REWARDS,
+         params=("seed", "reward_model"), deps=("models/sft", "data/variants/${item}/pairs/pairs.jsonl"),
+         outs=("models/variants/${item}/reward_model",), metrics=("metrics/variants/${item}/reward_model.json",)),
+    Kind("policy_variant", "stages/policy.py", "${item.algo} --variant ${item.gold}", launch=True,
+         matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)),
+         params=("seed", *POLICY_RUN[:-1], "algos.${item.algo}"),
+         deps=("models/sft", "models/variants/${item.gold}/reward_model",
+               "data/variants/${item.gold}/pairs/pairs.jsonl"),
+         outs=("models/variants/${item.gold}/policy/${item.algo}",),
+         metrics=("metrics/variants/${item.gold}/policy/${item.algo}.json",),
+         plots=(Curve("metrics/variants/${item.gold}/curves/policy_${item.algo}.csv", "loss"),)),
+    Kind("evaluate_variant_sft", "stages/evaluate.py", "sft --variant ${item}", foreach=GOLD_REWARDS,
+         params=EVALUATION,
+         deps=("models/sft", "models/variants/${item}/reward_model", "data/variants/${item}/pairs/gold.json",
+               "data/variants/${item}/pairs/pairs.jsonl", "data/prepared/prompts_eval.jsonl",
+               "data/eval/reference.jsonl"),
+         outs=("data/variants/${item}/eval/sft.jsonl",), metrics=("metrics/variants/${item}/eval/sft.json",)),
+    Kind("evaluate_variant", "stages/evaluate.py", "${item.algo} --variant ${item.gold}",
+         matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)), params=EVALUATION,
+         deps=("models/sft", "models/variants/${item.gold}/reward_model",
+               "models/variants/${item.gold}/policy/${item.algo}", "data/variants/${item.gold}/pairs/gold.json",
+               "data/variants/${item.gold}/pairs/pairs.jsonl", "data/prepared/prompts_eval.jsonl",
+               "data/eval/reference.jsonl"),
+         outs=("data/variants/${item.gold}/eval/${item.algo}.jsonl",),
+         metrics=("metrics/variants/${item.gold}/eval/${item.algo}.json",)),
+    Kind("bandit", "stages/bandit.py", params=("bandit",), metrics=("metrics/didactic/bandit.json",),
+         outs=tuple(Out(f"metrics/curves/bandit_{curve}.csv", cache=False) for curve in (
+             "aligned_offline", "aligned_on_policy", "misaligned_offline", "misaligned_on_policy", "reuse",
+             "reuse_final")),
+         comment="Didactic problems: fast, several seeds each, independent of the LLM stages."),
+    Kind("token_bandit", "stages/token_bandit.py", params=("token_bandit",),
+         metrics=("metrics/didactic/token_bandit.json",)),
+    Kind("coverage", "stages/coverage.py", params=("coverage",), metrics=("metrics/didactic/coverage.json",),
+         outs=tuple(Out(f"metrics/curves/coverage_{curve}.csv", cache=False) for curve in ("linear", "tabular", "claim6"))),
+    Kind("report", "stages/report.py", params=("seed", "algorithms", "variants", "training_seeds", "policy.lr"),
+         deps=("metrics/prepare.json", "metrics/sft_samples.json", "metrics/sft.json", "metrics/pairs.json",
+               "metrics/reward_model.json", *(f"metrics/{folder}" for folder in (
+                   "policy", "eval", "curves", "didactic", "variants", "seeds", "sweep", "training_seeds")),
+               "data/eval", "data/variants", "data/training_seeds", "data/pairs/gold.json"),
+         outs=(Out("metrics/figures", cache=False), Out("metrics/report.md", cache=False)),
+         metrics=("metrics/report_summary.json", "metrics/claims.json"),
+         notes={"data/pairs/gold.json": "the gold reward that judges the reference draw (SFT's self win rate)",
+                "policy.lr": "the learning rate of sweep rows without algos.<name>.lr"}),
+]}
+
+# The runs inside stage seeds@<algo>, one pair per seed of `training_seeds.seeds`: named like matrix stages.
+SEED_RUNS = {kind.name: kind for kind in [
+    Kind("policy_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
+         params=POLICY_RUN),
+    Kind("evaluate_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
+         params=EVALUATION),
+]}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A plot of `dvc plots show / diff`: columns `y` (a params list, or the column names) of a CSV against `x`."""
+    name: str
+    title: str
+    csv: str
+    y: str | tuple
+    x: str = "step"
+    note: str = ""
+
+
+def _bandit_plot(reward: str, peak: str, sampling: str) -> Plot:
+    return Plot(f"bandit_{reward}_{sampling}", f"Didactic bandit, {reward} reward (peak where pi_ref is {peak}), "
+                f"{sampling.replace('_', '-')} (mean over seeds)", f"metrics/curves/bandit_{reward}_{sampling}.csv",
+                "${bandit.methods}")
+
+
+PLOTS_COMMENT = "`dvc plots show / diff`: the didactic curves, mean over seeds."
+PLOTS = [
+    _bandit_plot("misaligned", "unlikely", "on_policy"), _bandit_plot("misaligned", "unlikely", "offline"),
+    _bandit_plot("aligned", "likely", "on_policy"), _bandit_plot("aligned", "likely", "offline"),
+    Plot("bandit_reuse", "Claim 2: final reward against sample reuse T at fixed gradient steps (fresh samples = "
+         "steps / T), misaligned reward (mean over seeds)", "metrics/curves/bandit_reuse_final.csv",
+         "${bandit.reuse.methods}", x="T", note="the methods of bandit.reuse.methods, whatever the preset runs"),
+    Plot("coverage_linear", "Extrapolation with linear features (Song et al.)", "metrics/curves/coverage_linear.csv",
+         tuple(f"{method}_logp_{response}" for method in ("rlhf", "dpo", "hypo") for response in ("preferred", "best"))),
+    Plot("coverage_tabular", "Mass on uncovered responses without function approximation",
+         "metrics/curves/coverage_tabular.csv",
+         tuple(f"{method}_uncovered_mass" for method in ("rlhf", "dpo", "hypo"))),
+    Plot("coverage_claim6", "Claim 6: mass on uncovered responses under DPO by optimiser/parametrisation/start "
+         "(mean over seeds)", "metrics/curves/coverage_claim6.csv",
+         ("sgd_tabular_uniform_mean", "adam_tabular_uniform_mean", "sgd_features_uniform_mean",
+          "adam_features_uniform_mean", "sgd_tabular_random_mean", "sgd_tabular_anti_mean")),
+]

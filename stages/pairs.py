@@ -74,6 +74,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    gold_keys = ["gold.skew_quantile", "gold.skew_keep"] if TASK.variant else ["gold"]
-    run_stage(TASK.stage("pairs"), ["seed", *gold_keys, "pairs", "model.max_prompt_tokens", "model.max_response_tokens"],
-              main, TASK.metrics("pairs"))
+    run_stage(TASK.stage("pairs"), main, TASK.metrics("pairs"))

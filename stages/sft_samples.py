@@ -36,5 +36,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("sft_samples", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
-                              "pairs"], main, "metrics/sft_samples.json")
+    run_stage("sft_samples", main, "metrics/sft_samples.json")

@@ -98,7 +98,7 @@ def test_a_bad_seed_list_stops_the_first_stage_that_runs(tmp_path):
     tree = load_params("params.yaml").tree
     tree["training_seeds"] = {"seeds": [1, 1]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
-    code = "from pftlab.core.stage import run_stage\nrun_stage('probe', ['seed'], lambda p, t: {}, 'metrics/probe.json')"
+    code = "from pftlab.core.stage import run_stage\nrun_stage('tokenizer', lambda p, t: {}, 'metrics/probe.json')"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PFTLAB_MLFLOW": "0"})
     assert out.returncode == 1 and "Traceback" not in out.stderr

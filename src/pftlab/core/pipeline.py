@@ -163,7 +163,8 @@ KINDS = {kind.name: kind for kind in [
                 "policy.lr": "the learning rate of sweep rows without algos.<name>.lr"}),
 ]}
 
-# The runs inside stage seeds@<algo>, one pair per seed of `training_seeds.seeds`: named like matrix stages.
+# The runs inside stage seeds@<algo>, one pair per seed of `training_seeds.seeds`: named like matrix stages. A
+# seed's policy run takes its seed from its name, not from params `seed`.
 SEED_RUNS = {kind.name: kind for kind in [
     Kind("policy_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
          params=POLICY_RUN),
@@ -206,3 +207,21 @@ PLOTS = [
          ("sgd_tabular_uniform_mean", "adam_tabular_uniform_mean", "sgd_features_uniform_mean",
           "adam_features_uniform_mean", "sgd_tabular_random_mean", "sgd_tabular_anti_mean")),
 ]
+
+
+def kind_of(stage: str) -> tuple:
+    """(the kind, its values) of a stage or seed run by name, as DVC and `Kind.stage` write it: policy@dpo ->
+    (KINDS["policy"], ("dpo",)), policy_variant@mode_length-dpo -> (KINDS["policy_variant"], ("mode_length", "dpo"))."""
+    name, _, rest = stage.partition("@")
+    kind = KINDS.get(name) or SEED_RUNS.get(name)
+    values = tuple(rest.split("-")) if rest else ()
+    if kind is None or len(values) != len(kind.keys):
+        raise KeyError(f"no stage {stage!r} in the pipeline (core/pipeline.py declares "
+                       f"{', '.join(k.stage(*(f'<{key}>' for key in k.keys)) for k in [*KINDS.values(), *SEED_RUNS.values()])})")
+    return kind, values
+
+
+def params_of(stage: str) -> tuple:
+    """The params keys a stage (or seed run) declares, its values filled in: policy@dpo -> (seed, ..., algos.dpo)."""
+    kind, values = kind_of(stage)
+    return tuple(kind.expand(key, values) for key in kind.params)

@@ -15,7 +15,6 @@ from pftlab.lm.gold import gold_reward, response_length
 from pftlab.lm.model import Truncation, encode_prompt, load_policy, load_tokenizer, pack
 from pftlab.lm.reward_model import load_reward_model, score_sequences
 
-SECTIONS = ["eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size"]
 SEED_KEY = "eval.seed"  # every evaluation starts from the same random state: common random numbers
 
 

@@ -18,13 +18,6 @@ from pftlab.training.loop import train_policy
 from pftlab.training.optimization import frozen_model, full_weights, partitioned_loading
 from pftlab.training.sources import make_source, sample_and_score
 
-# the params a policy run reads (a training seed's run reads its seed from the task, not `seed`)
-SECTIONS = ["model.max_prompt_tokens", "model.max_response_tokens", "generation", "policy"]
-
-
-def sections(name: str, task: Task) -> list:
-    return ([] if task.seed is not None else ["seed"]) + SECTIONS + [f"algos.{name}"]
-
 
 def train_policy_run(p, tracker, name: str, task: Task) -> dict:
     """Train policy `name` on `task`; write its model and curve; return its final training metrics."""

@@ -10,6 +10,8 @@ trains and evaluates every seed in one process.
 import sys
 from dataclasses import dataclass
 
+from pftlab.core.pipeline import KINDS, SEED_RUNS
+
 SFT_SAMPLES = "data/sft_samples/samples.jsonl"
 SFT_MODEL = "models/sft"
 EVAL_REFERENCE = "data/eval/reference.jsonl"  # the SFT draw every win rate is judged against
@@ -65,26 +67,30 @@ class Task:
         return f"metrics/curves/training_seeds/{name}/{kind}_s{self.seed}.csv"  # a folder of csv only: DVC plots it
 
     def stage(self, kind: str, name: str = "") -> str:
-        """The DVC stage name: policy@dpo, policy_variant@mode_length-dpo, reward_model_variant@mode_length. A
-        training seed's runs are parts of stage seeds@<name> (`seeds_stage`): policy_seed@dpo-1 and
-        evaluate_seed@dpo-1 name them in MLflow, checkpoints and progress bars."""
+        """The name of the stage (core/pipeline.py) that runs `kind` ("pairs", "reward_model", "policy", "evaluate")
+        of this task: policy@dpo, policy_variant@mode_length-dpo, reward_model_variant@mode_length. A training
+        seed's runs are parts of stage seeds@<name> (`seeds_stage`): policy_seed@dpo-1 and evaluate_seed@dpo-1 name
+        them in MLflow, checkpoints and progress bars. The SFT policy's evaluation is evaluate@sft (DVC's stage
+        evaluate_sft) and, on a variant, evaluate_variant_sft@<gold>: DVC's matrix holds the algorithms only."""
+        values = (name,) if name else ()
         if self.seed is not None:
-            return f"{kind}_seed@{name}-{self.seed}"
+            return SEED_RUNS[f"{kind}_seed"].stage(*values, self.seed)
         if not self.variant:
-            return f"{kind}@{name}" if name else kind
-        if kind == "evaluate" and name == "sft":  # a stage of its own: DVC's matrix holds the algorithms only
-            return f"evaluate_variant_sft@{self.variant}"
-        return f"{kind}_variant@{self.variant}-{name}" if name else f"{kind}_variant@{self.variant}"
+            return KINDS[kind].stage(*values)
+        if kind == "evaluate" and name == "sft":
+            return KINDS["evaluate_variant_sft"].stage(self.variant)
+        return KINDS[f"{kind}_variant"].stage(self.variant, *values)
 
 
 def seeds_stage(name: str) -> str:
     """The DVC stage that trains and evaluates every training seed of policy `name`."""
-    return f"seeds@{name}"
+    return KINDS["seeds"].stage(name)
 
 
 def seed_folders(name: str) -> list:
     """The output folders of stage seeds@<name>: its models, samples, metrics and curves, one sub-folder per seed."""
-    return [f"{top}/training_seeds/{name}" for top in ("models", "data", "metrics", "metrics/curves")]
+    seeds = KINDS["seeds"]
+    return [seeds.expand(path, (name,)) for path in [*seeds.outs, *seeds.metrics, *(c.path for c in seeds.plots)]]
 
 
 def task_from_argv(argv=None) -> Task:

@@ -45,6 +45,7 @@ class Kind:
     outs: tuple = ()             # paths or `Out`s
     metrics: tuple = ()          # JSON files (or folders of them), kept in git
     plots: tuple = ()            # `Curve`s
+    policy_run: str = ""         # the MLflow run of the trained policy a stage belongs to (core/tracking.py)
     comment: str = ""            # dvc.yaml's comment above the stage
     notes: dict = field(default_factory=dict)  # {a params key or dep: why}, dvc.yaml's comment beside it
 
@@ -81,7 +82,7 @@ KINDS = {kind.name: kind for kind in [
                 "model": "a pretrained model's chat template renders the prompts"}),
     Kind("tokenizer", "stages/tokenizer.py", params=("seed", "tokenizer", "model"),
          deps=("data/prepared/sft_train.jsonl",), outs=("models/tokenizer",), metrics=("metrics/tokenizer.json",)),
-    Kind("sft", "stages/sft.py", launch=True, params=("seed", "model", "sft"),
+    Kind("sft", "stages/sft.py", launch=True, policy_run="sft", params=("seed", "model", "sft"),
          deps=("models/tokenizer", "data/prepared/sft_train.jsonl", "data/prepared/sft_eval.jsonl"),
          outs=("models/sft",), metrics=("metrics/sft.json",), plots=(Curve("metrics/curves/sft.csv", "train_loss"),)),
     Kind("sft_samples", "stages/sft_samples.py",
@@ -96,12 +97,13 @@ KINDS = {kind.name: kind for kind in [
          deps=("models/sft", "data/pairs/pairs.jsonl"), outs=("models/reward_model",),
          metrics=("metrics/reward_model.json",), plots=(Curve("metrics/curves/reward_model.csv", "train_loss"),)),
     Kind("policy", "stages/policy.py", "${item}", launch=True, foreach=ALGORITHMS, params=("seed", *POLICY_RUN),
+         policy_run="${item}",
          deps=(*LLM_INPUTS, "data/pairs/pairs.jsonl"), outs=("models/policy/${item}",),
          metrics=("metrics/policy/${item}.json",), plots=(Curve("metrics/curves/policy_${item}.csv", "loss"),)),
-    Kind("evaluate_sft", "stages/evaluate.py", "sft", params=EVALUATION,
+    Kind("evaluate_sft", "stages/evaluate.py", "sft", params=EVALUATION, policy_run="sft",
          deps=(*LLM_INPUTS, "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl", "data/pairs/pairs.jsonl"),
          outs=("data/eval/sft.jsonl", "data/eval/reference.jsonl"), metrics=("metrics/eval/sft.json",)),
-    Kind("evaluate", "stages/evaluate.py", "${item}", foreach=ALGORITHMS, params=EVALUATION,
+    Kind("evaluate", "stages/evaluate.py", "${item}", foreach=ALGORITHMS, params=EVALUATION, policy_run="${item}",
          deps=(*LLM_INPUTS, "models/policy/${item}", "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl",
                "data/pairs/pairs.jsonl", "data/eval/reference.jsonl"),
          outs=("data/eval/${item}.jsonl",), metrics=("metrics/eval/${item}.json",)),
@@ -123,20 +125,21 @@ KINDS = {kind.name: kind for kind in [
          outs=("models/variants/${item}/reward_model",), metrics=("metrics/variants/${item}/reward_model.json",)),
     Kind("policy_variant", "stages/policy.py", "${item.algo} --variant ${item.gold}", launch=True,
          matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)),
-         params=("seed", *POLICY_RUN[:-1], "algos.${item.algo}"),
+         params=("seed", *POLICY_RUN[:-1], "algos.${item.algo}"), policy_run="${item.algo} on ${item.gold}",
          deps=("models/sft", "models/variants/${item.gold}/reward_model",
                "data/variants/${item.gold}/pairs/pairs.jsonl"),
          outs=("models/variants/${item.gold}/policy/${item.algo}",),
          metrics=("metrics/variants/${item.gold}/policy/${item.algo}.json",),
          plots=(Curve("metrics/variants/${item.gold}/curves/policy_${item.algo}.csv", "loss"),)),
     Kind("evaluate_variant_sft", "stages/evaluate.py", "sft --variant ${item}", foreach=GOLD_REWARDS,
-         params=EVALUATION,
+         params=EVALUATION, policy_run="sft on ${item}",
          deps=("models/sft", "models/variants/${item}/reward_model", "data/variants/${item}/pairs/gold.json",
                "data/variants/${item}/pairs/pairs.jsonl", "data/prepared/prompts_eval.jsonl",
                "data/eval/reference.jsonl"),
          outs=("data/variants/${item}/eval/sft.jsonl",), metrics=("metrics/variants/${item}/eval/sft.json",)),
     Kind("evaluate_variant", "stages/evaluate.py", "${item.algo} --variant ${item.gold}",
          matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)), params=EVALUATION,
+         policy_run="${item.algo} on ${item.gold}",
          deps=("models/sft", "models/variants/${item.gold}/reward_model",
                "models/variants/${item.gold}/policy/${item.algo}", "data/variants/${item.gold}/pairs/gold.json",
                "data/variants/${item.gold}/pairs/pairs.jsonl", "data/prepared/prompts_eval.jsonl",
@@ -167,9 +170,9 @@ KINDS = {kind.name: kind for kind in [
 # seed's policy run takes its seed from its name, not from params `seed`.
 SEED_RUNS = {kind.name: kind for kind in [
     Kind("policy_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
-         params=POLICY_RUN),
+         params=POLICY_RUN, policy_run="${item} seed ${item.seed}"),
     Kind("evaluate_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
-         params=EVALUATION),
+         params=EVALUATION, policy_run="${item} seed ${item.seed}"),
 ]}
 
 
@@ -225,3 +228,14 @@ def params_of(stage: str) -> tuple:
     """The params keys a stage (or seed run) declares, its values filled in: policy@dpo -> (seed, ..., algos.dpo)."""
     kind, values = kind_of(stage)
     return tuple(kind.expand(key, values) for key in kind.params)
+
+
+def algorithm_run_name(stage: str) -> str | None:
+    """The MLflow run that gathers a trained policy's stages, or None for a stage of no policy (or no stage of the
+    pipeline): policy@dpo, evaluate@dpo -> dpo; sft, evaluate@sft -> sft; policy_seed@dpo-1 -> dpo seed 1;
+    policy_variant@mode_length-dpo -> dpo on mode_length; evaluate_variant_sft@mode_length -> sft on mode_length."""
+    try:
+        kind, values = kind_of(stage)
+    except KeyError:
+        return None
+    return kind.expand(kind.policy_run, values) or None

@@ -14,4 +14,4 @@ from pftlab.evaluation.run import SEED_KEY, evaluate_policy
 if __name__ == "__main__":
     name, task = sys.argv[1] if len(sys.argv) > 1 else "", task_from_argv()
     run_stage(task.stage("evaluate", name), lambda p, tracker: evaluate_policy(p, name, task),
-              task.metrics("eval", name), seed_key=SEED_KEY, results_prefix="eval/")
+              seed_key=SEED_KEY, results_prefix="eval/")

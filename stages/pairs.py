@@ -74,4 +74,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage(TASK.stage("pairs"), main, TASK.metrics("pairs"))
+    run_stage(TASK.stage("pairs"), main)

@@ -31,4 +31,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("prepare", main, "metrics/prepare.json")
+    run_stage("prepare", main)

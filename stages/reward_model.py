@@ -44,4 +44,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage(TASK.stage("reward_model"), main, TASK.metrics("reward_model"), models=[TASK.reward_model])
+    run_stage(TASK.stage("reward_model"), main, models=[TASK.reward_model])

@@ -47,4 +47,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("sft", main, "metrics/sft.json", models=[SFT_MODEL])
+    run_stage("sft", main, models=[SFT_MODEL])

@@ -36,4 +36,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("sft_samples", main, "metrics/sft_samples.json")
+    run_stage("sft_samples", main)

@@ -22,4 +22,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("tokenizer", main, "metrics/tokenizer.json")
+    run_stage("tokenizer", main)

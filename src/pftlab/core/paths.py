@@ -10,7 +10,7 @@ trains and evaluates every seed in one process.
 import sys
 from dataclasses import dataclass
 
-from pftlab.core.pipeline import KINDS, SEED_RUNS
+from pftlab.core.pipeline import KINDS, SEED_RUNS, metrics_of
 
 SFT_SAMPLES = "data/sft_samples/samples.jsonl"
 SFT_MODEL = "models/sft"
@@ -53,11 +53,10 @@ class Task:
         return self._at("data", f"eval/{name}.jsonl") if self.seed is None else self._seed_run("data", name) + "/eval.jsonl"
 
     def metrics(self, kind: str, name: str = "") -> str:
-        """metrics/<kind>.json, or metrics/<kind>/<name>.json for per-policy kinds (policy, eval);
-        metrics/training_seeds/<name>/s<seed>/<kind>.json for a training seed's."""
-        if not name:
-            return self._at("metrics", f"{kind}.json")
-        return self._at("metrics", f"{kind}/{name}.json") if self.seed is None else self._seed_run("metrics", name) + f"/{kind}.json"
+        """The metrics file of the stage `stage(kind, name)` names, as core/pipeline.py declares it:
+        metrics/[variants/<gold>/]pairs.json, .../policy/<name>.json, .../eval/<name>.json, and
+        metrics/training_seeds/<name>/s<seed>/{policy,eval}.json for a training seed's."""
+        return metrics_of(self.stage(kind, name))
 
     def curve(self, kind: str, name: str = "") -> str:
         if not name:

@@ -170,9 +170,11 @@ KINDS = {kind.name: kind for kind in [
 # seed's policy run takes its seed from its name, not from params `seed`.
 SEED_RUNS = {kind.name: kind for kind in [
     Kind("policy_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
-         params=POLICY_RUN, policy_run="${item} seed ${item.seed}"),
+         params=POLICY_RUN, metrics=("metrics/training_seeds/${item}/s${item.seed}/policy.json",),
+         policy_run="${item} seed ${item.seed}"),
     Kind("evaluate_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
-         params=EVALUATION, policy_run="${item} seed ${item.seed}"),
+         params=EVALUATION, metrics=("metrics/training_seeds/${item}/s${item.seed}/eval.json",),
+         policy_run="${item} seed ${item.seed}"),
 ]}
 
 
@@ -228,6 +230,12 @@ def params_of(stage: str) -> tuple:
     """The params keys a stage (or seed run) declares, its values filled in: policy@dpo -> (seed, ..., algos.dpo)."""
     kind, values = kind_of(stage)
     return tuple(kind.expand(key, values) for key in kind.params)
+
+
+def metrics_of(stage: str) -> str:
+    """The metrics file a stage (or seed run) writes: its first declared one, its values filled in."""
+    kind, values = kind_of(stage)
+    return kind.expand(kind.metrics[0], values)
 
 
 def algorithm_run_name(stage: str) -> str | None:

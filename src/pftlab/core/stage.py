@@ -11,7 +11,7 @@ from pftlab.core.checkpoint import Checkpointer, checkpoint_dir, fingerprint, re
 from pftlab.core.errors import PftlabError
 from pftlab.core.io import atomic_write_json, check_writable
 from pftlab.core.params import Params, load_params
-from pftlab.core.pipeline import params_of
+from pftlab.core.pipeline import metrics_of, params_of
 from pftlab.core.tracking import Tracker
 
 _running = {}  # the stage this process runs: its name and the params sections it declared
@@ -38,12 +38,12 @@ def process_age() -> float:
         return float("nan")
 
 
-def run_stage(name: str, main, metrics_path: str, seed_key="seed", params_path="params.yaml",
-              models=(), results_prefix=None, keep_checkpoint=False):
+def run_stage(name: str, main, seed_key="seed", params_path="params.yaml", models=(), results_prefix=None,
+              keep_checkpoint=False):
     """Run `main(params, tracker) -> metrics dict`; write the metrics (plus wall time) atomically.
 
     `name` is the stage (or seed run) as core/pipeline.py names it; `main` gets the params it declares there,
-    and reading any other key ends the stage with an error.
+    and reading any other key ends the stage with an error; the metrics go to the file it declares.
 
     `models`: the model directories the stage writes, logged to MLflow as models; `results_prefix`: the
     metrics also go, under this prefix, to the run of the policy the stage belongs to (held-out results).
@@ -54,7 +54,7 @@ def run_stage(name: str, main, metrics_path: str, seed_key="seed", params_path="
     """
     start, startup = time.time(), (process_age() if not _running else 0.0)
     try:
-        sections = params_of(name)
+        sections, metrics_path = params_of(name), metrics_of(name)
         _running.update(name=name, sections=sections)
         check_writable(metrics_path)
         check_writable(checkpoint_dir(name))

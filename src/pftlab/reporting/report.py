@@ -168,13 +168,13 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     for _, (task, task_names) in tasks.items():
         stage_files += [(task.stage(kind), root / task.metrics(kind)) for kind in ("pairs", "reward_model")]
         stage_files += [(task.stage("policy", a), root / task.metrics("policy", a)) for a in task_names if a != "sft"]
-        stage_files += [(task.stage("evaluate", n), root / task.metrics("eval", n)) for n in task_names]
+        stage_files += [(task.stage("evaluate", n), root / task.metrics("evaluate", n)) for n in task_names]
     pipeline_seeds = [run for run in seed_runs if run["experiment"] == "training_seeds"]
     for n in dict.fromkeys(n for run in pipeline_seeds for n in run["tasks"][gold_name]):
         # stage seeds@<n>: its runs in the order it runs them, in one process (start-up on the first)
         tasks = [Task(seed=run["seed"]) for run in pipeline_seeds if n in run["tasks"][gold_name]]
-        stage_files += [(f"{seeds_stage(n)}: {task.stage(kind, n)}", root / task.metrics(folder, n))
-                        for kind, folder in (("policy", "policy"), ("evaluate", "eval")) for task in tasks]
+        stage_files += [(f"{seeds_stage(n)}: {task.stage(kind, n)}", root / task.metrics(kind, n))
+                        for kind in ("policy", "evaluate") for task in tasks]
     stage_files += [(s, m / "didactic" / f"{s}.json") for s in ("bandit", "token_bandit", "coverage")
                     if (m / "didactic" / f"{s}.json").exists()]
     total = startup_total = 0.0

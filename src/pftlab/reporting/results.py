@@ -26,7 +26,7 @@ def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
 
 def load_evals(tasks: dict, root: Path) -> dict:
     """{gold reward: {policy: its metrics/[variants/<gold>/]eval/<policy>.json}}, read once."""
-    return {reward: {n: json.loads((root / task.metrics("eval", n)).read_text()) for n in names}
+    return {reward: {n: json.loads((root / task.metrics("evaluate", n)).read_text()) for n in names}
             for reward, (task, names) in tasks.items()}
 
 

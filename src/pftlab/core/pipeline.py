@@ -2,13 +2,16 @@
 
 dvc.yaml is generated from `KINDS` and `PLOTS` (`python -m pftlab.core.deps --write`; `--check` and
 tests/test_dvc_deps.py fail when the committed file differs), adding to each stage the code it runs: its
-script's import closure. A stage's runs (`run_stage`) take their params from here and may read only those.
+script's import closure. A stage's runs (`run_stage`) take their params and metrics file from here, and may read
+no other params; stage names (`Kind.stage`) and MLflow's policy runs (`Kind.policy_run`) follow the grammar here.
 
 A kind is one entry of dvc.yaml: a single stage (`sft`), one per item of a params list (`foreach`:
 policy@dpo) or one per combination of two (`matrix`: policy_variant@mode_length-dpo, DVC joins the values
 with '-'). In its fields `${item}` (foreach) or `${item.<key>}` (matrix) stands for that stage's value.
 The stage seeds@<algo> holds several runs of its own (`SEED_RUNS`: policy_seed@dpo-1, evaluate_seed@dpo-1),
 named like stages in MLflow, checkpoints and progress bars. Config only: every stage imports this module.
+
+Adding a stage: a `Kind` below and its script (`run_stage("<name>", main)`), then `python -m pftlab.core.deps --write`.
 """
 from dataclasses import dataclass, field
 
@@ -34,6 +37,7 @@ class Curve:
 
 @dataclass(frozen=True)
 class Kind:
+    """One entry of dvc.yaml: the stages of one script with one name grammar."""
     name: str
     script: str                  # stages/<x>.py; its import closure becomes the stage's code deps
     args: str = ""               # the script's arguments

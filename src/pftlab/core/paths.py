@@ -1,4 +1,4 @@
-"""Where each artifact of the synthetic LLM task lives.
+"""Where each artifact of the synthetic LLM task lives: the outputs and metrics its stages declare in core/pipeline.py.
 
 The main task (labelled by `gold.reward`) uses the top-level layout; every gold reward listed under
 `variants.rewards` gets the same layout under `variants/<reward>/`. Both label the same SFT samples
@@ -10,7 +10,7 @@ trains and evaluates every seed in one process.
 import sys
 from dataclasses import dataclass
 
-from pftlab.core.pipeline import KINDS, SEED_RUNS, metrics_of
+from pftlab.core.pipeline import KINDS, SEED_RUNS, metrics_of, output_of
 
 SFT_SAMPLES = "data/sft_samples/samples.jsonl"
 SFT_MODEL = "models/sft"
@@ -27,7 +27,7 @@ class Task:
 
     @property
     def pairs_dir(self) -> str:
-        return self._at("data", "pairs")
+        return output_of(Task(self.variant).stage("pairs"))  # a training seed's: its task's (seeds share them)
 
     @property
     def pairs(self) -> str:
@@ -39,18 +39,13 @@ class Task:
 
     @property
     def reward_model(self) -> str:
-        return self._at("models", "reward_model")
-
-    def _seed_run(self, top: str, name: str) -> str:
-        return f"{top}/training_seeds/{name}/s{self.seed}"
+        return output_of(Task(self.variant).stage("reward_model"))
 
     def policy(self, name: str) -> str:
-        if name == "sft":
-            return SFT_MODEL
-        return self._at("models", f"policy/{name}") if self.seed is None else self._seed_run("models", name)
+        return SFT_MODEL if name == "sft" else output_of(self.stage("policy", name))
 
     def eval_samples(self, name: str) -> str:
-        return self._at("data", f"eval/{name}.jsonl") if self.seed is None else self._seed_run("data", name) + "/eval.jsonl"
+        return output_of(self.stage("evaluate", name))
 
     def metrics(self, kind: str, name: str = "") -> str:
         """The metrics file of the stage `stage(kind, name)` names, as core/pipeline.py declares it:
@@ -59,6 +54,7 @@ class Task:
         return metrics_of(self.stage(kind, name))
 
     def curve(self, kind: str, name: str = "") -> str:
+        """A training curve; written out here, not declared: reward_model_variant@'s is no output of that stage."""
         if not name:
             return self._at("metrics", f"curves/{kind}.csv")
         if self.seed is None:

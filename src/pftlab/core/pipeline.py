@@ -174,10 +174,12 @@ KINDS = {kind.name: kind for kind in [
 # seed's policy run takes its seed from its name, not from params `seed`.
 SEED_RUNS = {kind.name: kind for kind in [
     Kind("policy_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
-         params=POLICY_RUN, metrics=("metrics/training_seeds/${item}/s${item.seed}/policy.json",),
+         params=POLICY_RUN, outs=("models/training_seeds/${item}/s${item.seed}",),
+         metrics=("metrics/training_seeds/${item}/s${item.seed}/policy.json",),
          policy_run="${item} seed ${item.seed}"),
     Kind("evaluate_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
-         params=EVALUATION, metrics=("metrics/training_seeds/${item}/s${item.seed}/eval.json",),
+         params=EVALUATION, outs=("data/training_seeds/${item}/s${item.seed}/eval.jsonl",),
+         metrics=("metrics/training_seeds/${item}/s${item.seed}/eval.json",),
          policy_run="${item} seed ${item.seed}"),
 ]}
 
@@ -240,6 +242,13 @@ def metrics_of(stage: str) -> str:
     """The metrics file a stage (or seed run) writes: its first declared one, its values filled in."""
     kind, values = kind_of(stage)
     return kind.expand(kind.metrics[0], values)
+
+
+def output_of(stage: str) -> str:
+    """The first output a stage (or seed run) declares, its values filled in: policy@dpo -> models/policy/dpo."""
+    kind, values = kind_of(stage)
+    out = kind.outs[0]
+    return kind.expand(out if isinstance(out, str) else out.path, values)
 
 
 def algorithm_run_name(stage: str) -> str | None:

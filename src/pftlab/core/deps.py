@@ -249,7 +249,7 @@ def _in_git(path: str) -> dict:
 
 def stage_entry(kind: Kind, code: list[str]) -> dict:
     """The dvc.yaml entry of a kind: what DVC reads (`code`: its code deps)."""
-    outs = [out if isinstance(out, str) else _in_git(out.path) if not out.cache else out.path for out in kind.outs]
+    outs = [out if isinstance(out, str) else _in_git(out.path) for out in kind.outs]
     body = {"cmd": kind.cmd, "deps": [kind.script, *code, *kind.deps], "params": list(kind.params), "outs": outs,
             "metrics": [_in_git(path) for path in kind.metrics],
             "plots": [{c.path: {"cache": False, "x": c.x, "y": c.y}} for c in kind.plots]}

@@ -21,10 +21,9 @@ VARIANT_ALGORITHMS = "${variants.algorithms}"
 
 
 @dataclass(frozen=True)
-class Out:
-    """An output; `cache=False` keeps it in git rather than DVC's cache (metrics, curves, the report)."""
+class InGit:
+    """An output kept in git rather than DVC's cache (curves, the report); a plain path is cached."""
     path: str
-    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Kind:
     matrix: tuple = ()           # ((key, params list), ...): one stage per combination, name@value-value
     params: tuple = ()           # params keys (whole sections, or dotted keys) the stage reads
     deps: tuple = ()             # its data inputs
-    outs: tuple = ()             # paths or `Out`s
+    outs: tuple = ()             # paths (cached by DVC) or `InGit`s
     metrics: tuple = ()          # JSON files (or folders of them), kept in git
     plots: tuple = ()            # `Curve`s
     policy_run: str = ""         # the MLflow run of the trained policy a stage belongs to (core/tracking.py)
@@ -151,20 +150,20 @@ KINDS = {kind.name: kind for kind in [
          outs=("data/variants/${item.gold}/eval/${item.algo}.jsonl",),
          metrics=("metrics/variants/${item.gold}/eval/${item.algo}.json",)),
     Kind("bandit", "stages/bandit.py", params=("bandit",), metrics=("metrics/didactic/bandit.json",),
-         outs=tuple(Out(f"metrics/curves/bandit_{curve}.csv", cache=False) for curve in (
+         outs=tuple(InGit(f"metrics/curves/bandit_{curve}.csv") for curve in (
              "aligned_offline", "aligned_on_policy", "misaligned_offline", "misaligned_on_policy", "reuse",
              "reuse_final")),
          comment="Didactic problems: fast, several seeds each, independent of the LLM stages."),
     Kind("token_bandit", "stages/token_bandit.py", params=("token_bandit",),
          metrics=("metrics/didactic/token_bandit.json",)),
     Kind("coverage", "stages/coverage.py", params=("coverage",), metrics=("metrics/didactic/coverage.json",),
-         outs=tuple(Out(f"metrics/curves/coverage_{curve}.csv", cache=False) for curve in ("linear", "tabular", "claim6"))),
+         outs=tuple(InGit(f"metrics/curves/coverage_{curve}.csv") for curve in ("linear", "tabular", "claim6"))),
     Kind("report", "stages/report.py", params=("seed", "algorithms", "variants", "training_seeds", "policy.lr"),
          deps=("metrics/prepare.json", "metrics/sft_samples.json", "metrics/sft.json", "metrics/pairs.json",
                "metrics/reward_model.json", *(f"metrics/{folder}" for folder in (
                    "policy", "eval", "curves", "didactic", "variants", "seeds", "sweep", "training_seeds")),
                "data/eval", "data/variants", "data/training_seeds", "data/pairs/gold.json"),
-         outs=(Out("metrics/figures", cache=False), Out("metrics/report.md", cache=False)),
+         outs=(InGit("metrics/figures"), InGit("metrics/report.md")),
          metrics=("metrics/report_summary.json", "metrics/claims.json"),
          notes={"data/pairs/gold.json": "the gold reward that judges the reference draw (SFT's self win rate)",
                 "policy.lr": "the learning rate of sweep rows without algos.<name>.lr"}),
@@ -248,7 +247,7 @@ def output_of(stage: str) -> str:
     """The first output a stage (or seed run) declares, its values filled in: policy@dpo -> models/policy/dpo."""
     kind, values = kind_of(stage)
     out = kind.outs[0]
-    return kind.expand(out if isinstance(out, str) else out.path, values)
+    return kind.expand(getattr(out, "path", out), values)
 
 
 def algorithm_run_name(stage: str) -> str | None:

@@ -188,7 +188,7 @@ def test_dpo_step_table_reads_the_same_pairs_change_from_the_evaluations():
 
 
 def test_win_rates_per_prompt_from_saved_samples_and_the_self_win_rate_sentence(tmp_path):
-    from pftlab.core.paths import EVAL_REFERENCE
+    from pftlab.core.pipeline import EVAL_REFERENCE
     from pftlab.reporting.results import win_rates_per_prompt
     from pftlab.reporting.tables import self_win_rate_sentence
 

@@ -10,11 +10,7 @@ trains and evaluates every seed in one process.
 import sys
 from dataclasses import dataclass
 
-from pftlab.core.pipeline import KINDS, SEED_RUNS, metrics_of, output_of
-
-SFT_SAMPLES = "data/sft_samples/samples.jsonl"
-SFT_MODEL = "models/sft"
-EVAL_REFERENCE = "data/eval/reference.jsonl"  # the SFT draw every win rate is judged against
+from pftlab.core.pipeline import KINDS, SEED_RUNS, SFT_MODEL, metrics_of, output_of
 
 
 @dataclass(frozen=True)

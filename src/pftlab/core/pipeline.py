@@ -74,79 +74,90 @@ class Kind:
         return text
 
 
-LLM_INPUTS = ("models/sft", "models/reward_model")
+# The LLM task's files that one stage writes and others read, named once: the stages use these names too.
+PREPARED = "data/prepared"  # prepare's splits
+SFT_TRAIN, SFT_EVAL = f"{PREPARED}/sft_train.jsonl", f"{PREPARED}/sft_eval.jsonl"
+PROMPTS_TRAIN, PROMPTS_EVAL = f"{PREPARED}/prompts_train.jsonl", f"{PREPARED}/prompts_eval.jsonl"
+PAIRS_TRAIN = f"{PREPARED}/pairs_train.jsonl"
+TOKENIZER = "models/tokenizer"
+SFT_MODEL = "models/sft"
+SFT_SAMPLES_DIR = "data/sft_samples"
+SFT_SAMPLES = f"{SFT_SAMPLES_DIR}/samples.jsonl"
+EVAL_REFERENCE = "data/eval/reference.jsonl"  # the SFT draw every win rate is judged against
+
+LLM_INPUTS = (SFT_MODEL, "models/reward_model")
 POLICY_RUN = ("model.max_prompt_tokens", "model.max_response_tokens", "generation", "policy", "algos.${item}")
 EVALUATION = ("eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size")
 
 KINDS = {kind.name: kind for kind in [
     Kind("prepare", "stages/prepare.py", params=("seed", "data", "model"), deps=("data/raw",),
-         outs=("data/prepared",), metrics=("metrics/prepare.json",),
+         outs=(PREPARED,), metrics=("metrics/prepare.json",),
          notes={"data/raw": "the shipped file and yours (data.source): edit one and prepare reruns",
                 "model": "a pretrained model's chat template renders the prompts"}),
     Kind("tokenizer", "stages/tokenizer.py", params=("seed", "tokenizer", "model"),
-         deps=("data/prepared/sft_train.jsonl",), outs=("models/tokenizer",), metrics=("metrics/tokenizer.json",)),
+         deps=(SFT_TRAIN,), outs=(TOKENIZER,), metrics=("metrics/tokenizer.json",)),
     Kind("sft", "stages/sft.py", launch=True, policy_run="sft", params=("seed", "model", "sft"),
-         deps=("models/tokenizer", "data/prepared/sft_train.jsonl", "data/prepared/sft_eval.jsonl"),
-         outs=("models/sft",), metrics=("metrics/sft.json",), plots=(Curve("metrics/curves/sft.csv", "train_loss"),)),
+         deps=(TOKENIZER, SFT_TRAIN, SFT_EVAL),
+         outs=(SFT_MODEL,), metrics=("metrics/sft.json",), plots=(Curve("metrics/curves/sft.csv", "train_loss"),)),
     Kind("sft_samples", "stages/sft_samples.py",
          params=("seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation", "pairs"),
-         deps=("models/sft", "data/prepared/prompts_train.jsonl"), outs=("data/sft_samples",),
+         deps=(SFT_MODEL, PROMPTS_TRAIN), outs=(SFT_SAMPLES_DIR,),
          metrics=("metrics/sft_samples.json",)),
     Kind("pairs", "stages/pairs.py",
          params=("seed", "gold", "pairs", "model.max_prompt_tokens", "model.max_response_tokens"),
-         deps=("data/sft_samples", "data/prepared/pairs_train.jsonl"), outs=("data/pairs",),
+         deps=(SFT_SAMPLES_DIR, PAIRS_TRAIN), outs=("data/pairs",),
          metrics=("metrics/pairs.json",)),
     Kind("reward_model", "stages/reward_model.py", launch=True, params=("seed", "reward_model"),
-         deps=("models/sft", "data/pairs/pairs.jsonl"), outs=("models/reward_model",),
+         deps=(SFT_MODEL, "data/pairs/pairs.jsonl"), outs=("models/reward_model",),
          metrics=("metrics/reward_model.json",), plots=(Curve("metrics/curves/reward_model.csv", "train_loss"),)),
     Kind("policy", "stages/policy.py", "${item}", launch=True, foreach=ALGORITHMS, params=("seed", *POLICY_RUN),
          policy_run="${item}",
          deps=(*LLM_INPUTS, "data/pairs/pairs.jsonl"), outs=("models/policy/${item}",),
          metrics=("metrics/policy/${item}.json",), plots=(Curve("metrics/curves/policy_${item}.csv", "loss"),)),
     Kind("evaluate_sft", "stages/evaluate.py", "sft", params=EVALUATION, policy_run="sft",
-         deps=(*LLM_INPUTS, "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl", "data/pairs/pairs.jsonl"),
-         outs=("data/eval/sft.jsonl", "data/eval/reference.jsonl"), metrics=("metrics/eval/sft.json",)),
+         deps=(*LLM_INPUTS, "data/pairs/gold.json", PROMPTS_EVAL, "data/pairs/pairs.jsonl"),
+         outs=("data/eval/sft.jsonl", EVAL_REFERENCE), metrics=("metrics/eval/sft.json",)),
     Kind("evaluate", "stages/evaluate.py", "${item}", foreach=ALGORITHMS, params=EVALUATION, policy_run="${item}",
-         deps=(*LLM_INPUTS, "models/policy/${item}", "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl",
-               "data/pairs/pairs.jsonl", "data/eval/reference.jsonl"),
+         deps=(*LLM_INPUTS, "models/policy/${item}", "data/pairs/gold.json", PROMPTS_EVAL,
+               "data/pairs/pairs.jsonl", EVAL_REFERENCE),
          outs=("data/eval/${item}.jsonl",), metrics=("metrics/eval/${item}.json",)),
     Kind("seeds", "stages/seeds.py", "${item}", launch=True, foreach=ALGORITHMS,
          params=(*POLICY_RUN, "eval", "training_seeds.seeds"),
-         deps=(*LLM_INPUTS, "data/pairs/pairs.jsonl", "data/pairs/gold.json", "data/prepared/prompts_eval.jsonl",
-               "data/eval/reference.jsonl"),
+         deps=(*LLM_INPUTS, "data/pairs/pairs.jsonl", "data/pairs/gold.json", PROMPTS_EVAL,
+               EVAL_REFERENCE),
          outs=("models/training_seeds/${item}", "data/training_seeds/${item}"),
          metrics=("metrics/training_seeds/${item}",), plots=(Curve("metrics/curves/training_seeds/${item}", "loss"),),
          comment="training seeds: every policy again with each seed of training_seeds.seeds, trained and\n"
                  "evaluated in one process (stages/seeds.py; none: empty folders)"),
     Kind("pairs_variant", "stages/pairs.py", "--variant ${item}", foreach=GOLD_REWARDS,
-         params=("seed", "gold.skew_quantile", "gold.skew_keep", "pairs"), deps=("data/sft_samples",),
+         params=("seed", "gold.skew_quantile", "gold.skew_keep", "pairs"), deps=(SFT_SAMPLES_DIR,),
          outs=("data/variants/${item}/pairs",), metrics=("metrics/variants/${item}/pairs.json",),
          comment="The LLM task again under other gold rewards (params `variants`): the same SFT samples relabelled,\n"
                  "a reward model and a few algorithms each, for claims 1, 3 and 4 across where the reward peaks."),
     Kind("reward_model_variant", "stages/reward_model.py", "--variant ${item}", launch=True, foreach=GOLD_REWARDS,
-         params=("seed", "reward_model"), deps=("models/sft", "data/variants/${item}/pairs/pairs.jsonl"),
+         params=("seed", "reward_model"), deps=(SFT_MODEL, "data/variants/${item}/pairs/pairs.jsonl"),
          outs=("models/variants/${item}/reward_model",), metrics=("metrics/variants/${item}/reward_model.json",)),
     Kind("policy_variant", "stages/policy.py", "${item.algo} --variant ${item.gold}", launch=True,
          matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)),
          params=("seed", *POLICY_RUN[:-1], "algos.${item.algo}"), policy_run="${item.algo} on ${item.gold}",
-         deps=("models/sft", "models/variants/${item.gold}/reward_model",
+         deps=(SFT_MODEL, "models/variants/${item.gold}/reward_model",
                "data/variants/${item.gold}/pairs/pairs.jsonl"),
          outs=("models/variants/${item.gold}/policy/${item.algo}",),
          metrics=("metrics/variants/${item.gold}/policy/${item.algo}.json",),
          plots=(Curve("metrics/variants/${item.gold}/curves/policy_${item.algo}.csv", "loss"),)),
     Kind("evaluate_variant_sft", "stages/evaluate.py", "sft --variant ${item}", foreach=GOLD_REWARDS,
          params=EVALUATION, policy_run="sft on ${item}",
-         deps=("models/sft", "models/variants/${item}/reward_model", "data/variants/${item}/pairs/gold.json",
-               "data/variants/${item}/pairs/pairs.jsonl", "data/prepared/prompts_eval.jsonl",
-               "data/eval/reference.jsonl"),
+         deps=(SFT_MODEL, "models/variants/${item}/reward_model", "data/variants/${item}/pairs/gold.json",
+               "data/variants/${item}/pairs/pairs.jsonl", PROMPTS_EVAL,
+               EVAL_REFERENCE),
          outs=("data/variants/${item}/eval/sft.jsonl",), metrics=("metrics/variants/${item}/eval/sft.json",)),
     Kind("evaluate_variant", "stages/evaluate.py", "${item.algo} --variant ${item.gold}",
          matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)), params=EVALUATION,
          policy_run="${item.algo} on ${item.gold}",
-         deps=("models/sft", "models/variants/${item.gold}/reward_model",
+         deps=(SFT_MODEL, "models/variants/${item.gold}/reward_model",
                "models/variants/${item.gold}/policy/${item.algo}", "data/variants/${item.gold}/pairs/gold.json",
-               "data/variants/${item.gold}/pairs/pairs.jsonl", "data/prepared/prompts_eval.jsonl",
-               "data/eval/reference.jsonl"),
+               "data/variants/${item.gold}/pairs/pairs.jsonl", PROMPTS_EVAL,
+               EVAL_REFERENCE),
          outs=("data/variants/${item.gold}/eval/${item.algo}.jsonl",),
          metrics=("metrics/variants/${item.gold}/eval/${item.algo}.json",)),
     Kind("bandit", "stages/bandit.py", params=("bandit",), metrics=("metrics/didactic/bandit.json",),

@@ -47,7 +47,7 @@ def win_rates_per_prompt(root: Path, task: Task, name: str) -> list:
     """Each held-out prompt's win rate of policy `name` against the SFT reference draw (ties half), from the saved
     samples: the per-prompt form of the evaluation's `win_rate_vs_sft`."""
     from pftlab.core.io import read_jsonl
-    from pftlab.core.paths import EVAL_REFERENCE
+    from pftlab.core.pipeline import EVAL_REFERENCE
     from pftlab.lm.gold import gold_reward
 
     spec = json.loads((root / task.gold).read_text())

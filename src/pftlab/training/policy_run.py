@@ -9,7 +9,8 @@ from pftlab.algorithms.table import ALGORITHMS
 from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_algorithm_params
-from pftlab.core.paths import SFT_MODEL, Task
+from pftlab.core.paths import Task
+from pftlab.core.pipeline import SFT_MODEL
 from pftlab.core.stage import seed_everything, stage_checkpointer
 from pftlab.lm.model import load_tokenizer
 from pftlab.lm.reference import policy_and_reference, save_policy, weight_copies

@@ -100,4 +100,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("bandit", ["bandit"], main, "metrics/didactic/bandit.json", seed_key=None)  # seeds: bandit.seeds
+    run_stage("bandit", main, seed_key=None)  # seeds: bandit.seeds

@@ -77,4 +77,4 @@ def claim6_rows(mass: dict) -> list:
 
 
 if __name__ == "__main__":
-    run_stage("coverage", ["coverage"], main, "metrics/didactic/coverage.json", seed_key=None)  # seeds: coverage.seeds
+    run_stage("coverage", main, seed_key=None)  # seeds: coverage.seeds

@@ -9,9 +9,9 @@ import sys
 
 from pftlab.core.paths import task_from_argv
 from pftlab.core.stage import run_stage
-from pftlab.evaluation.run import SECTIONS, SEED_KEY, evaluate_policy
+from pftlab.evaluation.run import SEED_KEY, evaluate_policy
 
 if __name__ == "__main__":
     name, task = sys.argv[1] if len(sys.argv) > 1 else "", task_from_argv()
-    run_stage(task.stage("evaluate", name), SECTIONS, lambda p, tracker: evaluate_policy(p, name, task),
-              task.metrics("eval", name), seed_key=SEED_KEY, results_prefix="eval/")
+    run_stage(task.stage("evaluate", name), lambda p, tracker: evaluate_policy(p, name, task),
+              seed_key=SEED_KEY, results_prefix="eval/")

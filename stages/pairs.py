@@ -7,7 +7,8 @@ import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set bef
 import numpy as np
 
 from pftlab.core.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
-from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES, task_from_argv
+from pftlab.core.paths import task_from_argv
+from pftlab.core.pipeline import PAIRS_TRAIN, SFT_MODEL, SFT_SAMPLES
 from pftlab.core.stage import run_stage
 from pftlab.lm.gold import ends_with_eos, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
 from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer
@@ -19,7 +20,7 @@ def human_pairs(p, tok):
     """The labelled training pairs of the data, tokenised; pairs the token caps make identical are dropped."""
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
     pairs, identical, cut = [], 0, Truncation()
-    for r in read_jsonl("data/prepared/pairs_train.jsonl")[: p["pairs.max_prompts"]]:
+    for r in read_jsonl(PAIRS_TRAIN)[: p["pairs.max_prompts"]]:
         chosen, rejected = encode_response(tok, r["chosen"], mr, cut), encode_response(tok, r["rejected"], mr, cut)
         if chosen == rejected:
             identical += 1
@@ -74,6 +75,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    gold_keys = ["gold.skew_quantile", "gold.skew_keep"] if TASK.variant else ["gold"]
-    run_stage(TASK.stage("pairs"), ["seed", *gold_keys, "pairs", "model.max_prompt_tokens", "model.max_response_tokens"],
-              main, TASK.metrics("pairs"))
+    run_stage(TASK.stage("pairs"), main)

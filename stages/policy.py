@@ -9,9 +9,9 @@ import sys
 
 from pftlab.core.paths import task_from_argv
 from pftlab.core.stage import run_stage
-from pftlab.training.policy_run import sections, train_policy_run
+from pftlab.training.policy_run import train_policy_run
 
 if __name__ == "__main__":
     name, task = sys.argv[1] if len(sys.argv) > 1 else "", task_from_argv()
-    run_stage(task.stage("policy", name), sections(name, task), lambda p, tracker: train_policy_run(p, tracker, name, task),
-              task.metrics("policy", name), models=[task.policy(name)])
+    run_stage(task.stage("policy", name), lambda p, tracker: train_policy_run(p, tracker, name, task),
+              models=[task.policy(name)])

@@ -6,6 +6,7 @@ import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set bef
 
 # isort: split
 from pftlab.core.io import atomic_dir, atomic_write_jsonl
+from pftlab.core.pipeline import PREPARED
 from pftlab.core.stage import run_stage
 from pftlab.lm.data import check_tracked, prepare, read_pairs, source_spec
 
@@ -20,7 +21,7 @@ def main(p, tracker):
         tokenizer = lambda: pretrained_tokenizer(p["model.pretrained"])  # noqa: E731 - after the data is read
     rows, report = read_pairs(spec, p["data.max_bad_fraction"], tokenizer)
     splits = prepare(rows, p["data.eval_fraction"])
-    with atomic_dir("data/prepared") as out:
+    with atomic_dir(PREPARED) as out:
         for name, records in splits.items():
             atomic_write_jsonl(out / f"{name}.jsonl", records)
     reasons = ", ".join(f"{n} {r}" for r, n in report["skipped_by_reason"].items())
@@ -31,4 +32,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("prepare", ["seed", "data", "model"], main, "metrics/prepare.json")
+    run_stage("prepare", main)

@@ -19,4 +19,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("report", ["seed", "algorithms", "variants", "training_seeds", "policy.lr"], main, "metrics/report_summary.json")
+    run_stage("report", main)

@@ -9,7 +9,8 @@ from transformers.utils import logging as hf_logging
 from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_batch
-from pftlab.core.paths import SFT_MODEL, task_from_argv
+from pftlab.core.paths import task_from_argv
+from pftlab.core.pipeline import SFT_MODEL
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.model import load_tokenizer
 from pftlab.lm.reward_model import evaluate_reward_model, new_reward_model
@@ -44,5 +45,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage(TASK.stage("reward_model"), ["seed", "reward_model"], main, TASK.metrics("reward_model"),
-              models=[TASK.reward_model])
+    run_stage(TASK.stage("reward_model"), main, models=[TASK.reward_model])

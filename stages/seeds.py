@@ -33,13 +33,11 @@ if __name__ == "__main__":
         for folder in seed_folders(name):
             Path(folder).mkdir(parents=True, exist_ok=True)
     for task in tasks:  # every process of a launch trains; then the main process evaluates
-        run_stage(task.stage("policy", name), policy_run.sections(name, task),
-                  lambda p, tracker, task=task: policy_run.train_policy_run(p, tracker, name, task),
-                  task.metrics("policy", name), seed_key=None, models=[task.policy(name)], keep_checkpoint=True)
+        run_stage(task.stage("policy", name), lambda p, tracker, task=task: policy_run.train_policy_run(p, tracker, name, task),
+                  seed_key=None, models=[task.policy(name)], keep_checkpoint=True)
     if is_main_process():
         for task in tasks:
-            run_stage(task.stage("evaluate", name), evaluation.SECTIONS,
-                      lambda p, tracker, task=task: evaluation.evaluate_policy(p, name, task),
-                      task.metrics("eval", name), seed_key=evaluation.SEED_KEY, results_prefix="eval/")
+            run_stage(task.stage("evaluate", name), lambda p, tracker, task=task: evaluation.evaluate_policy(p, name, task),
+                      seed_key=evaluation.SEED_KEY, results_prefix="eval/")
     for task in tasks:
         remove_checkpoint(task.stage("policy", name))

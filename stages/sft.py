@@ -8,7 +8,7 @@ from transformers.utils import logging as hf_logging
 from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_batch
-from pftlab.core.paths import SFT_MODEL
+from pftlab.core.pipeline import SFT_EVAL, SFT_MODEL, SFT_TRAIN, TOKENIZER
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.hub import pretrained_model
 from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer, new_policy
@@ -18,14 +18,14 @@ from pftlab.training.supervised import train_sft
 
 def main(p, tracker):
     hf_logging.set_verbosity_error()
-    tok = load_tokenizer("models/tokenizer")
+    tok = load_tokenizer(TOKENIZER)
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
     cut = Truncation()
     encode = lambda rows: [(encode_prompt(tok, r["prompt"], mp, cut), encode_response(tok, r["response"], mr, cut)) for r in rows]
     cfg = p.config("sft")
     limit = cfg.max_examples  # None: all
-    train = encode(read_jsonl("data/prepared/sft_train.jsonl")[:limit])
-    held_out = encode(read_jsonl("data/prepared/sft_eval.jsonl")[:limit])
+    train = encode(read_jsonl(SFT_TRAIN)[:limit])
+    held_out = encode(read_jsonl(SFT_EVAL)[:limit])
     cut.warn("sft")
     check_batch("sft.batch_size", cfg.batch_size, len(train), "SFT examples")
     if p.get("model.pretrained"):
@@ -33,7 +33,7 @@ def main(p, tracker):
     else:
         model = new_policy(tok, p["model.n_layer"], p["model.n_embd"], p["model.n_head"], mp + mr + 1)
     parameters = sum(x.numel() for x in model.parameters())  # before ZeRO-3 could partition them
-    checkpointer = stage_checkpointer(p, ["models/tokenizer", "data/prepared/sft_train.jsonl", "data/prepared/sft_eval.jsonl"])
+    checkpointer = stage_checkpointer(p, [TOKENIZER, SFT_TRAIN, SFT_EVAL])
     history = train_sft(model, train, held_out, cfg, tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
     with full_weights(model):  # ZeRO-3: gathered on every process, written by rank 0
         if is_main_process():
@@ -47,4 +47,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("sft", ["seed", "model", "sft"], main, "metrics/sft.json", models=[SFT_MODEL])
+    run_stage("sft", main, models=[SFT_MODEL])

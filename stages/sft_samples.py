@@ -7,7 +7,7 @@ import numpy as np
 from transformers.utils import logging as hf_logging
 
 from pftlab.core.io import atomic_write_jsonl, read_jsonl
-from pftlab.core.paths import SFT_MODEL, SFT_SAMPLES
+from pftlab.core.pipeline import PROMPTS_TRAIN, SFT_MODEL, SFT_SAMPLES
 from pftlab.core.stage import run_stage
 from pftlab.lm.gold import ends_with_eos, response_length
 from pftlab.lm.model import Truncation, encode_prompt, load_policy, load_tokenizer
@@ -23,7 +23,7 @@ def main(p, tracker):
     eos = tok.eos_token_id
     cut = Truncation()
     prompts = [encode_prompt(tok, r["prompt"], p["model.max_prompt_tokens"], cut)
-               for r in read_jsonl("data/prepared/prompts_train.jsonl")[: p["pairs.max_prompts"]]]
+               for r in read_jsonl(PROMPTS_TRAIN)[: p["pairs.max_prompts"]]]
     cut.warn("sft_samples")
     repeated = [x for x in prompts for _ in range(2)]
     responses = sample_responses(policy, repeated, p["model.max_response_tokens"], p["generation.temperature"],
@@ -36,5 +36,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("sft_samples", ["seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation",
-                              "pairs"], main, "metrics/sft_samples.json")
+    run_stage("sft_samples", main)

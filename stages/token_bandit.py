@@ -34,4 +34,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage("token_bandit", ["token_bandit"], main, "metrics/didactic/token_bandit.json", seed_key=None)
+    run_stage("token_bandit", main, seed_key=None)

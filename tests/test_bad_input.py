@@ -194,8 +194,8 @@ def test_stage_finishes_when_the_mlflow_server_refuses_connections(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_default()))
     env = {**os.environ, "PFTLAB_MLFLOW": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
     code = ("from pftlab.core.stage import run_stage\n"
-            "run_stage('probe', ['seed'], lambda p, t: (t.log_metrics({'x': 1.0}), {'seed': p['seed']})[1], 'metrics/probe.json')")
+            "run_stage('tokenizer', lambda p, t: (t.log_metrics({'x': 1.0}), {'seed': p['seed']})[1])")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("MLflow tracking disabled") == 1
-    assert json.loads((tmp_path / "metrics" / "probe.json").read_text())["seed"] == 0
+    assert json.loads((tmp_path / "metrics" / "tokenizer.json").read_text())["seed"] == 0

@@ -108,9 +108,9 @@ def test_seed_collection_keeps_runs_that_differ_only_in_the_seed(tmp_path):
 
 def test_task_paths_put_variants_beside_the_main_task():
     main, mode = Task(), Task("mode_length")
-    assert (main.pairs, main.reward_model, main.policy("dpo"), main.metrics("eval", "dpo")) == (
+    assert (main.pairs, main.reward_model, main.policy("dpo"), main.metrics("evaluate", "dpo")) == (
         "data/pairs/pairs.jsonl", "models/reward_model", "models/policy/dpo", "metrics/eval/dpo.json")
-    assert (mode.pairs, mode.reward_model, mode.policy("dpo"), mode.metrics("eval", "dpo"), mode.curve("policy", "dpo")) == (
+    assert (mode.pairs, mode.reward_model, mode.policy("dpo"), mode.metrics("evaluate", "dpo"), mode.curve("policy", "dpo")) == (
         "data/variants/mode_length/pairs/pairs.jsonl", "models/variants/mode_length/reward_model",
         "models/variants/mode_length/policy/dpo", "metrics/variants/mode_length/eval/dpo.json",
         "metrics/variants/mode_length/curves/policy_dpo.csv")
@@ -192,8 +192,8 @@ def test_over_seeds_claim_4_is_chosen_on_the_validation_prompts_of_the_seed_that
             if seed == 0:
                 values["validation_gold_reward"] = validation[n]
                 evals["min_length"][n] = values
-            (tmp_path / task.metrics("eval", n)).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / task.metrics("eval", n)).write_text(json.dumps(values))
+            (tmp_path / task.metrics("evaluate", n)).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / task.metrics("evaluate", n)).write_text(json.dumps(values))
     runs = seeds.pipeline_seed_runs(names[1:], {"seeds": [1, 2]}, "min_length", tmp_path)
     parts, _ = claims.llm_claim_parts({"min_length": (Task(), names)}, evals, 0, runs, tmp_path)
     over_seeds = [c for _, cl in parts for c in cl.get("4", []) if c["over"].startswith("training seeds")]

@@ -1,4 +1,5 @@
-"""DVC deps that cannot drift: every stage declares each project module its script imports, transitively.
+"""DVC deps that cannot drift: dvc.yaml is generated from core/pipeline.py, and every stage declares each project
+module its script imports, transitively.
 
 The closure of a stage is computed with `ast` (pftlab.core.deps) from the script in its cmd. The
 dvc.yaml test is the one that guards edits; the dvc.lock test checks what DVC actually recorded, and
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pftlab.core import deps
+from pftlab.core import deps, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "run `python -m pftlab.core.deps --write` (then `dvc commit` for dvc.lock)"
@@ -112,32 +113,28 @@ def test_closure_follows_transitive_function_level_and_from_package_imports(tmp_
     assert deps.import_closure(tmp_path / "stages/two.py", tmp_path) == ["src/mypkg/__init__.py"]
 
 
-def test_write_makes_code_deps_the_closure_and_keeps_the_rest(tmp_path):
-    (tmp_path / "src/pkg").mkdir(parents=True)
-    (tmp_path / "stages").mkdir()
-    (tmp_path / "src/pkg/__init__.py").write_text("VERSION = 1\n")
-    (tmp_path / "src/pkg/used.py").write_text("from pkg import more, empty\n")
-    (tmp_path / "src/pkg/more.py").write_text("X = 2\n")
-    (tmp_path / "src/pkg/empty.py").write_text("")  # imported, but runs nothing: not a dep
-    (tmp_path / "src/pkg/gone.py").write_text("")
-    (tmp_path / "stages/s.py").write_text("def main():\n    from pkg.used import x\n")
-    text = ("# top comment\nstages:\n  one:\n    foreach: ${things}\n    do:\n      cmd: python stages/s.py ${item}\n"
-            "      deps:\n        - stages/s.py\n        # data comes next\n        - src/pkg/gone.py\n"
-            "        - data/in/${item}.txt\n        - src/pkg/used.py  # why\n      outs:\n        - out/${item}\n"
-            "  two:\n    cmd: ${launch} stages/s.py\n    deps:\n    - data/x\n    - src/pkg/keep.py  # deps: keep\n"
-            "    outs:\n    - y\n")
-    (tmp_path / "dvc.yaml").write_text(text)
-    assert deps.main(["--check", "--root", str(tmp_path)]) == 1
-    assert deps.main(["--write", "--root", str(tmp_path)]) == 0
-    new = (tmp_path / "dvc.yaml").read_text()
-    assert deps.main(["--check", "--root", str(tmp_path)]) == 0
-    assert deps.main(["--write", "--root", str(tmp_path)]) == 0 and (tmp_path / "dvc.yaml").read_text() == new
-    doc = yaml.safe_load(new)
-    closure = ["src/pkg/__init__.py", "src/pkg/more.py", "src/pkg/used.py"]
-    assert doc["stages"]["one"]["do"]["deps"] == ["stages/s.py", *closure, "data/in/${item}.txt"]
-    assert doc["stages"]["two"]["deps"] == ["stages/s.py", *closure, "data/x", "src/pkg/keep.py"]
-    assert doc["stages"]["one"]["do"]["outs"] == ["out/${item}"] and doc["stages"]["two"]["outs"] == ["y"]
-    assert "# top comment" in new and "# data comes next" in new and "src/pkg/used.py  # why" in new
+def test_dvc_yaml_is_the_pipeline_generated():
+    """dvc.yaml is written whole from core/pipeline.py and the stages' import closures: an edit by hand, a new
+    import or a changed declaration without `--write` fails here."""
+    assert (ROOT / "dvc.yaml").read_text() == deps.generate(ROOT), f"dvc.yaml is stale: {FIX}"
+
+
+def test_check_fails_on_a_drifted_file_and_write_mends_it(tmp_path, capsys):
+    drifted = tmp_path / "dvc.yaml"
+    drifted.write_text((ROOT / "dvc.yaml").read_text().replace("      - src/pftlab/lm/readers.py\n", "", 1))
+    assert deps.main(["--check", "--root", str(ROOT), "--file", str(drifted)]) == 1
+    assert "\n+      - src/pftlab/lm/readers.py\n" in capsys.readouterr().out  # the diff shows what is missing
+    assert deps.main(["--write", "--root", str(ROOT), "--file", str(drifted)]) == 0
+    assert drifted.read_text() == (ROOT / "dvc.yaml").read_text()
+
+
+def test_generated_text_reads_back_as_the_declaration():
+    """Comments and layout aside, dvc.yaml is exactly the pipeline's data (render checks it on every write too)."""
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert list(doc["stages"]) == list(pipeline.KINDS)
+    assert doc == yaml.safe_load(deps.render(deps.pipeline_doc(ROOT)))
+    assert doc["stages"]["policy"]["do"]["params"][-1] == "algos.${item}"
+    assert doc["stages"]["bandit"]["outs"][0] == {"metrics/curves/bandit_aligned_offline.csv": {"cache": False}}
 
 
 def test_no_dep_points_at_a_missing_file(dvc_stages):
@@ -172,7 +169,7 @@ def test_code_deps_in_dvc_lock_exist(dvc_stages):
 def test_what_a_module_change_reruns_is_narrow_by_design():
     """`python -m pftlab.core.deps --fanout`: editing a dataset layout reruns prepare only (and what its output
     changes), not every stage that checks params; the didactic problems' code reaches no LLM stage."""
-    reach = deps.fanout(deps.plan((ROOT / "dvc.yaml").read_text(), ROOT))
+    reach = deps.fanout(ROOT)
     assert reach["src/pftlab/lm/layouts.py"] == ["prepare"]
     assert reach["src/pftlab/lm/readers.py"] == reach["src/pftlab/lm/data.py"] == ["prepare"]
     llm = {"prepare", "tokenizer", "sft", "sft_samples", "pairs", "reward_model", "policy", "evaluate_sft", "evaluate"}
@@ -183,8 +180,7 @@ def test_what_a_module_change_reruns_is_narrow_by_design():
 def test_the_code_every_stage_runs_imports_no_torch():
     """A module in every stage's closure loads with every stage: torch there would cost the light stages
     (prepare, report, ...) its import, and a change to torch code there would rerun all of them."""
-    plans = deps.plan((ROOT / "dvc.yaml").read_text(), ROOT)
-    everywhere = [m for m, stages in deps.fanout(plans).items() if len(stages) == len(plans)]
+    everywhere = [m for m, kinds in deps.fanout(ROOT).items() if len(kinds) == len(pipeline.KINDS)]
     names = [m.removeprefix("src/").removesuffix(".py").removesuffix("/__init__").replace("/", ".") for m in everywhere]
     assert "pftlab.core.stage" in names and "pftlab.core.checkpoint" in names, names
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({n!r})\n" for n in names) + \
@@ -196,9 +192,8 @@ def test_the_code_every_stage_runs_imports_no_torch():
 def test_the_report_reads_the_taxonomy_without_loading_torch():
     """The report judges claims by the algorithms' taxonomy (algorithms/taxonomy.py), not their objectives:
     a change to an objective must not rerun it, and it must not pay torch's import."""
-    plans = {p.stage.name: p for p in deps.plan((ROOT / "dvc.yaml").read_text(), ROOT)}
-    assert "src/pftlab/algorithms/taxonomy.py" in plans["report"].closure
-    assert "src/pftlab/algorithms/table.py" not in plans["report"].closure
+    report = deps.code_deps(pipeline.KINDS["report"], ROOT)
+    assert "src/pftlab/algorithms/taxonomy.py" in report and "src/pftlab/algorithms/table.py" not in report
     code = ("import sys\nimport pftlab.reporting.report\n"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -15,13 +15,13 @@ from pftlab.reporting.tables import seeds_table
 def test_a_seed_run_has_its_own_files_and_shares_the_task_data():
     task = Task(seed=2)
     assert task.policy("dpo") == "models/training_seeds/dpo/s2"  # one folder per algorithm: the outs of seeds@dpo
-    assert task.metrics("eval", "dpo") == "metrics/training_seeds/dpo/s2/eval.json"
+    assert task.metrics("evaluate", "dpo") == "metrics/training_seeds/dpo/s2/eval.json"
     assert task.metrics("policy", "dpo") == "metrics/training_seeds/dpo/s2/policy.json"
     assert task.eval_samples("dpo") == "data/training_seeds/dpo/s2/eval.jsonl"
     assert task.curve("policy", "dpo") == "metrics/curves/training_seeds/dpo/policy_s2.csv"
     assert task.stage("policy", "dpo") == "policy_seed@dpo-2" and task.stage("evaluate", "dpo") == "evaluate_seed@dpo-2"
     assert seeds_stage("dpo") == "seeds@dpo"
-    for path in (task.policy("dpo"), task.eval_samples("dpo"), task.metrics("eval", "dpo"), task.curve("policy", "dpo")):
+    for path in (task.policy("dpo"), task.eval_samples("dpo"), task.metrics("evaluate", "dpo"), task.curve("policy", "dpo")):
         assert any(path.startswith(folder + "/") for folder in seed_folders("dpo"))  # inside the stage's outs
     assert (task.pairs, task.reward_model, task.gold) == (Task().pairs, Task().reward_model, Task().gold)  # shared
     assert task_from_argv(["dpo"]).policy("dpo") == "models/policy/dpo"
@@ -38,7 +38,7 @@ def write(root, path, values):
 def test_pipeline_seed_runs_and_their_aggregation(tmp_path):
     gold = {("dpo", 1): -40.0, ("dpo", 2): -35.0, ("pref_ft", 1): -22.0, ("pref_ft", 2): -20.0}
     for (name, seed), g in gold.items():
-        write(tmp_path, Task(seed=seed).metrics("eval", name), {"gold_reward": g, "kl_k1": 10.0 * seed, "win_rate_vs_sft": 0.5})
+        write(tmp_path, Task(seed=seed).metrics("evaluate", name), {"gold_reward": g, "kl_k1": 10.0 * seed, "win_rate_vs_sft": 0.5})
     runs = seeds.pipeline_seed_runs(["pref_ft", "dpo"], {"seeds": [1, 2]}, "min_length", tmp_path)
     assert [r["seed"] for r in runs] == [1, 2]
     assert runs[1]["tasks"]["min_length"]["dpo"] == {"gold_reward": -35.0, "kl_k1": 20.0, "win_rate_vs_sft": 0.5}
@@ -98,12 +98,12 @@ def test_a_bad_seed_list_stops_the_first_stage_that_runs(tmp_path):
     tree = load_params("params.yaml").tree
     tree["training_seeds"] = {"seeds": [1, 1]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
-    code = "from pftlab.core.stage import run_stage\nrun_stage('probe', ['seed'], lambda p, t: {}, 'metrics/probe.json')"
+    code = "from pftlab.core.stage import run_stage\nrun_stage('tokenizer', lambda p, t: {})"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PFTLAB_MLFLOW": "0"})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "'training_seeds.seeds' lists 1 more than once" in out.stderr
-    assert not (tmp_path / "metrics" / "probe.json").exists()
+    assert not (tmp_path / "metrics" / "tokenizer.json").exists()
 
 
 def _eval_files(root, gold: dict, seeds_: list):
@@ -113,7 +113,7 @@ def _eval_files(root, gold: dict, seeds_: list):
         rows = [{"prompt_index": i, "gold": g, "kl_k1": 1.0} for i, g in enumerate(per_prompt)]
         (root / task.eval_samples(name)).parent.mkdir(parents=True, exist_ok=True)
         (root / task.eval_samples(name)).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        write(root, task.metrics("eval", name), {"gold_reward": sum(per_prompt) / len(per_prompt), "kl_k1": 1.0})
+        write(root, task.metrics("evaluate", name), {"gold_reward": sum(per_prompt) / len(per_prompt), "kl_k1": 1.0})
 
 
 def test_one_seed_over_prompts_never_decides_where_training_seeds_exist(tmp_path):
@@ -125,7 +125,7 @@ def test_one_seed_over_prompts_never_decides_where_training_seeds_exist(tmp_path
             ("sft", 0): [-25.0] * 4}
     _eval_files(tmp_path, gold, [0, 1, 2])
     tasks = {"min_length": (Task(), ["sft", "pref_ft", "dpo"])}
-    evals = {"min_length": {n: json.loads((tmp_path / Task().metrics("eval", n)).read_text()) for n in ("sft", "pref_ft", "dpo")}}
+    evals = {"min_length": {n: json.loads((tmp_path / Task().metrics("evaluate", n)).read_text()) for n in ("sft", "pref_ft", "dpo")}}
     runs = seeds.pipeline_seed_runs(["pref_ft", "dpo"], {"seeds": [1, 2]}, "min_length", tmp_path)
     parts, over = claims.llm_claim_parts(tasks, evals, 0, runs, tmp_path)
     verdicts = claims.all_claims(llm_parts=parts)["3"]
@@ -188,7 +188,7 @@ def test_dpo_step_table_reads_the_same_pairs_change_from_the_evaluations():
 
 
 def test_win_rates_per_prompt_from_saved_samples_and_the_self_win_rate_sentence(tmp_path):
-    from pftlab.core.paths import EVAL_REFERENCE
+    from pftlab.core.pipeline import EVAL_REFERENCE
     from pftlab.reporting.results import win_rates_per_prompt
     from pftlab.reporting.tables import self_win_rate_sentence
 

@@ -1,46 +1,39 @@
-"""The project code each DVC stage runs, computed from imports, so that dvc.yaml's deps cannot drift.
+"""dvc.yaml, generated whole from the pipeline's declaration (core/pipeline.py) and the code each stage runs.
 
-`import_closure(script, root)` follows the imports of a stage script with `ast`, transitively, and
-returns every project module Python would execute for it: the modules named by `import a.b`,
-`from a import b` (b a submodule or a name), `from a.b import name`, relative imports, imports inside
-functions or `if`/`try` blocks, `importlib.import_module("a.b")` with a literal name, and the
-`__init__.py` of every package on the way (Python runs them all; an empty one runs nothing and is left
-out, so the lock file does not carry seven files that cannot change a number). A module is "project" when it
-resolves to a file under the repository: the script's own directory (sys.path[0] for
-`python stages/x.py`) or `src/` (where the editable install points). Everything else (torch, the
-standard library) is left out. Nothing is imported: the closure needs only the standard library, and
-dvc.yaml is read with a YAML parser (PyYAML's node tree: every value with its line).
+A stage's code deps are computed, never written by hand: `import_closure(script, root)` follows the
+imports of a stage script with `ast`, transitively, and returns every project module Python would execute
+for it: the modules named by `import a.b`, `from a import b` (b a submodule or a name), `from a.b import
+name`, relative imports, imports inside functions or `if`/`try` blocks, `importlib.import_module("a.b")`
+with a literal name, and the `__init__.py` of every package on the way (Python runs them all; an empty one
+runs nothing and is left out, so the lock file does not carry seven files that cannot change a number). A
+module is "project" when it resolves to a file under the repository: the script's own directory
+(sys.path[0] for `python stages/x.py`) or `src/` (where the editable install points). Everything else
+(torch, the standard library) is left out. Nothing is imported but the torch-free pipeline declaration and
+params registry. Each stage's deps are its script, its closure (sorted) and its data inputs, in that order.
 
 CLI, from the repository root (or anywhere below it):
 
-    python -m pftlab.core.deps            # each stage of dvc.yaml: its script(s) and their closure
-    python -m pftlab.core.deps --check    # exit 1 if a stage's deps miss a module of its closure, or list one it does not import
-    python -m pftlab.core.deps --write    # make the code deps of every stage exactly its closure
-
-"Code deps" of a stage are its deps entries that end in `.py` and lie under `src/` or `stages/`,
-other than the stage's own script. `--write` removes those that are not in the closure, adds the
-missing ones (sorted, where the code deps were, else right after the script) and leaves every other
-line of dvc.yaml alone: data deps, comments, order, params and outs. It edits lines, never re-dumps
-the YAML, and it is idempotent: a second run changes nothing and does not touch the file. An entry
-with the comment `# deps: keep` is never removed (for a .py read some other way than by import).
+    python -m pftlab.core.deps            # each stage kind: its script and its closure
+    python -m pftlab.core.deps --check    # exit 1 if dvc.yaml is not what the pipeline generates, with the diff
+    python -m pftlab.core.deps --write    # write dvc.yaml from the pipeline
+    python -m pftlab.core.deps --fanout   # for each module, the stage kinds a change to it reruns
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import json
 import os
 import re
 import shlex
 import sys
 import tokenize
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-CODE_DIRS = ("src/", "stages/")
-KEEP_MARK = re.compile(r"#\s*deps:\s*keep\b")
-
+from pftlab.core.pipeline import KINDS, PLOTS, PLOTS_COMMENT, Kind
 
 # ---------------------------------------------------------------------------------------------------
 # Import closure
@@ -175,88 +168,6 @@ def import_closure(script_path: str | os.PathLike, root: str | os.PathLike, *,
     return sorted(mods)
 
 
-# ---------------------------------------------------------------------------------------------------
-# dvc.yaml, read with a YAML parser (PyYAML's node tree, which keeps every value's line and column) and
-# edited by lines (comments and layout stay as they are)
-# ---------------------------------------------------------------------------------------------------
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _mapping(node) -> dict:
-    """A YAML mapping node's entries, {key text: (key node, value node)}; {} for anything else."""
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
-
-
-def _text(node) -> str:
-    """A scalar's text, a list's items joined by spaces (a cmd may be a list of commands), else ""."""
-    if isinstance(node, yaml.ScalarNode):
-        return node.value
-    if isinstance(node, yaml.SequenceNode):
-        return " ".join(_text(item) for item in node.value)
-    return ""
-
-
-@dataclass
-class DepItem:
-    line: int       # index into the file's lines
-    path: str       # the value, unquoted
-    comment: str    # trailing comment, with its '#', or ""
-
-
-@dataclass
-class Stage:
-    name: str
-    cmd: str
-    deps_line: int | None                 # the `deps:` key line
-    deps_end: int | None                  # end (exclusive) of its value
-    items: list[DepItem] = field(default_factory=list)
-    item_indent: int | None = None
-    wdir: str | None = None
-    params: list[str] = field(default_factory=list)  # the stage's params keys (params.yaml), as written
-
-    @property
-    def paths(self) -> list[str]:
-        return [d.path for d in self.items]
-
-
-def read_stages(text: str) -> list[Stage]:
-    """The stages of a dvc.yaml text: each stage's cmd (foreach/matrix unexpanded), params keys, and deps with
-    the line each is on, from the parser's node tree."""
-    lines = text.splitlines()
-    stages_node = _mapping(yaml.compose(text, Loader=yaml.SafeLoader)).get("stages", (None, None))[1]
-    stages = []
-    for name, (_, spec) in _mapping(stages_node).items():
-        body = _mapping(spec)
-        if "do" in body:  # foreach: cmd and deps sit under do
-            body = {**body, **_mapping(body["do"][1])}
-        wdir = _text(body["wdir"][1]) if "wdir" in body else None
-        st = Stage(name, _text(body["cmd"][1]).strip() if "cmd" in body else "", None, None, wdir=wdir)
-        if "params" in body and isinstance(body["params"][1], yaml.SequenceNode):
-            for item in body["params"][1].value:  # a key, or {params file: [keys]} (named by its file)
-                st.params += [item.value] if isinstance(item, yaml.ScalarNode) else list(_mapping(item))
-        if "deps" in body:
-            key, deps = body["deps"]
-            if isinstance(deps, yaml.SequenceNode) and deps.flow_style:
-                raise ValueError(f"dvc.yaml, stage {name}: deps written inline ({lines[key.start_mark.line].strip()!r}); "
-                                 f"write them as a block list, one `- path` a line")
-            st.deps_line = st.deps_end = key.start_mark.line
-            for item in deps.value if isinstance(deps, yaml.SequenceNode) else []:
-                if not isinstance(item, yaml.ScalarNode):
-                    continue
-                line = item.start_mark.line
-                rest = lines[line][item.end_mark.column:].strip() if item.end_mark.line == line else ""
-                st.items.append(DepItem(line, item.value, rest if rest.startswith("#") else ""))
-                if st.item_indent is None:
-                    st.item_indent = _indent(lines[line])
-                st.deps_end = item.end_mark.line
-            st.deps_end += 1
-        stages.append(st)
-    return stages
-
 
 _PY = re.compile(r"^[\w./-]+\.py$")
 
@@ -316,83 +227,118 @@ def params_closure(keys: list[str], root: str | os.PathLike) -> list[str]:
     return sorted(mods)
 
 
-def is_code_dep(path: str, scripts: list[str]) -> bool:
-    return path.endswith(".py") and path.startswith(CODE_DIRS) and path not in scripts
+
+def code_deps(kind: Kind, root: str | os.PathLike) -> list[str]:
+    """The project modules a stage of this kind runs: its script's closure and what checking its params imports."""
+    _, closure = stage_closure(kind.cmd, root)
+    return sorted(set(closure) | set(params_closure(list(kind.params), root)))
 
 
-@dataclass
-class Plan:
-    stage: Stage
-    scripts: list[str]
-    closure: list[str]
-    missing: list[str]
-    extra: list[str]
+# ---------------------------------------------------------------------------------------------------
+# dvc.yaml, written from the declaration: block style, two-space indents, comments from the declaration
+# ---------------------------------------------------------------------------------------------------
+
+HEADER = ("# Generated from src/pftlab/core/pipeline.py by `python -m pftlab.core.deps --write`: edit it there.\n"
+          "# The pipeline: `dvc dag` draws it. Each stage lists exactly the params and inputs it reads.\n")
+COMMENT_COLUMN = 31
 
 
-def plan(text: str, root: str | os.PathLike) -> list[Plan]:
-    plans = []
-    for st in read_stages(text):
-        if st.wdir not in (None, ".", "./"):
-            raise ValueError(f"dvc.yaml, stage {st.name}: wdir {st.wdir!r} is not supported")
-        scripts, closure = stage_closure(st.cmd, root)
-        closure = sorted(set(closure) | set(params_closure(st.params, root)))
-        if not scripts and not closure:
-            plans.append(Plan(st, [], [], [], []))
-            continue
-        want = scripts + closure
-        have = st.paths
-        missing = [p for p in want if p not in have]
-        extra = [d.path for d in st.items
-                 if is_code_dep(d.path, scripts) and d.path not in closure and not KEEP_MARK.search(d.comment)]
-        plans.append(Plan(st, scripts, closure, missing, extra))
-    return plans
+def _in_git(path: str) -> dict:
+    return {path: {"cache": False}}
 
 
-def fanout(plans: list[Plan]) -> dict:
-    """{module: [stage entries of dvc.yaml whose code it is]}, most-reached first: what a change to it reruns (an
-    entry such as `policy` stands for every `policy@<algorithm>`)."""
+def stage_entry(kind: Kind, code: list[str]) -> dict:
+    """The dvc.yaml entry of a kind: what DVC reads (`code`: its code deps)."""
+    outs = [out if isinstance(out, str) else _in_git(out.path) for out in kind.outs]
+    body = {"cmd": kind.cmd, "deps": [kind.script, *code, *kind.deps], "params": list(kind.params), "outs": outs,
+            "metrics": [_in_git(path) for path in kind.metrics],
+            "plots": [{c.path: {"cache": False, "x": c.x, "y": c.y}} for c in kind.plots]}
+    body = {key: value for key, value in body.items() if value}
+    if kind.foreach:
+        return {"foreach": kind.foreach, "do": body}
+    if kind.matrix:
+        return {"matrix": dict(kind.matrix), **body}
+    return body
+
+
+def plots_entry() -> list:
+    return [{plot.name: {"title": plot.title, "x": plot.x, "y": {plot.csv: plot.y}}} for plot in PLOTS]
+
+
+def pipeline_doc(root: str | os.PathLike) -> dict:
+    """dvc.yaml as data: what yaml.safe_load of the generated text gives."""
+    return {"stages": {name: stage_entry(kind, code_deps(kind, root)) for name, kind in KINDS.items()},
+            "plots": plots_entry()}
+
+
+def _scalar(value) -> str:
+    """A value as YAML writes it: plain where that reads back as the same value, else double-quoted; a tuple
+    as a flow list (`[a, b]`, the plots' columns)."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_scalar, value)) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    try:
+        plain = yaml.safe_load(f"k: {text}") == {"k": value}
+    except yaml.YAMLError:  # `a: b` inside a plain value
+        plain = False
+    return text if plain else json.dumps(text)
+
+
+def _noted(line: str, note: str) -> str:
+    return f"{line.ljust(COMMENT_COLUMN - 1)} # {note}" if note else line
+
+
+def _lines(node, indent: int, notes: dict) -> list[str]:
+    """Block YAML for a mapping or a list; `notes` puts a comment beside a key or item it names."""
+    pad, out = " " * indent, []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                out += [_noted(f"{pad}{key}:", notes.get(key, "")), *_lines(value, indent + 2, notes)]
+            else:
+                out.append(_noted(f"{pad}{key}: {_scalar(value)}", notes.get(key, "")))
+    else:
+        for item in node:
+            if isinstance(item, dict):  # `- key:` with its value indented under the key
+                first, *rest = _lines(item, indent + 2, notes)
+                out += [f"{pad}- {first.lstrip()}", *rest]
+            else:
+                out.append(_noted(f"{pad}- {_scalar(item)}", notes.get(item, "")))
+    return out
+
+
+def _comment(text: str, indent: int) -> list[str]:
+    return [" " * indent + "# " + line for line in text.splitlines()]
+
+
+def render(doc: dict) -> str:
+    """The text of dvc.yaml for `pipeline_doc`'s data, with the declaration's comments; checked to read back as it."""
+    lines = [HEADER.rstrip("\n"), "stages:"]
+    for i, (name, entry) in enumerate(doc["stages"].items()):
+        kind = KINDS[name]
+        lines += ([""] if i else []) + _comment(kind.comment, 2) + _lines({name: entry}, 2, kind.notes)
+    lines += ["", *_comment(PLOTS_COMMENT, 0), "plots:"]
+    lines += _lines(doc["plots"], 2, {plot.name: plot.note for plot in PLOTS})
+    text = "\n".join(lines) + "\n"
+    if yaml.safe_load(text) != json.loads(json.dumps(doc)):  # (a tuple reads back as a list)
+        raise RuntimeError("the generated dvc.yaml does not read back as the pipeline's declaration")
+    return text
+
+
+def generate(root: str | os.PathLike) -> str:
+    return render(pipeline_doc(root))
+
+
+def fanout(root: str | os.PathLike) -> dict:
+    """{module: [stage kinds whose code it is]}, most-reached first: what a change to it reruns (a kind such as
+    `policy` stands for every `policy@<algorithm>`)."""
     reach = {}
-    for p in plans:
-        for module in p.closure:
-            reach.setdefault(module, []).append(p.stage.name)
+    for name, kind in KINDS.items():
+        for module in code_deps(kind, root):
+            reach.setdefault(module, []).append(name)
     return dict(sorted(reach.items(), key=lambda kv: (-len(kv[1]), kv[0])))
-
-
-def rewrite(text: str, plans: list[Plan]) -> str:
-    """`text` with each planned stage's code deps made exactly its closure (scripts added if absent)."""
-    nl = "\r\n" if "\r\n" in text else "\n"
-    added_nl = bool(text) and not text.endswith("\n")
-    lines = (text + nl if added_nl else text).splitlines(keepends=True)
-    edits: list[tuple[int, int, list[str]]] = []  # disjoint line ranges and their replacements
-    for p in plans:
-        st = p.stage
-        if not p.missing and not p.extra:
-            continue
-        if st.deps_line is None:
-            raise ValueError(f"dvc.yaml, stage {st.name}: no deps key; add `deps:` listing {p.scripts[0]}")
-        indent = " " * (st.item_indent if st.item_indent is not None else _indent(lines[st.deps_line]) + 2)
-        managed = {d.line: d for d in st.items
-                   if is_code_dep(d.path, p.scripts) and not KEEP_MARK.search(d.comment)}
-        kept = {d.path for d in st.items if d.line not in managed}
-        comments = {d.path: d.comment for d in managed.values() if d.comment}
-        start, end = st.deps_line + 1, st.deps_end
-        # the code deps go where the first of them was, else after the last script entry, else first
-        script_lines = [d.line for d in st.items if d.path in p.scripts]
-        at = min(managed) if managed else max(script_lines) + 1 if script_lines else start
-        new_scripts = [indent + "- " + s + nl for s in p.scripts if s not in kept]
-        new_code = [indent + "- " + c + ("  " + comments[c] if c in comments else "") + nl
-                    for c in p.closure if c not in kept]
-        out: list[str] = list(new_scripts)  # a script that is not listed goes first of all
-        for i in range(start, end + 1):
-            if i == at:
-                out += new_code
-            if i < end and i not in managed:
-                out.append(lines[i])
-        edits.append((start, end, out))
-    for start, end, repl in sorted(edits, reverse=True):
-        lines[start:end] = repl
-    out_text = "".join(lines)
-    return out_text[: -len(nl)] if added_nl and out_text.endswith(nl) else out_text
 
 
 def find_root(start: str | os.PathLike | None = None) -> Path:
@@ -406,79 +352,46 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError("no dvc.yaml in this directory or above it")
 
 
-def _verify(text: str, root: Path) -> None:
-    """After a rewrite: nothing left to change, and it still parses to the same stages, with the same
-    non-code deps, as before."""
-    again = plan(text, root)
-    bad = [p.stage.name for p in again if p.missing or p.extra]
-    if bad:
-        raise RuntimeError(f"rewrite did not converge for stages {bad}; dvc.yaml left as it was")
-    doc = yaml.safe_load(text)
-    for p in again:
-        spec = doc["stages"][p.stage.name]
-        deps = (spec.get("do", spec) or {}).get("deps") if isinstance(spec, dict) else None
-        if p.scripts and list(deps or []) != p.stage.paths:
-            raise RuntimeError(f"rewrite of stage {p.stage.name} does not read back as written; dvc.yaml left as it was")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pftlab.core.deps", description=(__doc__ or "").split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="exit 1 if any stage's code deps differ from its closure")
-    mode.add_argument("--write", action="store_true", help="rewrite the code deps of dvc.yaml to the closures")
-    mode.add_argument("--fanout", action="store_true", help="for each module, the stage entries a change to it reruns")
+    mode.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from what the pipeline generates")
+    mode.add_argument("--write", action="store_true", help="write dvc.yaml from the pipeline")
+    mode.add_argument("--fanout", action="store_true", help="for each module, the stage kinds a change to it reruns")
     ap.add_argument("--root", help="repository root (default: the nearest directory up with a dvc.yaml)")
     ap.add_argument("--file", default="dvc.yaml", help="the pipeline file, relative to the root (default dvc.yaml)")
     args = ap.parse_args(argv)
 
     root = _abs(args.root) if args.root else find_root()
     path = root / args.file
-    text = path.read_text()
-    plans = plan(text, root)
 
-    if args.write:
-        new = rewrite(text, plans)
-        for p in plans:
-            if p.missing or p.extra:
-                print(f"{p.stage.name}: +{len(p.missing)} -{len(p.extra)}"
-                      + "".join(f"\n  + {m}" for m in p.missing) + "".join(f"\n  - {m}" for m in p.extra))
-        if new == text:
-            print(f"{args.file}: code deps already match the import closures ({len(plans)} stages)")
+    if args.write or args.check:
+        new = generate(root)
+        old = path.read_text() if path.exists() else ""
+        if new == old:
+            print(f"{args.file}: as the pipeline generates it ({len(KINDS)} stage kinds)")
             return 0
-        _verify(new, root)
-        if path.read_text() != text:
-            print(f"{args.file} changed while this ran; run again", file=sys.stderr)
+        if args.check:
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                                       f"{args.file} (committed)", f"{args.file} (generated)"))
+            print(f"{args.file} differs from the pipeline (core/pipeline.py and the stages' imports); "
+                  "fix with: python -m pftlab.core.deps --write", file=sys.stderr)
             return 1
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(new)
         os.replace(tmp, path)
-        print(f"{args.file}: rewrote the code deps of {sum(bool(p.missing or p.extra) for p in plans)} stages")
-        return 0
-
-    if args.check:
-        bad = [p for p in plans if p.missing or p.extra]
-        for p in bad:
-            print(f"{p.stage.name}:")
-            for m in p.missing:
-                print(f"  missing {m}")
-            for m in p.extra:
-                print(f"  extra   {m}  (not imported; mark it `# deps: keep` to keep it)")
-        if bad:
-            print(f"{len(bad)} of {len(plans)} stages drifted; fix with: python -m pftlab.core.deps --write",
-                  file=sys.stderr)
-            return 1
-        print(f"{args.file}: code deps match the import closures ({len(plans)} stages)")
+        print(f"{args.file}: written from the pipeline ({len(KINDS)} stage kinds)")
         return 0
 
     if args.fanout:
-        reach = fanout(plans)
+        reach = fanout(root)
         for module, stages in reach.items():
-            print(f"{len(stages):3d} of {len(plans)}  {module}: {' '.join(stages)}")
+            print(f"{len(stages):3d} of {len(KINDS)}  {module}: {' '.join(stages)}")
         return 0
 
-    for p in plans:
-        print(f"{p.stage.name}: {' '.join(p.scripts) or '(no python script in cmd)'}")
-        for m in p.closure:
+    for name, kind in KINDS.items():
+        print(f"{name}: {kind.script}")
+        for m in code_deps(kind, root):
             print(f"  {m}")
     return 0
 

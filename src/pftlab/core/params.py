@@ -111,12 +111,25 @@ def locked_stages(lock_path="dvc.lock") -> dict:
 
 class Params:
     """The parsed params file; `p["policy.lr"]` reads a dotted key and names it when it is missing;
-    `p.config("policy")` is the typed section."""
+    `p.config("policy")` is the typed section. A stage's view (`declared_only`) refuses a key the stage does not
+    declare: DVC reruns a stage when its declared params change, so a result must depend on no other."""
 
-    def __init__(self, tree: dict, path: str = "params.yaml"):
+    def __init__(self, tree: dict, path: str = "params.yaml", declared: tuple | None = None, stage: str = ""):
         self.tree, self.path = tree, path
+        self.declared, self.stage = declared, stage  # declared None: every key may be read
+
+    def declared_only(self, stage: str, keys) -> "Params":
+        """This file as stage `stage` may read it: the keys it declares and everything under them."""
+        return Params(self.tree, self.path, tuple(keys), stage)
+
+    def _refuse_undeclared(self, key: str):
+        if self.declared is None or any(key == d or key.startswith(d + ".") for d in self.declared):
+            return
+        raise ParamError(f"stage '{self.stage}' reads '{key}', which it does not declare "
+                         f"({', '.join(self.declared)}): declare it in src/pftlab/core/pipeline.py")
 
     def __getitem__(self, key):
+        self._refuse_undeclared(key)
         node = self.tree
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -125,6 +138,7 @@ class Params:
         return node
 
     def get(self, key, default=None):
+        self._refuse_undeclared(key)  # an undeclared key is an error, not a missing one
         try:
             return self[key]
         except ParamError:

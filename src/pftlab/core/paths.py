@@ -1,4 +1,4 @@
-"""Where each artifact of the synthetic LLM task lives.
+"""Where each artifact of the synthetic LLM task lives: the outputs and metrics its stages declare in core/pipeline.py.
 
 The main task (labelled by `gold.reward`) uses the top-level layout; every gold reward listed under
 `variants.rewards` gets the same layout under `variants/<reward>/`. Both label the same SFT samples
@@ -10,9 +10,7 @@ trains and evaluates every seed in one process.
 import sys
 from dataclasses import dataclass
 
-SFT_SAMPLES = "data/sft_samples/samples.jsonl"
-SFT_MODEL = "models/sft"
-EVAL_REFERENCE = "data/eval/reference.jsonl"  # the SFT draw every win rate is judged against
+from pftlab.core.pipeline import KINDS, SEED_RUNS, SFT_MODEL, metrics_of, output_of
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,7 @@ class Task:
 
     @property
     def pairs_dir(self) -> str:
-        return self._at("data", "pairs")
+        return output_of(Task(self.variant).stage("pairs"))  # a training seed's: its task's (seeds share them)
 
     @property
     def pairs(self) -> str:
@@ -37,27 +35,22 @@ class Task:
 
     @property
     def reward_model(self) -> str:
-        return self._at("models", "reward_model")
-
-    def _seed_run(self, top: str, name: str) -> str:
-        return f"{top}/training_seeds/{name}/s{self.seed}"
+        return output_of(Task(self.variant).stage("reward_model"))
 
     def policy(self, name: str) -> str:
-        if name == "sft":
-            return SFT_MODEL
-        return self._at("models", f"policy/{name}") if self.seed is None else self._seed_run("models", name)
+        return SFT_MODEL if name == "sft" else output_of(self.stage("policy", name))
 
     def eval_samples(self, name: str) -> str:
-        return self._at("data", f"eval/{name}.jsonl") if self.seed is None else self._seed_run("data", name) + "/eval.jsonl"
+        return output_of(self.stage("evaluate", name))
 
     def metrics(self, kind: str, name: str = "") -> str:
-        """metrics/<kind>.json, or metrics/<kind>/<name>.json for per-policy kinds (policy, eval);
-        metrics/training_seeds/<name>/s<seed>/<kind>.json for a training seed's."""
-        if not name:
-            return self._at("metrics", f"{kind}.json")
-        return self._at("metrics", f"{kind}/{name}.json") if self.seed is None else self._seed_run("metrics", name) + f"/{kind}.json"
+        """The metrics file of the stage `stage(kind, name)` names, as core/pipeline.py declares it:
+        metrics/[variants/<gold>/]pairs.json, .../policy/<name>.json, .../eval/<name>.json, and
+        metrics/training_seeds/<name>/s<seed>/{policy,eval}.json for a training seed's."""
+        return metrics_of(self.stage(kind, name))
 
     def curve(self, kind: str, name: str = "") -> str:
+        """A training curve; written out here, not declared: reward_model_variant@'s is no output of that stage."""
         if not name:
             return self._at("metrics", f"curves/{kind}.csv")
         if self.seed is None:
@@ -65,26 +58,30 @@ class Task:
         return f"metrics/curves/training_seeds/{name}/{kind}_s{self.seed}.csv"  # a folder of csv only: DVC plots it
 
     def stage(self, kind: str, name: str = "") -> str:
-        """The DVC stage name: policy@dpo, policy_variant@mode_length-dpo, reward_model_variant@mode_length. A
-        training seed's runs are parts of stage seeds@<name> (`seeds_stage`): policy_seed@dpo-1 and
-        evaluate_seed@dpo-1 name them in MLflow, checkpoints and progress bars."""
+        """The name of the stage (core/pipeline.py) that runs `kind` ("pairs", "reward_model", "policy", "evaluate")
+        of this task: policy@dpo, policy_variant@mode_length-dpo, reward_model_variant@mode_length. A training
+        seed's runs are parts of stage seeds@<name> (`seeds_stage`): policy_seed@dpo-1 and evaluate_seed@dpo-1 name
+        them in MLflow, checkpoints and progress bars. The SFT policy's evaluation is evaluate@sft (DVC's stage
+        evaluate_sft) and, on a variant, evaluate_variant_sft@<gold>: DVC's matrix holds the algorithms only."""
+        values = (name,) if name else ()
         if self.seed is not None:
-            return f"{kind}_seed@{name}-{self.seed}"
+            return SEED_RUNS[f"{kind}_seed"].stage(*values, self.seed)
         if not self.variant:
-            return f"{kind}@{name}" if name else kind
-        if kind == "evaluate" and name == "sft":  # a stage of its own: DVC's matrix holds the algorithms only
-            return f"evaluate_variant_sft@{self.variant}"
-        return f"{kind}_variant@{self.variant}-{name}" if name else f"{kind}_variant@{self.variant}"
+            return KINDS[kind].stage(*values)
+        if kind == "evaluate" and name == "sft":
+            return KINDS["evaluate_variant_sft"].stage(self.variant)
+        return KINDS[f"{kind}_variant"].stage(self.variant, *values)
 
 
 def seeds_stage(name: str) -> str:
     """The DVC stage that trains and evaluates every training seed of policy `name`."""
-    return f"seeds@{name}"
+    return KINDS["seeds"].stage(name)
 
 
 def seed_folders(name: str) -> list:
     """The output folders of stage seeds@<name>: its models, samples, metrics and curves, one sub-folder per seed."""
-    return [f"{top}/training_seeds/{name}" for top in ("models", "data", "metrics", "metrics/curves")]
+    seeds = KINDS["seeds"]
+    return [seeds.expand(path, (name,)) for path in [*seeds.outs, *seeds.metrics, *(c.path for c in seeds.plots)]]
 
 
 def task_from_argv(argv=None) -> Task:

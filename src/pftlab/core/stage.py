@@ -10,7 +10,8 @@ from pathlib import Path
 from pftlab.core.checkpoint import Checkpointer, checkpoint_dir, fingerprint, remove_checkpoint
 from pftlab.core.errors import PftlabError
 from pftlab.core.io import atomic_write_json, check_writable
-from pftlab.core.params import load_params
+from pftlab.core.params import Params, load_params
+from pftlab.core.pipeline import metrics_of, params_of
 from pftlab.core.tracking import Tracker
 
 _running = {}  # the stage this process runs: its name and the params sections it declared
@@ -37,9 +38,12 @@ def process_age() -> float:
         return float("nan")
 
 
-def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed", params_path="params.yaml",
-              models=(), results_prefix=None, keep_checkpoint=False):
+def run_stage(name: str, main, seed_key="seed", params_path="params.yaml", models=(), results_prefix=None,
+              keep_checkpoint=False):
     """Run `main(params, tracker) -> metrics dict`; write the metrics (plus wall time) atomically.
+
+    `name` is the stage (or seed run) as core/pipeline.py names it; `main` gets the params it declares there,
+    and reading any other key ends the stage with an error; the metrics go to the file it declares.
 
     `models`: the model directories the stage writes, logged to MLflow as models; `results_prefix`: the
     metrics also go, under this prefix, to the run of the policy the stage belongs to (held-out results).
@@ -49,18 +53,20 @@ def run_stage(name: str, sections: list, main, metrics_path: str, seed_key="seed
     every run is written (DVC reruns the whole stage: a finished run then resumes at its end).
     """
     start, startup = time.time(), (process_age() if not _running else 0.0)
-    _running.update(name=name, sections=sections)
     try:
+        sections, metrics_path = params_of(name), metrics_of(name)
+        _running.update(name=name, sections=sections)
         check_writable(metrics_path)
         check_writable(checkpoint_dir(name))
         params = load_params(params_path).check(*sections).check_stage_lists()
+        declared = params.declared_only(name, sections)
         if seed_key is not None:  # None: the stage seeds each of its runs itself
-            seed_everything(params[seed_key])
+            seed_everything(declared[seed_key])
         # Under a multi-process launcher, rank 0 tracks and writes. (Read here rather than from optimization.py,
         # whose transformers imports would add seconds to every stage that does not train.)
         main_process = int(os.environ.get("RANK", 0)) == 0
         with Tracker(name, params.section(*sections), enabled=main_process, all_params=params.tree) as tracker:
-            metrics = main(params, tracker)
+            metrics = main(declared, tracker)
             if not main_process:
                 return
             metrics["seconds"] = round(time.time() - start, 2)
@@ -101,6 +107,7 @@ def stage_checkpointer(params, inputs: list) -> Checkpointer:
     """A checkpointer for the running stage, valid only for its declared params, these input paths and
     the code. `checkpoint.every_steps` is read here and deliberately not a DVC param of any stage: it
     cannot change a number (a resumed run equals an uninterrupted one), so changing it must not rerun training."""
-    every = params.check("checkpoint")["checkpoint.every_steps"] if params.get("checkpoint") is not None else 0
+    whole = Params(params.tree, params.path)  # `checkpoint` is no stage's declared param (above)
+    every = whole.check("checkpoint")["checkpoint.every_steps"] if whole.get("checkpoint") is not None else 0
     name, sections = _running["name"], _running["sections"]
     return Checkpointer(name, fingerprint(params.section(*sections), inputs, sys.argv[0]), every)

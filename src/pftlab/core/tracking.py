@@ -33,6 +33,7 @@ from pathlib import Path
 from pftlab.core.config import flatten
 from pftlab.core.errors import PftlabError
 from pftlab.core.params import locked_stages
+from pftlab.core.pipeline import algorithm_run_name  # the policy run a stage belongs to
 
 EXPERIMENT = "pftlab"
 # MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs. (3.17's
@@ -104,28 +105,6 @@ def pipeline_run_id(params_path="params.yaml") -> str:
 def pipeline_run_name(params_path="params.yaml") -> str:
     """The DVC experiment's name, or `params <params hash>` for a run in the workspace."""
     return os.environ.get("DVC_EXP_NAME") or f"params {_params_digest(params_path)[:6]}"
-
-
-def algorithm_run_name(stage: str):
-    """The run that gathers one trained policy's stages, or None for a stage of no policy:
-    policy@dpo, evaluate@dpo -> dpo; sft, evaluate@sft -> sft; policy_seed@dpo-1 -> dpo seed 1;
-    policy_variant@mode_length-dpo -> dpo on mode_length; evaluate_variant_sft@mode_length -> sft on mode_length."""
-    kind, _, name = stage.partition("@")
-    if stage == "sft":
-        return "sft"
-    if not name:
-        return None
-    if kind in ("policy", "evaluate"):
-        return name
-    if kind in ("policy_seed", "evaluate_seed"):
-        algorithm, _, seed = name.rpartition("-")
-        return f"{algorithm} seed {seed}"
-    if kind in ("policy_variant", "evaluate_variant"):
-        reward, _, algorithm = name.partition("-")
-        return f"{algorithm} on {reward}"
-    if kind == "evaluate_variant_sft":
-        return f"sft on {name}"
-    return None
 
 
 def dvc_inputs(stage: str, lock_path="dvc.lock") -> list:

@@ -8,14 +8,14 @@ from transformers.utils import logging as hf_logging
 
 from pftlab.core.errors import DataError, ParamError
 from pftlab.core.io import atomic_write_jsonl, read_json, read_jsonl
-from pftlab.core.paths import EVAL_REFERENCE, SFT_MODEL, Task
+from pftlab.core.paths import Task
+from pftlab.core.pipeline import EVAL_REFERENCE, PROMPTS_EVAL, SFT_MODEL
 from pftlab.evaluation.evaluate import evaluate_samples, pair_likelihood_change, sample_eval
 from pftlab.evaluation.judge import LLMJudge, judge_win_rate
 from pftlab.lm.gold import gold_reward, response_length
 from pftlab.lm.model import Truncation, encode_prompt, load_policy, load_tokenizer, pack
 from pftlab.lm.reward_model import load_reward_model, score_sequences
 
-SECTIONS = ["eval", "model.max_prompt_tokens", "model.max_response_tokens", "generation.batch_size"]
 SEED_KEY = "eval.seed"  # every evaluation starts from the same random state: common random numbers
 
 
@@ -26,7 +26,7 @@ def evaluate_policy(p, name: str, task: Task) -> dict:
     cfg = {"max_new_tokens": p["model.max_response_tokens"], "temperature": p["eval.temperature"],
            "batch_size": p["generation.batch_size"]}
     n = p["eval.samples_per_prompt"]
-    all_texts = [r["prompt"] for r in read_jsonl("data/prepared/prompts_eval.jsonl")]
+    all_texts = [r["prompt"] for r in read_jsonl(PROMPTS_EVAL)]
     prompt_texts = all_texts[: p["eval.num_prompts"]]
     # the sweep's split: selection reads the main task's evaluations, so seeds and variants skip it
     wanted = 0 if (task.seed is not None or task.variant) else (p.get("eval.validation_prompts") or 0)

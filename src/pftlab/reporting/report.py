@@ -6,6 +6,7 @@ from pathlib import Path
 from pftlab.algorithms.taxonomy import table_markdown
 from pftlab.core.io import atomic_write_json, atomic_write_text
 from pftlab.core.paths import Task, seeds_stage
+from pftlab.core.pipeline import metrics_of
 from pftlab.reporting import claims as claims_lib
 from pftlab.reporting.figures import (
     plot_bandit,
@@ -52,7 +53,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     evals = evals_by_task[gold_name]
     didactic = {}
     for name in ("bandit", "coverage", "token_bandit"):
-        path = m / "didactic" / f"{name}.json"
+        path = root / metrics_of(name)
         didactic[name] = json.loads(path.read_text()) if path.exists() else None
     bandit, coverage, token_bandit = didactic["bandit"], didactic["coverage"], didactic["token_bandit"]
     seed_runs = pipeline_seed_runs(algorithms, training_seeds or {}, gold_name, root)
@@ -163,20 +164,18 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
               "*work*: the stage itself. What DVC adds around them (hashing, `dvc.lock`) is in neither: "
               "`python bench/repro_timeline.py` runs `dvc repro` and measures all three.", "",
               "| stage | start-up | work |", "|---|---|---|"]
-    stage_files = [("prepare", m / "prepare.json"), ("tokenizer", m / "tokenizer.json"), ("sft", m / "sft.json"),
-                   ("sft_samples", m / "sft_samples.json")]
+    stage_files = [(s, root / metrics_of(s)) for s in ("prepare", "tokenizer", "sft", "sft_samples")]
     for _, (task, task_names) in tasks.items():
         stage_files += [(task.stage(kind), root / task.metrics(kind)) for kind in ("pairs", "reward_model")]
         stage_files += [(task.stage("policy", a), root / task.metrics("policy", a)) for a in task_names if a != "sft"]
-        stage_files += [(task.stage("evaluate", n), root / task.metrics("eval", n)) for n in task_names]
+        stage_files += [(task.stage("evaluate", n), root / task.metrics("evaluate", n)) for n in task_names]
     pipeline_seeds = [run for run in seed_runs if run["experiment"] == "training_seeds"]
     for n in dict.fromkeys(n for run in pipeline_seeds for n in run["tasks"][gold_name]):
         # stage seeds@<n>: its runs in the order it runs them, in one process (start-up on the first)
         tasks = [Task(seed=run["seed"]) for run in pipeline_seeds if n in run["tasks"][gold_name]]
-        stage_files += [(f"{seeds_stage(n)}: {task.stage(kind, n)}", root / task.metrics(folder, n))
-                        for kind, folder in (("policy", "policy"), ("evaluate", "eval")) for task in tasks]
-    stage_files += [(s, m / "didactic" / f"{s}.json") for s in ("bandit", "token_bandit", "coverage")
-                    if (m / "didactic" / f"{s}.json").exists()]
+        stage_files += [(f"{seeds_stage(n)}: {task.stage(kind, n)}", root / task.metrics(kind, n))
+                        for kind in ("policy", "evaluate") for task in tasks]
+    stage_files += [(s, root / metrics_of(s)) for s in ("bandit", "token_bandit", "coverage") if (root / metrics_of(s)).exists()]
     total = startup_total = 0.0
     for stage, path in stage_files:
         times = json.loads(path.read_text())

@@ -26,7 +26,7 @@ def llm_tasks(algorithms: list, variants: dict, root: Path) -> dict:
 
 def load_evals(tasks: dict, root: Path) -> dict:
     """{gold reward: {policy: its metrics/[variants/<gold>/]eval/<policy>.json}}, read once."""
-    return {reward: {n: json.loads((root / task.metrics("eval", n)).read_text()) for n in names}
+    return {reward: {n: json.loads((root / task.metrics("evaluate", n)).read_text()) for n in names}
             for reward, (task, names) in tasks.items()}
 
 
@@ -47,7 +47,7 @@ def win_rates_per_prompt(root: Path, task: Task, name: str) -> list:
     """Each held-out prompt's win rate of policy `name` against the SFT reference draw (ties half), from the saved
     samples: the per-prompt form of the evaluation's `win_rate_vs_sft`."""
     from pftlab.core.io import read_jsonl
-    from pftlab.core.paths import EVAL_REFERENCE
+    from pftlab.core.pipeline import EVAL_REFERENCE
     from pftlab.lm.gold import gold_reward
 
     spec = json.loads((root / task.gold).read_text())

@@ -82,7 +82,7 @@ def pipeline_seed_runs(algorithms: list, training_seeds: dict, reward: str, root
     for seed in training_seeds.get("seeds", []):
         task, policies = Task(seed=seed), {}
         for name in algorithms:
-            path = Path(root) / task.metrics("eval", name)
+            path = Path(root) / task.metrics("evaluate", name)
             if not path.exists():
                 raise DataError(f"{path} is missing: run `dvc repro {seeds_stage(name)}`")
             values = json.loads(path.read_text())

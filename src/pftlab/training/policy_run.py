@@ -9,7 +9,8 @@ from pftlab.algorithms.table import ALGORITHMS
 from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_algorithm_params
-from pftlab.core.paths import SFT_MODEL, Task
+from pftlab.core.paths import Task
+from pftlab.core.pipeline import SFT_MODEL
 from pftlab.core.stage import seed_everything, stage_checkpointer
 from pftlab.lm.model import load_tokenizer
 from pftlab.lm.reference import policy_and_reference, save_policy, weight_copies
@@ -17,13 +18,6 @@ from pftlab.lm.reward_model import load_reward_model, score_sequences
 from pftlab.training.loop import train_policy
 from pftlab.training.optimization import frozen_model, full_weights, partitioned_loading
 from pftlab.training.sources import make_source, sample_and_score
-
-# the params a policy run reads (a training seed's run reads its seed from the task, not `seed`)
-SECTIONS = ["model.max_prompt_tokens", "model.max_response_tokens", "generation", "policy"]
-
-
-def sections(name: str, task: Task) -> list:
-    return ([] if task.seed is not None else ["seed"]) + SECTIONS + [f"algos.{name}"]
 
 
 def train_policy_run(p, tracker, name: str, task: Task) -> dict:

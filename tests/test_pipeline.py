@@ -353,11 +353,108 @@ def _rest(base, path, body=None):
         return json.loads(response.read())
 
 
+def _new_page(browser):
+    """A fresh browser profile (nothing remembered), as big as the README's screenshots."""
+    page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+    page.set_default_timeout(60_000)  # the UI's first load is slow on busy cores
+    return page
+
+
+def _title(page, text):
+    """The page's title (an h2 that MLflow does not expose as a heading role)."""
+    return page.locator("h2").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+def _column_header(page, column):
+    """The runs table's header of a column ("Run Name", or a metric's name), with the name as the user reads it."""
+    col_id = "attributes.`Run Name`" if column == "Run Name" else f"metrics.`{column}`"
+    header = page.locator(f'[role=columnheader][col-id="{col_id}"]')
+    header.wait_for()
+    assert column in header.inner_text(), header.inner_text()
+    return header
+
+
+def _close_the_assistant(page):
+    """MLflow's assistant opens beside every page; closed, the runs table shows all the view's columns at 1600 px."""
+    page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').click()
+
+
+def _metric_cell(page, run_name, metric):
+    """The table's cell of a run's metric: the grid draws a run as two rows (names pinned left, values), one index."""
+    index = page.get_by_role("row").filter(has=page.get_by_role("link", name=run_name, exact=True)).get_attribute("row-index")
+    return page.locator(f'[role=row][row-index="{index}"] [col-id="metrics.`{metric}`"]')
+
+
+def _click_through_to_the_runs_table(browser, base, parents, gold, shots):
+    """What a user does in a browser that never saw MLflow: home, the experiments list, `pftlab`; MLflow 3.17 opens it
+    on the GenAI overview, so "Model training"; the view the pipeline saved; a parent run expanded; two dpo runs compared."""
+    from playwright.sync_api import TimeoutError as NotShown
+    from playwright.sync_api import expect
+
+    page = _new_page(browser)
+    page.goto(base + "/")
+    page.get_by_role("link", name="Experiments", exact=True).click()
+    page.get_by_role("link", name=tracking.EXPERIMENT, exact=True).click()
+    _title(page, "Overview").wait_for()  # what the README warns of: not the runs table yet
+    assert "workflowType=genai" in page.url and "/overview" in page.url, page.url
+    got_it = page.get_by_role("button", name="Got it")  # an onboarding popover over the page, shown to a new profile
+    try:
+        got_it.click(timeout=10_000)
+    except NotShown:
+        pass
+    page.get_by_role("button", name="Model training", exact=True).click()
+    _column_header(page, "Run Name")
+    assert "/runs?workflowType=machine_learning" in page.url, page.url
+    _close_the_assistant(page)
+    page.get_by_role("button", name="Views").click()
+    page.get_by_text(tracking.VIEW_NAME, exact=True).click()
+    for column in tracking.VIEW_COLUMNS:
+        _column_header(page, column)
+    assert f"viewStateShareKey={tracking.VIEW_KEY}" in page.url, page.url
+    for name in parents:  # one parent run per pipeline run, children folded
+        page.get_by_role("link", name=name, exact=True).wait_for()
+    for name in gold:
+        parent_row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
+        parent_row.locator('button[data-component-id*="runnamecellrenderer"]').click()  # the row's expand button
+        cell = _metric_cell(page, f"dpo ({name})", "eval/gold_reward")
+        assert float(cell.inner_text()) == pytest.approx(gold[name]), (name, cell.inner_text(), gold[name])
+    if shots:
+        page.screenshot(path=shots / "mlflow_runs.png")
+    for name in gold:
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"dpo ({name})", exact=True))
+        row.get_by_role("checkbox").first.check()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    _title(page, "Comparing 2 Runs from 1 Experiment").wait_for()
+    page.get_by_text("Visualizations", exact=True).click()  # folded: the tables below come into view
+    page.get_by_role("switch", name="Parameters - Show diff only").click()
+    expect(page.get_by_role("row").filter(has_text="policy.lr")).to_have_count(0)  # equal in both: hidden
+    beta = page.get_by_role("row").filter(has_text="algos.dpo.beta").inner_text().split()
+    assert beta[0] == "algos.dpo.beta" and sorted(beta[1:]) == ["0.05", "0.5"], beta
+    page.get_by_role("link", name="eval/gold_reward", exact=True).wait_for()
+    if shots:
+        page.screenshot(path=shots / "mlflow_compare.png")
+    page.context.close()
+
+
+def _open_the_readmes_link(browser, runs_table):
+    """The README's link, in a fresh profile too: the runs table with the saved view's columns, not the GenAI overview."""
+    page = _new_page(browser)
+    page.goto(runs_table)
+    _column_header(page, "Run Name")
+    _close_the_assistant(page)
+    for column in tracking.VIEW_COLUMNS:
+        _column_header(page, column)
+    assert _title(page, "Overview").count() == 0
+    page.get_by_role("link", name="beta-low", exact=True).wait_for()
+    page.context.close()
+
+
 def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlflow_ui(smoke_run, tmp_path):
     """Two `dvc exp run --queue` experiments that differ in algos.dpo.beta, run in parallel by `dvc queue start -j 2`
     in DVC's temporary workspaces: both land in the repository's mlflow.db. A real MLflow server on 127.0.0.1 then
     finds, over its REST API, one parent run per pipeline run with its children, and each experiment's `dpo` run
-    with its training params, curves and held-out metrics; headless Chromium renders the compare view with them."""
+    with its training params, curves and held-out metrics. In headless Chromium (Playwright), a user's clicks from
+    MLflow's home page reach the runs table with the gold reward of each experiment's dpo, and the compare view."""
     repo = smoke_run
     git = ["git", "-c", "user.email=test@pftlab", "-c", "user.name=test"]
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
@@ -422,25 +519,22 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
         held_out = lambda name: {k: v for k, v in metrics[name].items() if k.startswith("eval/")}
         assert held_out("beta-low") != held_out("beta-high")  # what the knob changed (gold reward may tie at this size)
 
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            pytest.skip("no playwright here for the browser check (`make setup` installs it with the dev extras)")
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None:
             pytest.skip("no chromium here for the browser check (.ci/run installs Debian's)")
-        browse = lambda page, *what: subprocess.run(  # noqa: E731
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1600,1000",
-             "--virtual-time-budget=20000", *what, page], capture_output=True, text=True, timeout=120)
-        # the link the README gives: the runs table (not the GenAI overview), held-out results as columns
-        runs_table = base + "/" + tracking.RUNS_TABLE.format(id=exp["experiment_id"])
-        out = browse(runs_table, "--dump-dom")
-        assert "Run Name" in out.stdout and "beta-low" in out.stdout and "beta-high" in out.stdout, out.stdout[-2000:]
-        assert all(column in out.stdout for column in tracking.VIEW_COLUMNS) and "Overview" not in out.stdout
-        ids = json.dumps([dpo[n]["info"]["run_id"] for n in dpo]).replace(" ", "")
-        compare_view = f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([exp['experiment_id']])}"
-        out = browse(compare_view, "--dump-dom")
-        assert "algos.dpo.beta" in out.stdout and "eval/gold_reward" in out.stdout, out.stdout[-2000:]
-        if os.environ.get("PFTLAB_SCREENSHOTS"):  # the README's pictures, taken here: PFTLAB_SCREENSHOTS=docs/images
-            for name, page in (("mlflow_runs.png", runs_table), ("mlflow_compare.png", compare_view)):
-                browse(page, f"--screenshot={Path(os.environ['PFTLAB_SCREENSHOTS']).resolve() / name}")
+        shots = Path(os.environ["PFTLAB_SCREENSHOTS"]).resolve() if os.environ.get("PFTLAB_SCREENSHOTS") else None
+        gold = {name: metrics[name]["eval/gold_reward"] for name in dpo}
+        with sync_playwright() as playwright:  # the system's chromium: Playwright's own browsers are never downloaded
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                _click_through_to_the_runs_table(browser, base, parents, gold, shots)
+                _open_the_readmes_link(browser, base + "/" + tracking.RUNS_TABLE.format(id=exp["experiment_id"]))
+            finally:
+                browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -39,11 +39,20 @@ EXPERIMENT = "pftlab"
 # MLflow 3 opens an experiment without this tag on its GenAI overview (traces); ours holds training runs. (3.17's
 # UI reads the browser's workflow choice instead: RUNS_TABLE's `workflowType` opens the runs table there.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-# A shared view of the runs table (MLflow reads it from this experiment tag for `viewStateShareKey=pftlab`): the
-# held-out results of every policy run as columns, so a comparison needs no column picking.
+# A saved view of the runs table, stored in this experiment tag: the held-out results of every policy run as
+# columns, wide enough to read their names, so a comparison needs no column picking. MLflow 3.17 lists it under
+# "Views" by its name, and opens it for `viewStateShareKey=pftlab`. (MLflow reads the tag as an envelope with a name
+# and a creation time; a constant time keeps the tag unchanged from run to run.)
 VIEW_KEY = "pftlab"
+VIEW_NAME = "pftlab: held-out results"
 VIEW_COLUMNS = ("eval/gold_reward", "eval/gold_reward_ci95", "eval/kl_k1", "eval/win_rate_vs_sft", "eval/response_length")
-VIEW = ("mlflow.sharedViewState." + VIEW_KEY, json.dumps({"selectedColumns": [f"metrics.`{m}`" for m in VIEW_COLUMNS]}))
+_VIEW_STATE = {
+    "selectedColumns": [f"metrics.`{m}`" for m in VIEW_COLUMNS],
+    # MLflow applies widths only to the columns its order names; a header takes about 7 px a character
+    "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration"] + [f"metrics.`{m}`" for m in VIEW_COLUMNS],
+    "columnWidths": {"attributes.`Run Name`": 260} | {f"metrics.`{m}`": 7 * len(m) + 24 for m in VIEW_COLUMNS},
+}
+VIEW = ("mlflow.sharedViewState." + VIEW_KEY, json.dumps({"name": VIEW_NAME, "createdAt": 0, "state": json.dumps(_VIEW_STATE)}))
 RUNS_TABLE = "#/experiments/{id}/runs?workflowType=machine_learning&viewStateShareKey=" + VIEW_KEY
 WAIT_SECONDS = 300  # PFTLAB_MLFLOW_WAIT: how long a writer waits for a store another writer holds
 CODE_SUFFIXES = (".py", ".cfg", ".toml", ".html", ".yaml", ".md")  # deps that are code or config, not data

@@ -273,7 +273,7 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
         t.log_metrics({"final/loss": 0.8}, to_policy_run=False)
         t.log_model("models/policy/dpo")
     with Tracker("evaluate@dpo", {"eval": {"seed": 5}}, all_params=everything) as t:
-        t.log_results({"eval/gold_reward": -3.5, "eval/policy": "dpo"})
+        t.log_results({"eval/gold_reward": -3.5, "eval/gold_reward_ci95": 0.25, "eval/policy": "dpo"})
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("pftlab")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
@@ -287,6 +287,7 @@ def test_runs_are_nested_pipeline_policy_stage_with_inputs_models_and_held_out_r
     assert {runs[s].data.tags["mlflow.parentRunId"] for s in ("policy@dpo", "evaluate@dpo")} == {dpo.info.run_id}
     assert dpo.data.params == {"policy.lr": "0.0001", "algos.dpo.beta": "0.3"}  # training params, not eval's
     assert dpo.data.metrics["eval/gold_reward"] == -3.5 and "final/loss" not in dpo.data.metrics
+    assert dpo.data.tags["eval/gold_reward: rounded with CI"] == "-3.5 ± 0.25"  # what the runs table shows, rounded
     assert [m.value for m in client.get_metric_history(dpo.info.run_id, "loss")] == [1.0, 0.9, 0.8]
     assert runs["policy@dpo"].data.metrics["final/loss"] == 0.8
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
@@ -394,3 +395,12 @@ def test_a_row_another_writer_inserted_at_the_same_moment_is_found_on_the_next_t
     with pytest.raises(ValueError):  # other errors are not retried
         tracking._patiently(lambda: calls.append(1) or (_ for _ in ()).throw(ValueError("bad metric")))
     assert len(calls) == 1
+
+
+def test_a_result_with_an_interval_reads_rounded_beside_it():
+    from pftlab.core.tracking import with_intervals
+
+    numbers = {"eval/gold_reward": 0.0424571789, "eval/gold_reward_ci95": 0.0131234, "eval/kl_k1": 1.23456,
+               "eval/win_rate_vs_sft": 0.5, "eval/win_rate_vs_sft_ci95": float("nan")}
+    assert with_intervals(numbers) == {"eval/gold_reward: rounded with CI": "0.0425 ± 0.013"}  # no interval, no NaN: no tag
+    assert with_intervals({"a": -30.3512, "a_ci95": 2.0}) == {"a: rounded with CI": "-30.4 ± 2"}

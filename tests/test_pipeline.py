@@ -367,7 +367,7 @@ def _title(page, text):
 
 def _column_header(page, column):
     """The runs table's header of a column ("Run Name", or a metric's name), with the name as the user reads it."""
-    col_id = "attributes.`Run Name`" if column == "Run Name" else f"metrics.`{column}`"
+    col_id = "attributes.`Run Name`" if column == "Run Name" else _col_id(column)
     header = page.locator(f'[role=columnheader][col-id="{col_id}"]')
     header.wait_for()
     assert column in header.inner_text(), header.inner_text()
@@ -379,13 +379,18 @@ def _close_the_assistant(page):
     page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').click()
 
 
-def _metric_cell(page, run_name, metric):
-    """The table's cell of a run's metric: the grid draws a run as two rows (names pinned left, values), one index."""
+def _col_id(column):
+    """The grid's id of a view column: a tag (the rounded results) or a metric."""
+    return f"tags.`{column}`" if column in tracking.VIEW_TAGS else f"metrics.`{column}`"
+
+
+def _metric_cell(page, run_name, column):
+    """The table's cell of a run's metric or tag: the grid draws a run as two rows (names pinned left, values), one index."""
     index = page.get_by_role("row").filter(has=page.get_by_role("link", name=run_name, exact=True)).get_attribute("row-index")
-    return page.locator(f'[role=row][row-index="{index}"] [col-id="metrics.`{metric}`"]')
+    return page.locator(f'[role=row][row-index="{index}"] [col-id="{_col_id(column)}"]')
 
 
-def _click_through_to_the_runs_table(browser, base, parents, gold, shots):
+def _click_through_to_the_runs_table(browser, base, parents, gold, ci95, shots):
     """What a user does in a browser that never saw MLflow: home, the experiments list, `pftlab`; MLflow 3.17 opens it
     on the GenAI overview, so "Model training"; the view the pipeline saved; a parent run expanded; two dpo runs compared."""
     from playwright.sync_api import TimeoutError as NotShown
@@ -408,7 +413,7 @@ def _click_through_to_the_runs_table(browser, base, parents, gold, shots):
     _close_the_assistant(page)
     page.get_by_role("button", name="Views").click()
     page.get_by_text(tracking.VIEW_NAME, exact=True).click()
-    for column in tracking.VIEW_COLUMNS:
+    for column in tracking.VIEW_TAGS + tracking.VIEW_COLUMNS:
         _column_header(page, column)
     assert f"viewStateShareKey={tracking.VIEW_KEY}" in page.url, page.url
     for name in parents:  # one parent run per pipeline run, children folded
@@ -418,6 +423,8 @@ def _click_through_to_the_runs_table(browser, base, parents, gold, shots):
         parent_row.locator('button[data-component-id*="runnamecellrenderer"]').click()  # the row's expand button
         cell = _metric_cell(page, f"dpo ({name})", "eval/gold_reward")
         assert float(cell.inner_text()) == pytest.approx(gold[name]), (name, cell.inner_text(), gold[name])
+        rounded = _metric_cell(page, f"dpo ({name})", tracking.VIEW_TAGS[0]).inner_text()
+        assert rounded == f"{gold[name]:.3g} ± {ci95[name]:.2g}", (name, rounded)  # the result as a reader wants it
     if shots:
         page.screenshot(path=shots / "mlflow_runs.png")
     for name in gold:
@@ -442,7 +449,7 @@ def _open_the_readmes_link(browser, runs_table):
     page.goto(runs_table)
     _column_header(page, "Run Name")
     _close_the_assistant(page)
-    for column in tracking.VIEW_COLUMNS:
+    for column in tracking.VIEW_TAGS + tracking.VIEW_COLUMNS:
         _column_header(page, column)
     assert _title(page, "Overview").count() == 0
     page.get_by_role("link", name="beta-low", exact=True).wait_for()
@@ -528,10 +535,11 @@ def test_queued_experiments_land_in_the_repositorys_store_and_compare_in_the_mlf
             pytest.skip("no chromium here for the browser check (.ci/run installs Debian's)")
         shots = Path(os.environ["PFTLAB_SCREENSHOTS"]).resolve() if os.environ.get("PFTLAB_SCREENSHOTS") else None
         gold = {name: metrics[name]["eval/gold_reward"] for name in dpo}
+        ci95 = {name: metrics[name]["eval/gold_reward_ci95"] for name in dpo}
         with sync_playwright() as playwright:  # the system's chromium: Playwright's own browsers are never downloaded
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
             try:
-                _click_through_to_the_runs_table(browser, base, parents, gold, shots)
+                _click_through_to_the_runs_table(browser, base, parents, gold, ci95, shots)
                 _open_the_readmes_link(browser, base + "/" + tracking.RUNS_TABLE.format(id=exp["experiment_id"]))
             finally:
                 browser.close()

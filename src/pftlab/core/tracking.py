@@ -46,11 +46,16 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 VIEW_KEY = "pftlab"
 VIEW_NAME = "pftlab: held-out results"
 VIEW_COLUMNS = ("eval/gold_reward", "eval/gold_reward_ci95", "eval/kl_k1", "eval/win_rate_vs_sft", "eval/response_length")
+# MLflow prints a metric unrounded (0.04245717...): a result with an interval (`<key>_ci95`) is also a tag of its
+# run, "0.0425 ± 0.013" (its 95% interval), the view's first column (MLflow's keys allow no "±" or "%")
+INTERVAL = ": rounded with CI"
+VIEW_TAGS = ("eval/gold_reward" + INTERVAL,)
+_VIEW_KEYS = [f"tags.`{t}`" for t in VIEW_TAGS] + [f"metrics.`{m}`" for m in VIEW_COLUMNS]
 _VIEW_STATE = {
-    "selectedColumns": [f"metrics.`{m}`" for m in VIEW_COLUMNS],
+    "selectedColumns": _VIEW_KEYS,
     # MLflow applies widths only to the columns its order names; a header takes about 7 px a character
-    "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration"] + [f"metrics.`{m}`" for m in VIEW_COLUMNS],
-    "columnWidths": {"attributes.`Run Name`": 260} | {f"metrics.`{m}`": 7 * len(m) + 24 for m in VIEW_COLUMNS},
+    "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration"] + _VIEW_KEYS,
+    "columnWidths": {"attributes.`Run Name`": 260} | {key: 7 * len(key.split("`")[1]) + 24 for key in _VIEW_KEYS},
 }
 VIEW = ("mlflow.sharedViewState." + VIEW_KEY, json.dumps({"name": VIEW_NAME, "createdAt": 0, "state": json.dumps(_VIEW_STATE)}))
 RUNS_TABLE = "#/experiments/{id}/runs?workflowType=machine_learning&viewStateShareKey=" + VIEW_KEY
@@ -163,6 +168,14 @@ def _take_prestarted():
     return writer if writer is not None and writer.poll() is None else None
 
 
+def with_intervals(numbers: dict) -> dict:
+    """`<key>: rounded with CI` -> "mean ± 95% half-width" for each result with a finite `<key>_ci95`: the mean to 3 significant
+    digits, the half-width to 2, so the runs table reads at a glance."""
+    return {k + INTERVAL: f"{v:.3g} ± {numbers[k + '_ci95']:.2g}" for k, v in numbers.items()
+            if isinstance(numbers.get(k + "_ci95"), (int, float)) and abs(numbers[k + "_ci95"]) < float("inf")
+            and v == v}
+
+
 class Tracker:
     """`with Tracker(stage, params) as t: t.log_metrics({...}, step)`; buffered, flushed in batches.
 
@@ -227,7 +240,7 @@ class Tracker:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self._logged = self._logged or bool(numbers)
         if self.enabled and numbers:
-            self._send({"results": numbers})
+            self._send({"results": numbers, "rounded": with_intervals(numbers)})
 
     def flush(self):
         if self.enabled and self._buffer:
@@ -346,11 +359,12 @@ class _Writer:
             for i in range(0 if run_id else len(metrics), len(metrics), 1000):
                 _patiently(self.client.log_batch, run_id, metrics=metrics[i : i + 1000])
 
-    def results(self, numbers: dict):
-        from mlflow.entities import Metric
+    def results(self, numbers: dict, rounded: dict):
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        _patiently(self.client.log_batch, self.policy or self.run, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()])
+        _patiently(self.client.log_batch, self.policy or self.run, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
+                   tags=[RunTag(k, v) for k, v in rounded.items()])
 
     def artifact(self, path: Path):
         if path.is_dir():
@@ -425,7 +439,7 @@ def _write_from_pipe(lines):
             elif "metrics" in message:
                 writer.metrics(message["metrics"])
             elif "results" in message:
-                writer.results(message["results"])
+                writer.results(message["results"], message.get("rounded", {}))
             elif "artifact" in message:
                 writer.artifact(Path(message["artifact"]))
             elif "model" in message:

@@ -13,10 +13,8 @@ from pftlab.core.stage import run_stage
 from pftlab.lm.gold import ends_with_eos, gold_reward, label_pair, length_mode, response_length, skew_keep_mask
 from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer
 
-TASK = task_from_argv()
 
-
-def human_pairs(p, tok):
+def human_pairs(p, tok, task):
     """The labelled training pairs of the data, tokenised; pairs the token caps make identical are dropped."""
     mp, mr = p["model.max_prompt_tokens"], p["model.max_response_tokens"]
     pairs, identical, cut = [], 0, Truncation()
@@ -27,26 +25,26 @@ def human_pairs(p, tok):
             continue
         pairs.append({"prompt_ids": encode_prompt(tok, r["prompt"], mp, cut), "chosen_ids": chosen, "rejected_ids": rejected,
                       "chosen_text": r["chosen"], "rejected_text": r["rejected"]})
-    with atomic_dir(TASK.pairs_dir) as out:
+    with atomic_dir(task.pairs_dir) as out:
         atomic_write_jsonl(out / "pairs.jsonl", pairs)
         atomic_write_json(out / "gold.json", {"reward": "reward_model"})  # no gold: the RM judges
     eos = tok.eos_token_id
-    cut.warn(TASK.stage("pairs"))
+    cut.warn(task.stage("pairs"))
     return {"pairs": len(pairs), "gold_reward": "reward_model", "identical_after_truncation": identical, **cut.metrics(),
             "pair_mean_length": float(np.mean([response_length(x[k], eos) for x in pairs for k in ("chosen_ids", "rejected_ids")]))}
 
 
 def main(p, tracker):
-    tok = load_tokenizer(SFT_MODEL)
+    task, tok = task_from_argv(), load_tokenizer(SFT_MODEL)
     if p.get("pairs.source") == "human":  # never with variants.rewards (core/params.py CROSS_SECTION_RULES)
-        return human_pairs(p, tok)
+        return human_pairs(p, tok, task)
     eos = tok.eos_token_id
     rows = read_jsonl(SFT_SAMPLES)
     prompts = [r["prompt_ids"] for r in rows]
     responses = [y for r in rows for y in r["responses"]]  # response 2i and 2i+1 answer prompt i
     lengths = np.array([response_length(r, eos) for r in responses])
     completed = [ends_with_eos(r, eos) for r in responses]
-    gold_spec = {"reward": TASK.variant or p["gold.reward"], "mode": length_mode(lengths.tolist(), completed)}
+    gold_spec = {"reward": task.variant or p["gold.reward"], "mode": length_mode(lengths.tolist(), completed)}
     gold = gold_reward(gold_spec, lengths)
     rng = np.random.default_rng(p["seed"])
     keep = np.ones(len(prompts), dtype=bool)
@@ -63,7 +61,7 @@ def main(p, tracker):
                       "rejected_text": tok.decode(responses[l], skip_special_tokens=True)})
         if gold[a] != gold[b]:
             agree.append(gold[w] > gold[l])
-    with atomic_dir(TASK.pairs_dir) as out:
+    with atomic_dir(task.pairs_dir) as out:
         atomic_write_jsonl(out / "pairs.jsonl", pairs)
         atomic_write_json(out / "gold.json", gold_spec)
     kept_lengths = [response_length(x["chosen_ids"], eos) for x in pairs] + [response_length(x["rejected_ids"], eos) for x in pairs]
@@ -75,4 +73,4 @@ def main(p, tracker):
 
 
 if __name__ == "__main__":
-    run_stage(TASK.stage("pairs"), main)
+    run_stage(task_from_argv().stage("pairs"), main)

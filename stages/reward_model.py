@@ -17,13 +17,12 @@ from pftlab.lm.reward_model import evaluate_reward_model, new_reward_model
 from pftlab.training.optimization import full_weights
 from pftlab.training.supervised import train_reward_model
 
-TASK = task_from_argv()
-
 
 def main(p, tracker):
+    task = task_from_argv()
     hf_logging.set_verbosity_error()
     tok = load_tokenizer(SFT_MODEL)
-    pairs = read_jsonl(TASK.pairs)
+    pairs = read_jsonl(task.pairs)
     order = np.random.default_rng(p["seed"]).permutation(len(pairs))
     cfg = p.config("reward_model")
     n_eval = max(1, int(round(len(pairs) * cfg.eval_fraction)))
@@ -31,18 +30,19 @@ def main(p, tracker):
     check_batch("reward_model.batch_size", cfg.batch_size, len(train), "training pairs")
     rm = new_reward_model(SFT_MODEL)
     before = evaluate_reward_model(rm, held_out, tok.pad_token_id)
-    checkpointer = stage_checkpointer(p, [SFT_MODEL, TASK.pairs])
+    checkpointer = stage_checkpointer(p, [SFT_MODEL, task.pairs])
     history = train_reward_model(rm, train, cfg, tok.pad_token_id, p["seed"], tracker, checkpointer=checkpointer)
     after = evaluate_reward_model(rm, held_out, tok.pad_token_id)
     with full_weights(rm):  # ZeRO-3: gathered on every process, written by rank 0
         if is_main_process():
-            with atomic_dir(TASK.reward_model) as out:
+            with atomic_dir(task.reward_model) as out:
                 rm.save_pretrained(out)
                 tok.save_pretrained(out)
-            write_csv(TASK.curve("reward_model"), history)
+            write_csv(task.curve("reward_model"), history)
     return {"held_out_" + k: v for k, v in after.items()} | {"held_out_label_accuracy_untrained": before["label_accuracy"],
                                                              "train_pairs": len(train), "steps": len(history)}
 
 
 if __name__ == "__main__":
-    run_stage(TASK.stage("reward_model"), main, models=[TASK.reward_model])
+    task = task_from_argv()
+    run_stage(task.stage("reward_model"), main, models=[task.reward_model])

@@ -14,7 +14,7 @@ from pftlab.core.params import Params, load_params
 from pftlab.core.pipeline import metrics_of, params_of
 from pftlab.core.tracking import Tracker
 
-_running = {}  # the stage this process runs: its name and the params sections it declared
+_runs_started = []  # the stages (or seed runs) this process has started: the first carries its start-up
 
 
 def seed_everything(seed: int):
@@ -52,10 +52,10 @@ def run_stage(name: str, main, seed_key="seed", params_path="params.yaml", model
     carries the process's start-up, and `keep_checkpoint` leaves its checkpoint for the caller to remove once
     every run is written (DVC reruns the whole stage: a finished run then resumes at its end).
     """
-    start, startup = time.time(), (process_age() if not _running else 0.0)
+    start, startup = time.time(), (process_age() if not _runs_started else 0.0)
     try:
         sections, metrics_path = params_of(name), metrics_of(name)
-        _running.update(name=name, sections=sections)
+        _runs_started.append(name)
         check_writable(metrics_path)
         check_writable(checkpoint_dir(name))
         params = load_params(params_path).check(*sections).check_stage_lists()
@@ -104,10 +104,10 @@ def without_nonfinite(metrics: dict, stage: str) -> dict:
 
 
 def stage_checkpointer(params, inputs: list) -> Checkpointer:
-    """A checkpointer for the running stage, valid only for its declared params, these input paths and
-    the code. `checkpoint.every_steps` is read here and deliberately not a DVC param of any stage: it
-    cannot change a number (a resumed run equals an uninterrupted one), so changing it must not rerun training."""
+    """A checkpointer for the stage whose params view `params` is (`run_stage` hands it to the stage), valid only
+    for its declared params, these input paths and the code. `checkpoint.every_steps` is read here and
+    deliberately not a DVC param of any stage: it cannot change a number (a resumed run equals an uninterrupted
+    one), so changing it must not rerun training."""
     whole = Params(params.tree, params.path)  # `checkpoint` is no stage's declared param (above)
     every = whole.check("checkpoint")["checkpoint.every_steps"] if whole.get("checkpoint") is not None else 0
-    name, sections = _running["name"], _running["sections"]
-    return Checkpointer(name, fingerprint(params.section(*sections), inputs, sys.argv[0]), every)
+    return Checkpointer(params.stage, fingerprint(params.section(*params.declared), inputs, sys.argv[0]), every)

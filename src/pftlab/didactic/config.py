@@ -1,8 +1,8 @@
 """The didactic stages' params sections, each with its rules (see core/config.py): Tajwar et al.'s
 bandit and token-level bandit, Song et al.'s coverage problems."""
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 
-from pftlab.algorithms.hyperparameters import KL_ESTIMATORS
+from pftlab.algorithms.hyperparameters import HYPERPARAMETERS
 from pftlab.core.config import (
     INT_AT_LEAST_2,
     NONNEG,
@@ -17,6 +17,7 @@ from pftlab.core.config import (
     pos_int,
     positive,
 )
+from pftlab.core.errors import ParamError
 from pftlab.training.config import LoopKnobs
 
 BANDIT_METHODS = ("best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo")
@@ -98,17 +99,10 @@ class BanditConfig:
     reuse: BanditReuse
 
 
-@dataclass(frozen=True, kw_only=True)
-class TokenBanditHp:
-    """The algorithms' hyperparameters on the token-level bandit (one set for all of them)."""
-    beta: float = knob(*POSITIVE)
-    kl_coef: float = knob(*NONNEG)
-    kl_estimator: str = knob(one_of(KL_ESTIMATORS), "k1 or k3")
-    samples_per_prompt: int = knob(*INT_AT_LEAST_2)
-    top: int = knob(*POS_INT)
-    min_reward_gap: float = knob(*NONNEG)
-    clip: float = knob(*POSITIVE)
-    offline_fraction: float = knob(lambda v: v == 0, "0 (no offline share on the token bandit)")
+# Each algorithm's hyperparameters on the token-level bandit: the LLM task's own dataclass for it
+# (algorithms/hyperparameters.py), one optional section per algorithm; `algorithms` says which must be given.
+TokenBanditAlgos = make_dataclass("TokenBanditAlgos", [(name, cls, None) for name, cls in HYPERPARAMETERS.items()],
+                                  frozen=True, kw_only=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +117,26 @@ class TokenBanditConfig(LoopKnobs):
     fit_steps: int = knob(*NONNEG_INT)
     offline_pairs_per_prompt: int = knob(*POS_INT)
     eval_samples: int = knob(*POS_INT)
-    hp: TokenBanditHp
+    algos: TokenBanditAlgos
+
+    def hyperparameters(self, name: str):
+        """Algorithm `name`'s typed hyperparameters (`token_bandit.algos.<name>`)."""
+        return getattr(self.algos, name)
+
+    def check_algorithms(self, path: str):
+        """Every algorithm it runs is known and has its hyperparameters; on-policy pairs take no offline share (the
+        token bandit gives on-policy methods no offline pairs)."""
+        for name in self.algorithms:
+            if name not in HYPERPARAMETERS:
+                raise ParamError(f"{path}: 'token_bandit.algorithms' names unknown algorithm {name!r}; "
+                                 f"known: {', '.join(HYPERPARAMETERS)}")
+            hp = self.hyperparameters(name)
+            if hp is None:
+                raise ParamError(f"{path}: 'token_bandit.algorithms' runs {name} but 'token_bandit.algos.{name}' is not given")
+            if getattr(hp, "offline_fraction", 0):
+                raise ParamError(f"{path}: 'token_bandit.algos.{name}.offline_fraction' must be 0 (no offline pairs "
+                                 "for on-policy methods on the token bandit)")
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,12 +55,12 @@ def run_cell(job) -> dict:
     torch.set_num_threads(1)
     cfg, rewards, reward_name, method, sampling = job
     reward = bandit.peaked_reward(rewards[reward_name], cfg.reward_width)
-    hp = bandit.method_hyperparameters(cfg, method, sampling)
-    return bandit.run(method, reward, hp, cfg.seeds, **bandit.cell_schedule(cfg, method, sampling))
+    return bandit.run(method, reward, cfg, cfg.hyperparameters(method, sampling), cfg.seeds,
+                      **bandit.cell_schedule(cfg, method, sampling))
 
 
 def main(p, tracker):
-    cfg = p.config("bandit")
+    cfg = p.config("bandit").check_methods(p.path)
     b = p["bandit"]
     cells = [(r, m, s) for r in b["rewards"] for m in cfg.methods for s in ("offline", "on_policy")]
     cells += [("misaligned", m, f"reuse_{t}") for m in cfg.reuse.methods for t in cfg.reuse.values]

@@ -37,9 +37,9 @@ def main():
     torch.set_num_threads(1)  # as stage bandit runs a cell: then a seed's numbers do not depend on its neighbours
     cfg = load_params(ROOT / "params.yaml").config("bandit")
     reward = bandit.peaked_reward(getattr(cfg.rewards, args.reward), cfg.reward_width)
-    hp = bandit.method_hyperparameters(cfg, args.method, args.sampling)
+    hp = cfg.hyperparameters(args.method, args.sampling)
     start = time.perf_counter()
-    final = bandit.run(args.method, reward, hp, list(range(args.seeds)),
+    final = bandit.run(args.method, reward, cfg, hp, list(range(args.seeds)),
                        **bandit.cell_schedule(cfg, args.method, args.sampling))["final_reward"]
     m, half = mean_ci(final)
     windows = [mean(final[i:i + 20]) for i in range(0, len(final) - 19, 20)]

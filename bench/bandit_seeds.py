@@ -31,16 +31,16 @@ def main():
     args = parser.parse_args()
 
     cfg = load_params(ROOT / "params.yaml").config("bandit")
-    hp = bandit.method_hyperparameters(cfg, args.method, "on_policy")
+    hp = cfg.hyperparameters(args.method, "on_policy")
     schedule = bandit.cell_schedule(cfg, args.method, "on_policy") | {"collections": args.collections}
     reward, seeds = bandit.peaked_reward(70), list(range(args.seeds))
-    bandit.run(args.method, reward, hp, seeds[:2], **schedule | {"collections": 1})  # warm-up
+    bandit.run(args.method, reward, cfg, hp, seeds[:2], **schedule | {"collections": 1})  # warm-up
     start = time.perf_counter()
-    bandit.run(args.method, reward, hp, seeds, **schedule)
+    bandit.run(args.method, reward, cfg, hp, seeds, **schedule)
     batched = (time.perf_counter() - start) / len(seeds)
     start = time.perf_counter()
     for seed in seeds:
-        bandit.run(args.method, reward, hp, [seed], **schedule)
+        bandit.run(args.method, reward, cfg, hp, [seed], **schedule)
     plain = (time.perf_counter() - start) / len(seeds)
     result = {"method": args.method, "seeds": len(seeds), "steps": schedule["collections"] * schedule["steps_per_collection"],
               "seconds_per_cell_seed_batched": round(batched, 4), "seconds_per_cell_seed_one_at_a_time": round(plain, 4),

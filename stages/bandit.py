@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pftlab.core.io import write_csv
+from pftlab.core.pipeline import BANDIT_CURVE, BANDIT_REUSE, BANDIT_REUSE_FINAL
 from pftlab.core.stage import run_stage
 from pftlab.core.stats import mean_ci
 from pftlab.core.threads import thread_count
@@ -55,12 +56,12 @@ def run_cell(job) -> dict:
     torch.set_num_threads(1)
     cfg, rewards, reward_name, method, sampling = job
     reward = bandit.peaked_reward(rewards[reward_name], cfg.reward_width)
-    hp = bandit.method_hyperparameters(cfg, method, sampling)
-    return bandit.run(method, reward, hp, cfg.seeds, **bandit.cell_schedule(cfg, method, sampling))
+    return bandit.run(method, reward, cfg, cfg.hyperparameters(method, sampling), cfg.seeds,
+                      **bandit.cell_schedule(cfg, method, sampling))
 
 
 def main(p, tracker):
-    cfg = p.config("bandit")
+    cfg = p.config("bandit").check_methods(p.path)
     b = p["bandit"]
     cells = [(r, m, s) for r in b["rewards"] for m in cfg.methods for s in ("offline", "on_policy")]
     cells += [("misaligned", m, f"reuse_{t}") for m in cfg.reuse.methods for t in cfg.reuse.values]
@@ -81,10 +82,10 @@ def main(p, tracker):
     for reward_name in b["rewards"]:
         for sampling in ("offline", "on_policy"):
             by_method = {m: curves[f"{reward_name}/{m}/{sampling}"] for m in cfg.methods}
-            write_csv(f"metrics/curves/bandit_{reward_name}_{sampling}.csv", wide_curves(by_method))
+            write_csv(BANDIT_CURVE.format(reward=reward_name, sampling=sampling), wide_curves(by_method))
     reuse = {f"{m}_T{t}": curves[f"misaligned/{m}/reuse_{t}"] for m in cfg.reuse.methods for t in cfg.reuse.values}
-    write_csv("metrics/curves/bandit_reuse.csv", wide_curves(reuse))
-    write_csv("metrics/curves/bandit_reuse_final.csv", final_by_reuse(results, cfg.reuse))
+    write_csv(BANDIT_REUSE, wide_curves(reuse))
+    write_csv(BANDIT_REUSE_FINAL, final_by_reuse(results, cfg.reuse))
     refs = [bandit.seed_reference(seed, cfg.reference) for seed in cfg.seeds]
     over_seeds = lambda f: mean(float(f(ref)) for ref in refs)  # the seeds' pi_ref differ (`reference: per_seed`)
     summary = {"reference": {"kind": cfg.reference, "mode_interior": [int(ref[5:95].argmax()) + 5 for ref in refs],

@@ -9,14 +9,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pftlab.core.io import write_csv
+from pftlab.core.pipeline import CLAIM6_CASES, COVERAGE_CLAIM6, COVERAGE_CURVE, COVERAGE_PROBLEMS
 from pftlab.core.stage import run_stage
 from pftlab.core.stats import mean_ci
 from pftlab.didactic import coverage, coverage_mass
-
-# Claim 6: the uncovered mass under DPO on the multi-armed bandit, by optimiser x parametrisation x start; the first
-# is Song et al.'s stated setting (docs/SETUPS.md, claim 6; claims.CLAIM6_SETTINGS reads each)
-MASS_CASES = [("sgd", "tabular", "uniform"), ("adam", "tabular", "uniform"), ("sgd", "features", "uniform"),
-              ("adam", "features", "uniform"), ("sgd", "tabular", "random"), ("sgd", "tabular", "anti")]
 
 QUANTITIES = ("logp_preferred", "logp_best", "uncovered_mass", "kl", "reward")
 
@@ -26,14 +22,14 @@ def main(p, tracker):
     c = p["coverage"]
     hp = {k: c[k] for k in ("steps", "rm_steps", "lr", "beta", "lam", "batch_size", "preferred_subset")}
     results, curves = {}, {}
-    jobs = [(kind, method) for kind in ("linear", "tabular") for method in coverage.METHODS]
+    jobs = [(kind, method) for kind in COVERAGE_PROBLEMS for method in coverage.METHODS]
     for kind, method in tqdm(jobs, desc="coverage runs (every seed at once)", disable=None):
         problems = [coverage.make_problem(kind, seed, pairs=c["pairs"]) for seed in c["seeds"]]
         key = f"{kind}/{method}"
         curves[key] = coverage.train_seeds(problems, method, hp)
         for curve in curves[key]:
             _record(results, key, curve, c)
-    for kind in ("linear", "tabular"):
+    for kind in COVERAGE_PROBLEMS:
         rows = []
         for i, point in enumerate(curves[f"{kind}/rlhf"][0]):
             row = {"step": point["step"]}
@@ -42,10 +38,10 @@ def main(p, tracker):
                     # the mean over seeds and its 95% t half-width (the figure's band)
                     row[f"{method}_{q}"], row[f"{method}_{q}_ci95"] = mean_ci([run[i][q] for run in curves[f"{kind}/{method}"]])
             rows.append(row)
-        write_csv(f"metrics/curves/coverage_{kind}.csv", rows)
+        write_csv(COVERAGE_CURVE.format(problem=kind), rows)
     tracker.log_metrics({f"{k.replace('/', '.')}.{q}": mean(v) for k, r in results.items() for q, v in r.items()})
-    mass = coverage_mass.claim6_table(c, MASS_CASES)
-    write_csv("metrics/curves/coverage_claim6.csv", claim6_rows(mass))
+    mass = coverage_mass.claim6_table(c, CLAIM6_CASES)
+    write_csv(COVERAGE_CLAIM6, claim6_rows(mass))
     for entry in mass.values():
         del entry["curve"]  # in the csv
     return {"claim6_steps": c["claim6"]["steps"], "seeds": c["seeds"], "epochs": c["steps"] * c["batch_size"] / c["pairs"], "runs": results,

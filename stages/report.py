@@ -3,6 +3,7 @@
 import pftlab  # noqa: F401  first: threads and OpenMP's wait policy are set before torch loads (core/threads.py)
 
 # isort: split
+from pftlab.core.pipeline import FIGURES, REPORT
 from pftlab.core.stage import run_stage
 from pftlab.reporting.report import build_report
 from pftlab.reporting.sweep import context_of
@@ -13,8 +14,8 @@ def main(p, tracker):
     # params and data it ran with. (Not DVC params here: what changes a fingerprint changes the evaluations too.)
     build_report(p["algorithms"], p["variants"], p["seed"], training_seeds=p["training_seeds"], policy_lr=p["policy.lr"],
                  params_context=context_of(p.tree))
-    tracker.log_artifact("metrics/report.md")
-    tracker.log_artifact("metrics/figures")
+    tracker.log_artifact(REPORT)
+    tracker.log_artifact(FIGURES)
     return {"policies": 1 + len(p["algorithms"])}
 
 

@@ -8,7 +8,7 @@ from transformers.utils import logging as hf_logging
 from pftlab.core.distributed import is_main_process
 from pftlab.core.io import atomic_dir, read_jsonl, write_csv
 from pftlab.core.params import check_batch
-from pftlab.core.pipeline import SFT_EVAL, SFT_MODEL, SFT_TRAIN, TOKENIZER
+from pftlab.core.pipeline import SFT_CURVE, SFT_EVAL, SFT_MODEL, SFT_TRAIN, TOKENIZER
 from pftlab.core.stage import run_stage, stage_checkpointer
 from pftlab.lm.hub import pretrained_model
 from pftlab.lm.model import Truncation, encode_prompt, encode_response, load_tokenizer, new_policy
@@ -40,7 +40,7 @@ def main(p, tracker):
             with atomic_dir(SFT_MODEL) as out:
                 model.save_pretrained(out)
                 tok.save_pretrained(out)
-            write_csv("metrics/curves/sft.csv", history)
+            write_csv(SFT_CURVE, history)
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     return {"parameters": parameters, "steps": len(history),
             "train_loss": history[-1]["train_loss"], "eval_loss": evals[-1], "eval_loss_initial": evals[0], **cut.metrics()}

@@ -14,7 +14,7 @@ from pftlab.didactic import bandit, token_bandit
 
 def main(p, tracker):
     hf_logging.set_verbosity_error()
-    cfg = p.config("token_bandit")
+    cfg = p.config("token_bandit").check_algorithms(p.path)
     peaks = p["token_bandit.rewards"]  # a mapping, in the file's order
     results = {}
     starts = {}

@@ -3,20 +3,37 @@ cell run as one batched program against the plain one-seed run."""
 import dataclasses
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+from pftlab.algorithms.hyperparameters import RwrHp
 from pftlab.core.params import load_params
 from pftlab.didactic import bandit
+from pftlab.didactic.config import BanditAlgos, BanditPairHp, BanditPpoHp, BanditReinforceHp
 
-HP = {"init_gain": 0.01, "fit_steps": 100, "fit_lr": 0.01, "beta": 0.05, "min_reward_gap": 0.0, "clip": 0.2,
-      "kl_coef": 0.01, "entropy_coef": 0.05, "entropy_estimate": "sampled", "reinforce_clip": None,
-      "reinforce_baseline": "running", "rwr_temperature": 0.1, "rwr_max_weight": 100.0, "logp": "clamped",
-      "reference": "per_seed"}  # the authors' choices
-OURS_BEFORE = {"entropy_coef": 0.0, "entropy_estimate": "exact", "reinforce_baseline": "collection", "logp": "log_softmax",
+# the authors' choices, written out here so that a params edit cannot move what these tests check
+SETUP = SimpleNamespace(init_gain=0.01, fit_steps=100, fit_lr=0.01, logp="clamped", reference="per_seed")
+ALGOS = BanditAlgos(rwr=RwrHp(temperature=0.1, max_weight=100.0),
+                    reinforce=BanditReinforceHp(entropy_coef=0.05, entropy_estimate="sampled", baseline="running"),
+                    ppo=BanditPpoHp(clip=0.2, kl_coef=0.01), dpo=BanditPairHp(beta=0.05, min_reward_gap=0.0),
+                    ipo=BanditPairHp(beta=0.05, min_reward_gap=0.0))
+OURS_BEFORE = {"entropy_coef": 0.0, "entropy_estimate": "exact", "baseline": "collection", "logp": "log_softmax",
                "reference": "fixed"}
+
+
+def cell(method: str, variant: dict = None) -> tuple:
+    """(start knobs, the method's typed hyperparameters) with `variant`'s keys set wherever they belong."""
+    variant = variant or {}
+    setup = SimpleNamespace(**vars(SETUP) | {k: v for k, v in variant.items() if hasattr(SETUP, k)})
+    hp = getattr(ALGOS, method, None)
+    if hp is not None:
+        hp = dataclasses.replace(hp, **{k: v for k, v in variant.items() if k in {f.name for f in dataclasses.fields(hp)}})
+    return setup, hp
+
+
 SMALL = {"train_contexts": 4, "eval_contexts": 20, "collections": 3, "steps_per_collection": 4, "samples_per_context": 6,
          "lr": 1e-2}
 
@@ -54,8 +71,9 @@ def test_default_params_are_the_authors_scripts():
 
 @pytest.mark.parametrize("variant", [{}, OURS_BEFORE], ids=["authors", "ours_before"])
 def test_pre_fit_reaches_pi_ref(variant):
-    log_ref = bandit.log_references([0], (HP | variant)["reference"])
-    train, _, weights = bandit.start([0], 10, 5, HP | variant)
+    setup, _ = cell("best_of_n", variant)
+    log_ref = bandit.log_references([0], setup.reference)
+    train, _, weights = bandit.start([0], 10, 5, setup)
     logp = bandit.policy_logp(weights, train)
     kl = (logp.exp() * (logp - log_ref)).sum(-1).mean().item()
     assert kl < 5e-3
@@ -66,7 +84,7 @@ def test_best_of_n_loss_averages_over_contexts_hand_worked():
     actions = torch.tensor([[[3, 70, 5], [60, 1, 2]]])
     reward = bandit.peaked_reward(70)
     batch = {"actions": actions, "rewards": reward[actions], "old_logp": logp_all.gather(-1, actions)}
-    loss = bandit.seed_losses("best_of_n", HP, logp_all, batch, bandit.log_reference())
+    loss = bandit.seed_losses("best_of_n", None, logp_all, batch, bandit.log_reference())
     expected = -(logp_all[0, 0, 70] + logp_all[0, 1, 60]) / 2  # the best of each context, / C (not / (C * N))
     assert loss.shape == (1,) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -80,8 +98,8 @@ def test_the_first_collection_is_drawn_from_pi_ref_and_later_ones_from_the_polic
         return collect(logp, n, generators, reward)
 
     monkeypatch.setattr(bandit, "collect", spy)
-    bandit.run("best_of_n", bandit.peaked_reward(70), HP, [0], **SMALL)
-    log_ref = bandit.log_references([0], HP["reference"])
+    bandit.run("best_of_n", bandit.peaked_reward(70), *cell("best_of_n"), [0], **SMALL)
+    log_ref = bandit.log_references([0], SETUP.reference)
     assert len(sources) == SMALL["collections"]
     assert torch.equal(sources[0], log_ref.expand_as(sources[0]))
     assert not torch.allclose(sources[1], log_ref.expand_as(sources[1]), atol=1e-3)  # the trained policy
@@ -97,7 +115,7 @@ def test_final_reward_is_the_mean_of_the_last_five_evaluations(monkeypatch):
         return out
 
     monkeypatch.setattr(bandit, "exact_metrics", spy)
-    out = bandit.run("dpo", bandit.peaked_reward(70), HP, [0, 1], **SMALL | {"collections": 5})
+    out = bandit.run("dpo", bandit.peaked_reward(70), *cell("dpo"), [0, 1], **SMALL | {"collections": 5})
     last_five = torch.stack(evaluated[-5:]).mean(0)
     assert out["final_reward"] == pytest.approx(last_five.tolist(), abs=1e-7)
     assert out["final_reward"] != pytest.approx([c for c in out["curve"][-1]["reward"]], abs=1e-9)  # not the last point
@@ -117,15 +135,15 @@ def test_seeds_batched_give_the_one_seed_numbers(method, variant, one_thread):
     """Same seed, same numbers (one thread: several split a matmul by its shape, so 3 seeds and 1 could
     round differently)."""
     seeds = [3, 4, 5]
-    batched = bandit.run(method, bandit.peaked_reward(70), HP | variant, seeds, **SMALL)
+    batched = bandit.run(method, bandit.peaked_reward(70), *cell(method, variant), seeds, **SMALL)
     for i, seed in enumerate(seeds):
-        alone = bandit.run(method, bandit.peaked_reward(70), HP | variant, [seed], **SMALL)
+        alone = bandit.run(method, bandit.peaked_reward(70), *cell(method, variant), [seed], **SMALL)
         assert batched["final_reward"][i] == alone["final_reward"][0]
         assert batched["curve"][-1]["kl"][i] == alone["curve"][-1]["kl"][0]
 
 
 def test_on_policy_best_of_n_climbs_the_misaligned_peak():
-    out = bandit.run("best_of_n", bandit.peaked_reward(70), HP, [0, 1], train_contexts=10, eval_contexts=20,
+    out = bandit.run("best_of_n", bandit.peaked_reward(70), *cell("best_of_n"), [0, 1], train_contexts=10, eval_contexts=20,
                      collections=30, steps_per_collection=15, samples_per_context=10, lr=1e-2)
     start = out["curve"][0]["reward"]
     assert min(out["final_reward"]) > max(start) + 0.2
@@ -180,17 +198,17 @@ def test_reinforce_entropy_bonus_is_the_authors_sign_and_estimate():
     actions = torch.tensor([[[3, 70, 5], [60, 1, 2]]])
     batch = {"actions": actions, "rewards": torch.zeros(1, 2, 3), "old_logp": logp_all.gather(-1, actions),
              "advantages": torch.zeros(1, 2, 3)}
-    loss = bandit.seed_losses("reinforce", HP, logp_all, batch, bandit.log_reference())
+    loss = bandit.seed_losses("reinforce", cell("reinforce")[1], logp_all, batch, bandit.log_reference())
     assert loss.item() == pytest.approx(0.05 * logp_all.gather(-1, actions).mean().item(), rel=1e-6)
-    exact = bandit.seed_losses("reinforce", HP | {"entropy_estimate": "exact"}, logp_all, batch, bandit.log_reference())
+    exact = bandit.seed_losses("reinforce", cell("reinforce", {"entropy_estimate": "exact"})[1], logp_all, batch, bandit.log_reference())
     assert exact.item() == pytest.approx(0.05 * (logp_all.exp() * logp_all).sum(-1).mean().item(), rel=1e-6)  # -0.05 H
 
 
 def test_exact_entropy_bonus_keeps_more_entropy_and_the_sampled_one_has_no_mean_gradient():
     """The exact bonus raises the entropy; the authors' sampled estimate -mean log pi(a) pushes each sampled action
     down, which in expectation over a ~ pi is no push at all (sum_a pi(a) grad log pi(a) = grad sum_a pi(a) = 0)."""
-    exact = HP | {"entropy_estimate": "exact"}
-    runs = {coef: bandit.run("reinforce", bandit.peaked_reward(20), exact | {"entropy_coef": coef}, [0, 1], **SMALL)
+    runs = {coef: bandit.run("reinforce", bandit.peaked_reward(20), *cell("reinforce", {"entropy_estimate": "exact", "entropy_coef": coef}),
+                             [0, 1], **SMALL)
             for coef in (0.0, 0.5)}
     assert min(runs[0.5]["final_entropy"]) > max(runs[0.0]["final_entropy"])
     logits = torch.randn(bandit.ACTIONS, requires_grad=True)
@@ -218,7 +236,7 @@ def test_no_two_seeds_or_purposes_share_a_random_stream(monkeypatch):
         return stream_seed(seed, purpose)
 
     monkeypatch.setattr(bandit, "stream_seed", spy)
-    bandit.run("best_of_n", bandit.peaked_reward(70), HP, [0], **SMALL | {"collections": 1, "steps_per_collection": 1})
+    bandit.run("best_of_n", bandit.peaked_reward(70), *cell("best_of_n"), [0], **SMALL | {"collections": 1, "steps_per_collection": 1})
     assert {"reference", "train_contexts", "eval_contexts", "samples", "init_layer0"} <= purposes
     values = [stream_seed(seed, purpose) for seed in range(20) for purpose in purposes]
     assert len(set(values)) == len(values)
@@ -244,7 +262,7 @@ def test_reuse_study_counts_fresh_samples_as_collections_times_contexts_times_n(
     cfg = _reuse_cfg("fixed")
     schedule = bandit.cell_schedule(cfg, "ppo", f"reuse_{t}") | {"eval_contexts": 5}
     assert (schedule["collections"], schedule["steps_per_collection"], schedule["samples_per_context"]) == (10 // t, t, 10)
-    out = bandit.run("ppo", bandit.peaked_reward(70), HP, [0, 1], **schedule)
+    out = bandit.run("ppo", bandit.peaked_reward(70), *cell("ppo"), [0, 1], **schedule)
     assert sum(drawn) == out["samples"][0] == (10 // t) * 3 * 10  # collections x contexts x N
     at = {point["step"]: point["samples"] for point in out["curve"]}
     assert set(bandit.reuse_log_steps(cfg.reuse)) <= set(at)  # every T's budget is on every curve
@@ -262,7 +280,7 @@ def test_reuse_study_logs_t1_either_side_of_every_ts_compute_hand_worked():
     cfg = _reuse_cfg("fixed")
     cfg = dataclasses.replace(cfg, reuse=dataclasses.replace(cfg.reuse, sample_costs=[1.0, 0.333]))
     assert {7, 8} <= set(bandit.reuse_log_steps(cfg.reuse))
-    runs = {t: bandit.run("ppo", bandit.peaked_reward(70), HP, [0], **bandit.cell_schedule(cfg, "ppo", f"reuse_{t}")
+    runs = {t: bandit.run("ppo", bandit.peaked_reward(70), *cell("ppo"), [0], **bandit.cell_schedule(cfg, "ppo", f"reuse_{t}")
                           | {"eval_contexts": 5}) for t in (1, 2, 5)}
     for cost in cfg.reuse.sample_costs:
         for t in (2, 5):
@@ -276,8 +294,31 @@ def test_a_bad_bandit_choice_is_refused_naming_its_key():
     from pftlab.core.errors import ParamError
     from pftlab.core.params import Params
 
-    for key, value in (("logp", "softmax"), ("reference", "shared"), ("reinforce_baseline", "mean"), ("entropy_estimate", 1)):
+    for key, value in (("logp", "softmax"), ("reference", "shared"), ("algos.reinforce.baseline", "mean"),
+                       ("algos.reinforce.entropy_estimate", 1), ("algos.rwr.temperature", 0)):
         tree = yaml.safe_load(Path("params.yaml").read_text())
-        tree["bandit"][key] = value
+        *parents, leaf = key.split(".")
+        node = tree["bandit"]
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
         with pytest.raises(ParamError, match=f"bandit.{key}"):
             Params(tree).check("bandit")
+
+
+def test_each_bandit_method_reads_its_own_typed_hyperparameters_and_no_learning_rate_of_its_own():
+    from pftlab.core.errors import ParamError
+    from pftlab.core.params import Params
+
+    cfg = load_params("params.yaml").config("bandit").check_methods("params.yaml")
+    assert type(cfg.hyperparameters("rwr", "offline")) is RwrHp  # the LLM task's RWR knobs, one rule for both
+    assert cfg.hyperparameters("best_of_n", "offline") is None
+    assert cfg.hyperparameters("ipo", "offline").min_reward_gap == 0.2  # the authors' offline IPO script's filter
+    assert cfg.hyperparameters("ipo", "on_policy").min_reward_gap == cfg.algos.ipo.min_reward_gap
+    tree = yaml.safe_load(Path("params.yaml").read_text())
+    tree["bandit"]["algos"]["dpo"]["lr"] = 0.1
+    with pytest.raises(ParamError, match=r"'bandit.algos.dpo.lr' is not read"):
+        Params(tree, "p.yaml").config("bandit").check_methods("p.yaml")
+    del tree["bandit"]["algos"]["dpo"]
+    with pytest.raises(ParamError, match=r"runs dpo but 'bandit.algos.dpo' is not given"):
+        Params(tree, "p.yaml").config("bandit").check_methods("p.yaml")

@@ -115,6 +115,8 @@ def test_task_paths_put_variants_beside_the_main_task():
         "models/variants/mode_length/policy/dpo", "metrics/variants/mode_length/eval/dpo.json",
         "metrics/variants/mode_length/curves/policy_dpo.csv")
     assert mode.policy("sft") == main.policy("sft") == "models/sft"  # one SFT model for every task
+    assert (main.curve("reward_model"), mode.curve("reward_model")) == (  # each an output of its stage
+        "metrics/curves/reward_model.csv", "metrics/variants/mode_length/curves/reward_model.csv")
     assert (main.stage("policy", "dpo"), mode.stage("policy", "dpo"), mode.stage("evaluate", "sft"), mode.stage("pairs")) == (
         "policy@dpo", "policy_variant@mode_length-dpo", "evaluate_variant_sft@mode_length", "pairs_variant@mode_length")
     assert json.dumps(main.metrics("pairs")) == '"metrics/pairs.json"'

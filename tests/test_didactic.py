@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
+from pftlab.algorithms.hyperparameters import RlooHp
 from pftlab.didactic import bandit, coverage
-from pftlab.didactic.config import BANDIT_METHODS, TokenBanditConfig, TokenBanditHp
+from pftlab.didactic.config import BANDIT_METHODS, TokenBanditAlgos, TokenBanditConfig
 from pftlab.reporting import claims
 
 
@@ -130,8 +131,7 @@ def test_token_bandit_policy_fits_pi_ref_and_rloo_climbs_through_the_llm_trainer
                             max_grad_norm=1.0, monitor_every=2, lr_schedule="constant", offline_pairs_per_prompt=2,
                             eval_samples=64, seeds=[0], algorithms=["rloo"], rewards=None, reward_width=10,
                             train_prompts=len(train), eval_prompts=len(evaluation), fit_steps=0,
-                            hp=TokenBanditHp(samples_per_prompt=4, kl_coef=0.0, kl_estimator="k1", clip=0.2, beta=0.1, top=1,
-                                             min_reward_gap=0.0, offline_fraction=0))  # RLOO reads the first four
+                            algos=TokenBanditAlgos(rloo=RlooHp(samples_per_prompt=4, kl_coef=0.0, kl_estimator="k1", clip=0.2)))
     out = token_bandit.run("rloo", reward, 0, cfg, policy.state_dict(), train, evaluation)
     assert out["final_reward"] > out["start_reward"] + 0.02
     assert out["curve"][-1]["samples"] == 8 * 4 * 4  # iterations x prompts x k fresh samples
@@ -176,3 +176,25 @@ def test_claim_6_compares_dpo_with_rlhf_only_where_a_rise_is_possible():
     assert shown and all("peak" in c["comparison"] for c in shown)  # the peak is shown, never decides
     hypo = [c for c in claims.coverage_claims(_fake_coverage(0.45))["6"] if "HyPO" in c["quantity"]]
     assert len(hypo) == 1 and hypo[0]["decides"] is False
+
+
+def test_token_bandit_reads_each_algorithms_own_hyperparameters_and_refuses_a_missing_one():
+    from pftlab.algorithms.hyperparameters import HYPERPARAMETERS
+    from pftlab.core.errors import ParamError
+    from pftlab.core.params import Params, load_params
+
+    cfg = load_params("params.yaml").config("token_bandit").check_algorithms("params.yaml")
+    for name in cfg.algorithms:  # the LLM task's dataclass of each, not one shared set
+        assert type(cfg.hyperparameters(name)) is HYPERPARAMETERS[name]
+    tree = load_params("params.yaml").tree
+    algos = tree["token_bandit"]["algos"]
+    without_rloo = {**tree, "token_bandit": {**tree["token_bandit"], "algos": {k: v for k, v in algos.items() if k != "rloo"}}}
+    with pytest.raises(ParamError, match=r"runs rloo but 'token_bandit.algos.rloo' is not given"):
+        Params(without_rloo, "p.yaml").config("token_bandit").check_algorithms("p.yaml")
+    mixed = {**tree, "token_bandit": {**tree["token_bandit"], "algos": {
+        **algos, "online_dpo": {"beta": 0.1, "min_reward_gap": 0.0, "offline_fraction": 0.5}}}}
+    with pytest.raises(ParamError, match=r"'token_bandit.algos.online_dpo.offline_fraction' must be 0"):
+        Params(mixed, "p.yaml").config("token_bandit").check_algorithms("p.yaml")
+    misspelt = {**tree, "token_bandit": {**tree["token_bandit"], "algos": {**algos, "rloo": {"kl_coeff": 0}}}}
+    with pytest.raises(ParamError, match="kl_coeff"):
+        Params(misspelt, "p.yaml").config("token_bandit")

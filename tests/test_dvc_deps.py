@@ -137,6 +137,13 @@ def test_generated_text_reads_back_as_the_declaration():
     assert doc["stages"]["bandit"]["outs"][0] == {"metrics/curves/bandit_aligned_offline.csv": {"cache": False}}
 
 
+def test_the_names_stages_write_under_are_what_they_declare():
+    """stages/bandit.py writes a BANDIT_CURVE per reward of params bandit.rewards, declared per BANDIT_REWARDS;
+    report.md links its figures as figures/<name>.png."""
+    assert tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["bandit"]["rewards"]) == pipeline.BANDIT_REWARDS
+    assert Path(pipeline.FIGURES) == Path(pipeline.REPORT).parent / "figures"
+
+
 def test_no_dep_points_at_a_missing_file(dvc_stages):
     """After a move, a dep left at the old path is a file that no stage makes and that does not exist.
     Code deps must exist; any other dep must exist or be an output of some stage (or lie inside one)."""

@@ -2,13 +2,13 @@
 source, negative gradient and reward model: taxonomy.py).
 
 An objective turns one micro-batch (batches.PairBatch, SampleBatch or HybridBatch) and the method's typed
-hyperparameters `hp` (its dataclass of hyperparameters.py; on the token-level bandit, one TokenBanditHp for
-every method) into (loss, stats) with the loss functions of losses.py, its loss a mean over the row's
-`loss_unit` (rows, response tokens or pairs kept); `state` carries what persists across steps (REINFORCE's
-baseline). The step (training/step.py) weighs each micro-batch by its share of the whole minibatch's units, so
-the gradient and the logged numbers are the same however the minibatch is split over micro-batches and
-processes; what else depends on the whole minibatch (REINFORCE's baseline) is computed once per optimizer step
-by the row's `begin_step` and read from `state`. The loop is the same for every row.
+hyperparameters `hp` (its dataclass of hyperparameters.py, on the token-level bandit too) into (loss, stats)
+with the loss functions of losses.py, its loss a mean over the row's `loss_unit` (rows, response tokens or pairs
+kept); `state` carries what persists across steps (REINFORCE's baseline). The step (training/step.py) weighs
+each micro-batch by its share of the whole minibatch's units, so the gradient and the logged numbers are the
+same however the minibatch is split over micro-batches and processes; what else depends on the whole minibatch
+(REINFORCE's baseline) is computed once per optimizer step by the row's `begin_step` and read from `state`. The
+loop is the same for every row.
 """
 from dataclasses import dataclass
 from typing import Callable

@@ -10,16 +10,13 @@ trains and evaluates every seed in one process.
 import sys
 from dataclasses import dataclass
 
-from pftlab.core.pipeline import KINDS, SEED_RUNS, SFT_MODEL, metrics_of, output_of
+from pftlab.core.pipeline import KINDS, SEED_RUNS, SFT_MODEL, curve_of, metrics_of, output_of
 
 
 @dataclass(frozen=True)
 class Task:
     variant: str = ""  # "" = the main task; else a gold reward of `variants.rewards`
     seed: int = None  # None = the policy trained with params `seed`; else one of `training_seeds.seeds`
-
-    def _at(self, top: str, rest: str) -> str:
-        return f"{top}/variants/{self.variant}/{rest}" if self.variant else f"{top}/{rest}"
 
     @property
     def pairs_dir(self) -> str:
@@ -50,12 +47,10 @@ class Task:
         return metrics_of(self.stage(kind, name))
 
     def curve(self, kind: str, name: str = "") -> str:
-        """A training curve; written out here, not declared: reward_model_variant@'s is no output of that stage."""
-        if not name:
-            return self._at("metrics", f"curves/{kind}.csv")
-        if self.seed is None:
-            return self._at("metrics", f"curves/{kind}_{name}.csv")
-        return f"metrics/curves/training_seeds/{name}/{kind}_s{self.seed}.csv"  # a folder of csv only: DVC plots it
+        """The training curve of the stage `stage(kind, name)` names, as core/pipeline.py declares it:
+        metrics/[variants/<gold>/]curves/reward_model.csv, .../policy_<name>.csv, and a training seed's
+        metrics/curves/training_seeds/<name>/policy_s<seed>.csv (in the folder stage seeds@<name> plots)."""
+        return curve_of(self.stage(kind, name))
 
     def stage(self, kind: str, name: str = "") -> str:
         """The name of the stage (core/pipeline.py) that runs `kind` ("pairs", "reward_model", "policy", "evaluate")

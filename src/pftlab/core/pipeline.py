@@ -84,6 +84,26 @@ SFT_MODEL = "models/sft"
 SFT_SAMPLES_DIR = "data/sft_samples"
 SFT_SAMPLES = f"{SFT_SAMPLES_DIR}/samples.jsonl"
 EVAL_REFERENCE = "data/eval/reference.jsonl"  # the SFT draw every win rate is judged against
+SFT_CURVE = "metrics/curves/sft.csv"
+
+# The didactic stages' curves, kept in git: the stages write them, `PLOTS` draws them and the report reads them.
+BANDIT_CURVE = "metrics/curves/bandit_{reward}_{sampling}.csv"  # per reward of bandit.rewards, offline|on_policy
+BANDIT_REWARDS, BANDIT_SAMPLINGS = ("aligned", "misaligned"), ("offline", "on_policy")
+BANDIT_REUSE = "metrics/curves/bandit_reuse.csv"  # reward against step per method and reuse T
+BANDIT_REUSE_FINAL = "metrics/curves/bandit_reuse_final.csv"  # final reward against T
+COVERAGE_CURVE = "metrics/curves/coverage_{problem}.csv"
+COVERAGE_PROBLEMS = ("linear", "tabular")
+COVERAGE_CLAIM6 = "metrics/curves/coverage_claim6.csv"
+# Claim 6: the uncovered mass under DPO on the multi-armed bandit, by optimiser x parametrisation x start, one
+# column group each in COVERAGE_CLAIM6; the first is Song et al.'s stated setting (docs/SETUPS.md, claim 6;
+# reporting/claims.CLAIM6_SETTINGS reads each)
+CLAIM6_CASES = (("sgd", "tabular", "uniform"), ("adam", "tabular", "uniform"), ("sgd", "features", "uniform"),
+                ("adam", "features", "uniform"), ("sgd", "tabular", "random"), ("sgd", "tabular", "anti"))
+
+# The report's artifacts, kept in git (report.md links the figures relative to itself)
+REPORT = "metrics/report.md"
+FIGURES = "metrics/figures"
+CLAIMS = "metrics/claims.json"
 
 LLM_INPUTS = (SFT_MODEL, "models/reward_model")
 POLICY_RUN = ("model.max_prompt_tokens", "model.max_response_tokens", "generation", "policy", "algos.${item}")
@@ -98,7 +118,7 @@ KINDS = {kind.name: kind for kind in [
          deps=(SFT_TRAIN,), outs=(TOKENIZER,), metrics=("metrics/tokenizer.json",)),
     Kind("sft", "stages/sft.py", launch=True, policy_run="sft", params=("seed", "model", "sft"),
          deps=(TOKENIZER, SFT_TRAIN, SFT_EVAL),
-         outs=(SFT_MODEL,), metrics=("metrics/sft.json",), plots=(Curve("metrics/curves/sft.csv", "train_loss"),)),
+         outs=(SFT_MODEL,), metrics=("metrics/sft.json",), plots=(Curve(SFT_CURVE, "train_loss"),)),
     Kind("sft_samples", "stages/sft_samples.py",
          params=("seed", "model.max_prompt_tokens", "model.max_response_tokens", "generation", "pairs"),
          deps=(SFT_MODEL, PROMPTS_TRAIN), outs=(SFT_SAMPLES_DIR,),
@@ -136,7 +156,8 @@ KINDS = {kind.name: kind for kind in [
                  "a reward model and a few algorithms each, for claims 1, 3 and 4 across where the reward peaks."),
     Kind("reward_model_variant", "stages/reward_model.py", "--variant ${item}", launch=True, foreach=GOLD_REWARDS,
          params=("seed", "reward_model"), deps=(SFT_MODEL, "data/variants/${item}/pairs/pairs.jsonl"),
-         outs=("models/variants/${item}/reward_model",), metrics=("metrics/variants/${item}/reward_model.json",)),
+         outs=("models/variants/${item}/reward_model",), metrics=("metrics/variants/${item}/reward_model.json",),
+         plots=(Curve("metrics/variants/${item}/curves/reward_model.csv", "train_loss"),)),
     Kind("policy_variant", "stages/policy.py", "${item.algo} --variant ${item.gold}", launch=True,
          matrix=(("gold", GOLD_REWARDS), ("algo", VARIANT_ALGORITHMS)),
          params=("seed", *POLICY_RUN[:-1], "algos.${item.algo}"), policy_run="${item.algo} on ${item.gold}",
@@ -161,21 +182,22 @@ KINDS = {kind.name: kind for kind in [
          outs=("data/variants/${item.gold}/eval/${item.algo}.jsonl",),
          metrics=("metrics/variants/${item.gold}/eval/${item.algo}.json",)),
     Kind("bandit", "stages/bandit.py", params=("bandit",), metrics=("metrics/didactic/bandit.json",),
-         outs=tuple(InGit(f"metrics/curves/bandit_{curve}.csv") for curve in (
-             "aligned_offline", "aligned_on_policy", "misaligned_offline", "misaligned_on_policy", "reuse",
-             "reuse_final")),
+         outs=(*(InGit(BANDIT_CURVE.format(reward=reward, sampling=sampling))
+                 for reward in BANDIT_REWARDS for sampling in BANDIT_SAMPLINGS),
+               InGit(BANDIT_REUSE), InGit(BANDIT_REUSE_FINAL)),
          comment="Didactic problems: fast, several seeds each, independent of the LLM stages."),
     Kind("token_bandit", "stages/token_bandit.py", params=("token_bandit",),
          metrics=("metrics/didactic/token_bandit.json",)),
     Kind("coverage", "stages/coverage.py", params=("coverage",), metrics=("metrics/didactic/coverage.json",),
-         outs=tuple(InGit(f"metrics/curves/coverage_{curve}.csv") for curve in ("linear", "tabular", "claim6"))),
+         outs=(*(InGit(COVERAGE_CURVE.format(problem=problem)) for problem in COVERAGE_PROBLEMS),
+               InGit(COVERAGE_CLAIM6))),
     Kind("report", "stages/report.py", params=("seed", "algorithms", "variants", "training_seeds", "policy.lr"),
          deps=("metrics/prepare.json", "metrics/sft_samples.json", "metrics/sft.json", "metrics/pairs.json",
                "metrics/reward_model.json", *(f"metrics/{folder}" for folder in (
                    "policy", "eval", "curves", "didactic", "variants", "seeds", "sweep", "training_seeds")),
                "data/eval", "data/variants", "data/training_seeds", "data/pairs/gold.json"),
-         outs=(InGit("metrics/figures"), InGit("metrics/report.md")),
-         metrics=("metrics/report_summary.json", "metrics/claims.json"),
+         outs=(InGit(FIGURES), InGit(REPORT)),
+         metrics=("metrics/report_summary.json", CLAIMS),
          notes={"data/pairs/gold.json": "the gold reward that judges the reference draw (SFT's self win rate)",
                 "policy.lr": "the learning rate of sweep rows without algos.<name>.lr"}),
 ]}
@@ -186,6 +208,7 @@ SEED_RUNS = {kind.name: kind for kind in [
     Kind("policy_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
          params=POLICY_RUN, outs=("models/training_seeds/${item}/s${item.seed}",),
          metrics=("metrics/training_seeds/${item}/s${item.seed}/policy.json",),
+         plots=(Curve("metrics/curves/training_seeds/${item}/policy_s${item.seed}.csv", "loss"),),
          policy_run="${item} seed ${item.seed}"),
     Kind("evaluate_seed", "stages/seeds.py", matrix=(("item", ALGORITHMS), ("seed", "${training_seeds.seeds}")),
          params=EVALUATION, outs=("data/training_seeds/${item}/s${item.seed}/eval.jsonl",),
@@ -207,7 +230,7 @@ class Plot:
 
 def _bandit_plot(reward: str, peak: str, sampling: str) -> Plot:
     return Plot(f"bandit_{reward}_{sampling}", f"Didactic bandit, {reward} reward (peak where pi_ref is {peak}), "
-                f"{sampling.replace('_', '-')} (mean over seeds)", f"metrics/curves/bandit_{reward}_{sampling}.csv",
+                f"{sampling.replace('_', '-')} (mean over seeds)", BANDIT_CURVE.format(reward=reward, sampling=sampling),
                 "${bandit.methods}")
 
 
@@ -216,17 +239,15 @@ PLOTS = [
     _bandit_plot("misaligned", "unlikely", "on_policy"), _bandit_plot("misaligned", "unlikely", "offline"),
     _bandit_plot("aligned", "likely", "on_policy"), _bandit_plot("aligned", "likely", "offline"),
     Plot("bandit_reuse", "Claim 2: final reward against sample reuse T at fixed gradient steps (fresh samples = "
-         "steps / T), misaligned reward (mean over seeds)", "metrics/curves/bandit_reuse_final.csv",
+         "steps / T), misaligned reward (mean over seeds)", BANDIT_REUSE_FINAL,
          "${bandit.reuse.methods}", x="T", note="the methods of bandit.reuse.methods, whatever the preset runs"),
-    Plot("coverage_linear", "Extrapolation with linear features (Song et al.)", "metrics/curves/coverage_linear.csv",
+    Plot("coverage_linear", "Extrapolation with linear features (Song et al.)", COVERAGE_CURVE.format(problem="linear"),
          tuple(f"{method}_logp_{response}" for method in ("rlhf", "dpo", "hypo") for response in ("preferred", "best"))),
     Plot("coverage_tabular", "Mass on uncovered responses without function approximation",
-         "metrics/curves/coverage_tabular.csv",
+         COVERAGE_CURVE.format(problem="tabular"),
          tuple(f"{method}_uncovered_mass" for method in ("rlhf", "dpo", "hypo"))),
     Plot("coverage_claim6", "Claim 6: mass on uncovered responses under DPO by optimiser/parametrisation/start "
-         "(mean over seeds)", "metrics/curves/coverage_claim6.csv",
-         ("sgd_tabular_uniform_mean", "adam_tabular_uniform_mean", "sgd_features_uniform_mean",
-          "adam_features_uniform_mean", "sgd_tabular_random_mean", "sgd_tabular_anti_mean")),
+         "(mean over seeds)", COVERAGE_CLAIM6, tuple(f"{'_'.join(case)}_mean" for case in CLAIM6_CASES)),
 ]
 
 
@@ -252,6 +273,12 @@ def metrics_of(stage: str) -> str:
     """The metrics file a stage (or seed run) writes: its first declared one, its values filled in."""
     kind, values = kind_of(stage)
     return kind.expand(kind.metrics[0], values)
+
+
+def curve_of(stage: str) -> str:
+    """The training curve a stage (or seed run) writes: its first declared plot, its values filled in."""
+    kind, values = kind_of(stage)
+    return kind.expand(kind.plots[0].path, values)
 
 
 def output_of(stage: str) -> str:

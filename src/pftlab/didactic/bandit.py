@@ -206,9 +206,10 @@ def reinforce_entropy(logp_all, logp, estimate: str) -> torch.Tensor:
     return -(logp_all.exp() * logp_all).sum(-1).mean(-1)
 
 
-def seed_losses(method: str, hp: dict, logp_all, batch: dict, log_ref) -> torch.Tensor:
-    """One method's loss for each seed, shape (S,): logp_all (S, C, A), a collection of actions (S, C, N)
-    with their rewards and behaviour log-probs, and (REINFORCE) their advantages; log_ref (S, 1, A)."""
+def seed_losses(method: str, hp, logp_all, batch: dict, log_ref) -> torch.Tensor:
+    """One method's loss for each seed, shape (S,): `hp` its typed hyperparameters (config.BanditAlgos; None for
+    best-of-N), logp_all (S, C, A), a collection of actions (S, C, N) with their rewards and behaviour log-probs,
+    and (REINFORCE) their advantages; log_ref (S, 1, A)."""
     actions, rewards, old_logp = batch["actions"], batch["rewards"], batch["old_logp"]
     logp = logp_all.gather(-1, actions)
     ref_logp = lambda a: log_ref.expand(*logp_all.shape).gather(-1, a)
@@ -216,34 +217,35 @@ def seed_losses(method: str, hp: dict, logp_all, batch: dict, log_ref) -> torch.
         best = rewards.argmax(-1, keepdim=True)
         return -logp.gather(-1, best).squeeze(-1).mean(-1)
     if method == "rwr":
-        weights = losses.rwr_weights(rewards, hp["rwr_temperature"], hp["rwr_max_weight"])
+        weights = losses.rwr_weights(rewards, hp.temperature, hp.max_weight)
         return -(weights * logp).mean((-2, -1))
     if method == "reinforce":  # normalised reward (the baseline: `run`), entropy bonus
         adv = batch["advantages"].detach()
-        entropy = reinforce_entropy(logp_all, logp, hp["entropy_estimate"])
-        if hp["reinforce_clip"] is None:  # the authors': plain REINFORCE, also on the reused steps of a collection
-            return -(adv * logp).mean((-2, -1)) - hp["entropy_coef"] * entropy
-        return _clipped(logp, old_logp, adv, hp["reinforce_clip"]) - hp["entropy_coef"] * entropy
+        entropy = reinforce_entropy(logp_all, logp, hp.entropy_estimate)
+        if hp.clip is None:  # the authors': plain REINFORCE, also on the reused steps of a collection
+            return -(adv * logp).mean((-2, -1)) - hp.entropy_coef * entropy
+        return _clipped(logp, old_logp, adv, hp.clip) - hp.entropy_coef * entropy
     if method == "ppo":  # one-step episodes: the KL-penalised reward minus the context's mean as advantage
-        shaped = rewards - hp["kl_coef"] * (old_logp - ref_logp(actions))
+        shaped = rewards - hp.kl_coef * (old_logp - ref_logp(actions))
         adv = (shaped - shaped.mean(-1, keepdim=True)).detach()
-        return _clipped(logp, old_logp, adv, hp["clip"])
-    w, l, keep = _pairs(actions, rewards, hp["min_reward_gap"])
+        return _clipped(logp, old_logp, adv, hp.clip)
+    w, l, keep = _pairs(actions, rewards, hp.min_reward_gap)
     pair_losses = losses.dpo_pair_losses if method == "dpo" else losses.ipo_pair_losses
-    per_pair = pair_losses(logp_all.gather(-1, w), logp_all.gather(-1, l), ref_logp(w), ref_logp(l), hp["beta"])
+    per_pair = pair_losses(logp_all.gather(-1, w), logp_all.gather(-1, l), ref_logp(w), ref_logp(l), hp.beta)
     kept = keep.flatten(1).sum(-1)  # the mean over each seed's kept pairs (0 when it keeps none)
     return (per_pair * keep).flatten(1).sum(-1) / kept.clamp(min=1)
 
 
 # --- one cell: a method, a setting, a reward, every seed at once -----------------------------------------
-def run(method: str, reward, hp: dict, seeds: list, *, train_contexts: int, eval_contexts: int, collections: int,
+def run(method: str, reward, setup, hp, seeds: list, *, train_contexts: int, eval_contexts: int, collections: int,
         steps_per_collection: int, samples_per_context: int, lr: float, log_every: int = 10, log_steps=()) -> dict:
-    """Train one method on one reward for every seed at once. Returns per-seed results: the curve (exact
-    eval reward and KL per seed, fresh samples drawn so far, every `log_every` steps and at `log_steps`), and
-    per seed the final reward (the mean of the evaluations after each of the last 5 steps), final KL and
-    entropy, mean reward over the curve (speed) and fresh samples drawn."""
-    log_ref = log_references(seeds, hp["reference"])
-    train, evaluation, params = start(seeds, train_contexts, eval_contexts, hp, log_ref)
+    """Train one method on one reward for every seed at once, from `setup` (the section's start knobs: init_gain,
+    fit_steps, fit_lr, logp, reference) with the method's typed hyperparameters `hp`. Returns per-seed results:
+    the curve (exact eval reward and KL per seed, fresh samples drawn so far, every `log_every` steps and at
+    `log_steps`), and per seed the final reward (the mean of the evaluations after each of the last 5 steps),
+    final KL and entropy, mean reward over the curve (speed) and fresh samples drawn."""
+    log_ref = log_references(seeds, setup.reference)
+    train, evaluation, params = start(seeds, train_contexts, eval_contexts, setup, log_ref)
     generators = [generator(seed, "samples") for seed in seeds]
     opt = torch.optim.Adam(params, lr=lr, fused=True)  # one kernel over all seeds: 5x faster than foreach here
     steps = collections * steps_per_collection
@@ -260,13 +262,13 @@ def run(method: str, reward, hp: dict, seeds: list, *, train_contexts: int, eval
         if step == steps:
             break
         if step % steps_per_collection == 0:  # the first collection from pi_ref, the later from the policy
-            batch = _collection(params, train, log_ref, step, samples_per_context, generators, reward, hp["logp"])
+            batch = _collection(params, train, log_ref, step, samples_per_context, generators, reward, setup.logp)
             samples += train_contexts * samples_per_context
-            if method == "reinforce" and hp["reinforce_baseline"] == "collection":
+            if method == "reinforce" and hp.baseline == "collection":
                 batch["advantages"] = collection_zscores(batch["rewards"])
-        if method == "reinforce" and hp["reinforce_baseline"] == "running":  # every step adds the samples again
+        if method == "reinforce" and hp.baseline == "running":  # every step adds the samples again
             batch["advantages"], baseline = running_zscores(batch["rewards"], baseline)
-        loss = seed_losses(method, hp, training_logp(params, train, hp["logp"]), batch, log_ref).sum()
+        loss = seed_losses(method, hp, training_logp(params, train, setup.logp), batch, log_ref).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -290,14 +292,14 @@ def _collection(params, train, log_ref, step, n, generators, reward, how) -> dic
         return batch
 
 
-def start(seeds: list, train_contexts: int, eval_contexts: int, hp: dict, log_ref=None):
+def start(seeds: list, train_contexts: int, eval_contexts: int, setup, log_ref=None):
     """Each seed's train and eval contexts (each from its own stream) and its policy fitted to its pi_ref (stacked)."""
     if log_ref is None:
-        log_ref = log_references(seeds, hp["reference"])
+        log_ref = log_references(seeds, setup.reference)
     train = torch.stack([torch.rand(train_contexts, CONTEXT_DIM, generator=generator(s, "train_contexts")) for s in seeds])
     evaluation = torch.stack([torch.rand(eval_contexts, CONTEXT_DIM, generator=generator(s, "eval_contexts")) for s in seeds])
-    params = init_policy(seeds, hp["init_gain"])
-    fit_to_reference(params, train, log_ref, hp["fit_steps"], hp["fit_lr"], hp["logp"])
+    params = init_policy(seeds, setup.init_gain)
+    fit_to_reference(params, train, log_ref, setup.fit_steps, setup.fit_lr, setup.logp)
     return train, evaluation, params
 
 
@@ -309,19 +311,6 @@ def collect(logp, n: int, generators: list, reward) -> dict:
 
 
 # --- the cells the stage runs (params `bandit`, the authors' scripts: docs/SETUPS.md) ----------------
-HP_KEYS = ("init_gain", "fit_steps", "fit_lr", "beta", "min_reward_gap", "clip", "kl_coef", "entropy_coef", "entropy_estimate",
-           "reinforce_clip", "reinforce_baseline", "rwr_temperature", "rwr_max_weight", "logp", "reference")
-
-
-def method_hyperparameters(cfg, method: str, sampling: str) -> dict:
-    """The loss and start knobs of one cell: shared ones, with the authors' IPO scripts' own pair filter."""
-    hp = {k: getattr(cfg, k) for k in HP_KEYS}
-    own = _ipo_setting(cfg, method, sampling)
-    if own is not None and own.min_reward_gap is not None:
-        hp["min_reward_gap"] = own.min_reward_gap
-    return hp
-
-
 def equal_compute_step(t: int, steps: int, sample_cost: float) -> float:
     """The step at which T = 1 has spent the compute of T's whole run (reporting/claims.py `compute_used`: a fresh
     sample costs c, a gradient step passes its collection of n samples once). T's run draws steps/T collections,

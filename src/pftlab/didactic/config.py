@@ -1,8 +1,9 @@
 """The didactic stages' params sections, each with its rules (see core/config.py): Tajwar et al.'s
 bandit and token-level bandit, Song et al.'s coverage problems."""
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, make_dataclass
 
-from pftlab.algorithms.hyperparameters import KL_ESTIMATORS
+from pftlab.algorithms.hyperparameters import HYPERPARAMETERS, PairHp, RwrHp
 from pftlab.core.config import (
     INT_AT_LEAST_2,
     NONNEG,
@@ -17,6 +18,7 @@ from pftlab.core.config import (
     pos_int,
     positive,
 )
+from pftlab.core.errors import ParamError
 from pftlab.training.config import LoopKnobs
 
 BANDIT_METHODS = ("best_of_n", "rwr", "reinforce", "ppo", "dpo", "ipo")
@@ -70,6 +72,42 @@ class BanditReuse:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BanditReinforceHp:
+    """The authors' REINFORCE (bandit_learner.py:882-1047): a z-scored reward and an entropy bonus."""
+    entropy_coef: float = knob(*NONNEG)
+    entropy_estimate: str = knob(one_of(("sampled", "exact")), "sampled or exact", "sampled")  # sampled: the authors'
+    baseline: str = knob(one_of(("running", "collection")), "running or collection", "running")  # running: the authors'
+    clip: float = knob(*POSITIVE, default=None)  # absent: plain REINFORCE on reused samples (the authors')
+
+
+@dataclass(frozen=True, kw_only=True)
+class BanditPpoHp:
+    """One-step PPO (ours: the authors' MLP code has none): no value head, the context's mean reward as baseline."""
+    clip: float = knob(*POSITIVE)
+    kl_coef: float = knob(*NONNEG)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BanditPairHp(PairHp):
+    """DPO / IPO on all pairs of a context's samples: the LLM task's knobs and the authors' pair filter."""
+    min_reward_gap: float = knob(*NONNEG)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BanditAlgos:
+    """Each bandit method's hyperparameters; RWR's and DPO/IPO's are the LLM task's dataclasses (best-of-N has none)."""
+    rwr: RwrHp = None
+    reinforce: BanditReinforceHp = None
+    ppo: BanditPpoHp = None
+    dpo: BanditPairHp = None
+    ipo: BanditPairHp = None
+
+
+BANDIT_METHODS_WITH_KNOBS = tuple(f.name for f in dataclasses.fields(BanditAlgos))
+assert set(BANDIT_METHODS_WITH_KNOBS) | {"best_of_n"} == set(BANDIT_METHODS)
+
+
+@dataclass(frozen=True, kw_only=True)
 class BanditConfig:
     seeds: list = knob(*SEEDS)
     eval_contexts: int = knob(*POS_INT)
@@ -83,32 +121,36 @@ class BanditConfig:
     offline: BanditSetting
     on_policy: BanditSetting
     ipo: IpoSettings = None
-    beta: float = knob(*POSITIVE)
-    min_reward_gap: float = knob(*NONNEG)
-    clip: float = knob(*POSITIVE)
-    kl_coef: float = knob(*NONNEG)
-    entropy_coef: float = knob(*NONNEG)
-    entropy_estimate: str = knob(one_of(("sampled", "exact")), "sampled or exact", "sampled")  # sampled: the authors'
-    reinforce_baseline: str = knob(one_of(("running", "collection")), "running or collection", "running")  # running: the authors'
     logp: str = knob(one_of(("clamped", "log_softmax")), "clamped or log_softmax", "clamped")  # clamped: the authors' Categorical
     reference: str = knob(one_of(("per_seed", "fixed")), "per_seed or fixed", "per_seed")  # per_seed: a pi_ref drawn per run, as theirs
-    reinforce_clip: float = knob(*POSITIVE, default=None)  # absent: plain REINFORCE on reused samples (authors)
-    rwr_temperature: float = knob(*POSITIVE)
-    rwr_max_weight: float = knob(*POSITIVE)
+    algos: BanditAlgos
     reuse: BanditReuse
 
+    def hyperparameters(self, method: str, sampling: str):
+        """Method `method`'s typed hyperparameters in one cell (None for best-of-N, which has none), with the authors'
+        IPO scripts' own pair filter where their setting sets one (`ipo.<setting>.min_reward_gap`)."""
+        hp = getattr(self.algos, method, None)
+        own = getattr(self.ipo, sampling, None) if method == "ipo" and self.ipo is not None else None
+        if own is not None and own.min_reward_gap is not None:
+            hp = dataclasses.replace(hp, min_reward_gap=own.min_reward_gap)
+        return hp
 
-@dataclass(frozen=True, kw_only=True)
-class TokenBanditHp:
-    """The algorithms' hyperparameters on the token-level bandit (one set for all of them)."""
-    beta: float = knob(*POSITIVE)
-    kl_coef: float = knob(*NONNEG)
-    kl_estimator: str = knob(one_of(KL_ESTIMATORS), "k1 or k3")
-    samples_per_prompt: int = knob(*INT_AT_LEAST_2)
-    top: int = knob(*POS_INT)
-    min_reward_gap: float = knob(*NONNEG)
-    clip: float = knob(*POSITIVE)
-    offline_fraction: float = knob(lambda v: v == 0, "0 (no offline share on the token bandit)")
+    def check_methods(self, path: str):
+        """Every method it runs has its hyperparameters, and none sets a learning rate of its own: the bandit's are
+        per setting (`offline.lr`, `on_policy.lr`, `reuse.lr`), so one here would be silently ignored."""
+        for method in dict.fromkeys([*self.methods, *self.reuse.methods]):
+            if method in BANDIT_METHODS_WITH_KNOBS and getattr(self.algos, method) is None:
+                raise ParamError(f"{path}: 'bandit.methods' runs {method} but 'bandit.algos.{method}' is not given")
+            if getattr(getattr(self.algos, method, None), "lr", None) is not None:
+                raise ParamError(f"{path}: 'bandit.algos.{method}.lr' is not read: the bandit's learning rate is per "
+                                 "setting ('bandit.offline.lr', 'bandit.on_policy.lr', 'bandit.reuse.lr')")
+        return self
+
+
+# Each algorithm's hyperparameters on the token-level bandit: the LLM task's own dataclass for it
+# (algorithms/hyperparameters.py), one optional section per algorithm; `algorithms` says which must be given.
+TokenBanditAlgos = make_dataclass("TokenBanditAlgos", [(name, cls, None) for name, cls in HYPERPARAMETERS.items()],
+                                  frozen=True, kw_only=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +165,26 @@ class TokenBanditConfig(LoopKnobs):
     fit_steps: int = knob(*NONNEG_INT)
     offline_pairs_per_prompt: int = knob(*POS_INT)
     eval_samples: int = knob(*POS_INT)
-    hp: TokenBanditHp
+    algos: TokenBanditAlgos
+
+    def hyperparameters(self, name: str):
+        """Algorithm `name`'s typed hyperparameters (`token_bandit.algos.<name>`)."""
+        return getattr(self.algos, name)
+
+    def check_algorithms(self, path: str):
+        """Every algorithm it runs is known and has its hyperparameters; on-policy pairs take no offline share (the
+        token bandit gives on-policy methods no offline pairs)."""
+        for name in self.algorithms:
+            if name not in HYPERPARAMETERS:
+                raise ParamError(f"{path}: 'token_bandit.algorithms' names unknown algorithm {name!r}; "
+                                 f"known: {', '.join(HYPERPARAMETERS)}")
+            hp = self.hyperparameters(name)
+            if hp is None:
+                raise ParamError(f"{path}: 'token_bandit.algorithms' runs {name} but 'token_bandit.algos.{name}' is not given")
+            if getattr(hp, "offline_fraction", 0):
+                raise ParamError(f"{path}: 'token_bandit.algos.{name}.offline_fraction' must be 0 (no offline pairs "
+                                 "for on-policy methods on the token bandit)")
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -78,9 +78,10 @@ def evaluate(policy, prompts: list, reward_fn, samples: int, seed: int) -> float
 
 def run(name: str, per_token_reward, seed: int, cfg: TokenBanditConfig, start_state: dict, train_prompts,
         eval_prompts) -> dict:
-    """One algorithm of the table on the token-level bandit, through the LLM trainer, with the section's one set of
-    hyperparameters (`cfg.hp`): the eval reward before and after, and the curve of the true reward of fresh samples over gradient steps."""
-    algorithm = ALGORITHMS[name]
+    """One algorithm of the table on the token-level bandit, through the LLM trainer, with its hyperparameters
+    (`token_bandit.algos.<name>`, the LLM task's dataclass): the eval reward before and after, and the curve of the
+    true reward of fresh samples over gradient steps."""
+    algorithm, hp = ALGORITHMS[name], cfg.hyperparameters(name)
     reward_fn = token_reward_fn(per_token_reward)
     policy, ref = new_gpt(seed), new_gpt(seed)
     policy.load_state_dict(start_state)
@@ -95,12 +96,12 @@ def run(name: str, per_token_reward, seed: int, cfg: TokenBanditConfig, start_st
             for prompt, x, y in zip(train_prompts, a, b):
                 rx, ry = (per_token_reward[torch.tensor(t)].mean().item() for t in (x, y))
                 pairs.append({"prompt_ids": prompt, "chosen_ids": x if rx >= ry else y, "rejected_ids": y if rx >= ry else x})
-    source = make_source(algorithm, cfg.hp, pairs=pairs, prompts=train_prompts, generation=generation, reward_fn=reward_fn,
+    source = make_source(algorithm, hp, pairs=pairs, prompts=train_prompts, generation=generation, reward_fn=reward_fn,
                          tokenizer=TOKENS, seed=seed, batch_size=cfg.batch_size, batch_key="token_bandit.batch_size")
     monitor = lambda policy, ref: sample_and_score(policy, ref, eval_prompts, 2, generation, reward_fn, None, PAD,
                                                    desc="token-bandit monitor")
     start = evaluate(policy, eval_prompts, reward_fn, cfg.eval_samples, seed)
-    history = train_policy(algorithm, cfg.hp, cfg, seed, policy, ref, source, monitor,
+    history = train_policy(algorithm, hp, cfg, seed, policy, ref, source, monitor,
                            progress_desc=f"token bandit {name}")
     curve = [{"step": row["step"], "samples": row["samples"], "reward": row["proxy_reward"]}
              for row in history if "proxy_reward" in row]  # the true reward of fresh samples during training

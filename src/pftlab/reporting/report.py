@@ -6,7 +6,19 @@ from pathlib import Path
 from pftlab.algorithms.taxonomy import table_markdown
 from pftlab.core.io import atomic_write_json, atomic_write_text
 from pftlab.core.paths import Task, seeds_stage
-from pftlab.core.pipeline import metrics_of
+from pftlab.core.pipeline import (
+    BANDIT_CURVE,
+    BANDIT_REWARDS,
+    BANDIT_SAMPLINGS,
+    CLAIMS,
+    COVERAGE_CLAIM6,
+    COVERAGE_CURVE,
+    COVERAGE_PROBLEMS,
+    FIGURES,
+    REPORT,
+    SFT_CURVE,
+    metrics_of,
+)
 from pftlab.reporting import claims as claims_lib
 from pftlab.reporting.figures import (
     plot_bandit,
@@ -22,7 +34,8 @@ from pftlab.reporting.figures import (
     plot_token_bandit,
 )
 from pftlab.reporting.results import llm_tasks, load_evals, read_curve, win_rates_per_prompt
-from pftlab.reporting.seeds import load_seed_runs, pipeline_seed_runs
+from pftlab.reporting.seeds import SEEDS_DIR, load_seed_runs, pipeline_seed_runs
+from pftlab.reporting.sweep import SWEEP_DIR
 from pftlab.reporting.tables import (
     DPO_DIAGNOSIS,
     claims_markdown,
@@ -44,8 +57,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     """metrics/report.md, metrics/claims.json and the figures, from the files under `root`; the sweep summary only
     where it ran under `params_context` (`reporting.sweep.context_of` of this run's params; None: not checked)."""
     root = Path(root)
-    m = root / "metrics"
-    figures = m / "figures"
+    figures = root / FIGURES  # report.md links its figures relative to itself, as figures/<name>.png
     figures.mkdir(parents=True, exist_ok=True)
     tasks = llm_tasks(algorithms, variants or {}, root)
     (gold_name, (main_task, _)), *variant_tasks = tasks.items()
@@ -57,21 +69,22 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         didactic[name] = json.loads(path.read_text()) if path.exists() else None
     bandit, coverage, token_bandit = didactic["bandit"], didactic["coverage"], didactic["token_bandit"]
     seed_runs = pipeline_seed_runs(algorithms, training_seeds or {}, gold_name, root)
-    seed_runs += [r for r in load_seed_runs(m / "seeds") if r["seed"] not in {s["seed"] for s in seed_runs}]
+    seed_runs += [r for r in load_seed_runs(root / SEEDS_DIR) if r["seed"] not in {s["seed"] for s in seed_runs}]
     llm_parts, over = claims_lib.llm_claim_parts(tasks, evals_by_task, seed, seed_runs, root)
     if "dpo" in evals:  # claim 3's likelihood check: over DPO's training seeds where they exist
         dpo_runs = [r for r in seed_runs if "dpo" in r["tasks"].get(gold_name, {})]
         dpo_evals = [evals["dpo"]] + [r["tasks"][gold_name]["dpo"] for r in dpo_runs]
         llm_parts.append((f"synthetic LLM task ({gold_name})",
                           {"3": claims_lib.dpo_likelihood_check(dpo_evals, [seed] + [r["seed"] for r in dpo_runs])}))
-    sweep = json.loads((m / "sweep" / "summary.json").read_text()) if (m / "sweep" / "summary.json").exists() else {}
+    sweep_summary = root / SWEEP_DIR / "summary.json"
+    sweep = json.loads(sweep_summary.read_text()) if sweep_summary.exists() else {}
     other_sweep = bool(sweep) and params_context is not None and sweep.get("context") != params_context
     if other_sweep:  # e.g. the default task's committed sweep beside a run on your own data
         sweep = {}
     cells = claims_lib.matched_cells(sweep, policy_lr) if "dpo" in evals and "hypo" in evals else []
     llm_parts.append((f"synthetic LLM task ({gold_name}), hyperparameter sweep", claims_lib.matched_settings_claims(cells)))
     claims = claims_lib.all_claims(bandit, coverage, token_bandit, llm_parts)
-    atomic_write_json(m / "claims.json", claims)
+    atomic_write_json(root / CLAIMS, claims)
     lines = ["# pftlab report", "", "## The papers' claims", "",
              "Verdicts are computed by `src/pftlab/reporting/claims.py` from the metrics of this run: *reproduced* when "
              "the 95% interval of the difference lies on the claimed side of zero, *not reproduced* when it lies on the "
@@ -117,7 +130,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
                   "seed differs); the 95% interval is over training seeds (the spread between runs).", ""]
         lines += seeds_table(evals_by_task, seed, seed_runs)
     # every policy's training curves, keyed by training seed: the DPO diagnosis and the learning curves share them
-    policy_curves = {a: {seed: read_curve(m / "curves" / f"policy_{a}.csv")} for a in algorithms}
+    policy_curves = {a: {seed: read_curve(root / main_task.curve("policy", a))} for a in algorithms}
     for run in seed_runs:
         if run["experiment"] == "training_seeds":
             for a in run["tasks"][gold_name]:
@@ -133,8 +146,8 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
               "![losses, one panel per algorithm](figures/losses.png)", "",
               "![gold reward vs KL](figures/reward_vs_kl.png)", "", "![SFT loss](figures/sft_loss.png)", ""]
     if bandit:
-        plot_bandit({(r, s): read_curve(m / "curves" / f"bandit_{r}_{s}.csv") for r in ("aligned", "misaligned")
-                     for s in ("offline", "on_policy")}, list(dict.fromkeys(k.split("/")[1] for k in bandit["runs"])),
+        plot_bandit({(r, s): read_curve(root / BANDIT_CURVE.format(reward=r, sampling=s)) for r in BANDIT_REWARDS
+                     for s in BANDIT_SAMPLINGS}, list(dict.fromkeys(k.split("/")[1] for k in bandit["runs"])),
                     figures / "bandit.png")
         plot_bandit_seeds(bandit["runs"], figures / "bandit_seeds.png")
         plot_reuse(bandit, figures / "bandit_reuse.png")
@@ -150,12 +163,13 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
         lines += [f"{len(token_bandit['seeds'])} seeds.", "", "![token-level bandit](figures/token_bandit.png)", ""]
     if coverage:
         lines += ["### Coverage problems (Song et al.)", ""]
-        plot_coverage({k: read_curve(m / "curves" / f"coverage_{k}.csv") for k in ("linear", "tabular")}, figures / "coverage.png")
+        plot_coverage({k: read_curve(root / COVERAGE_CURVE.format(problem=k)) for k in COVERAGE_PROBLEMS},
+                      figures / "coverage.png")
         lines += [f"Mean over {len(coverage['seeds'])} seeds, shaded: its 95% t-interval over seeds:", "",
                   "![coverage](figures/coverage.png)", ""]
         if "uncovered_mass_by_case" in coverage:
             lines += uncovered_mass_section(coverage["uncovered_mass_by_case"], coverage.get("claim6_steps"))
-            claim6_curve = read_curve(m / "curves" / "coverage_claim6.csv")
+            claim6_curve = read_curve(root / COVERAGE_CLAIM6)
             if claim6_curve:
                 plot_claim6(claim6_curve, figures / "coverage_claim6.png")
                 lines += ["![claim 6 by setting](figures/coverage_claim6.png)", ""]
@@ -186,7 +200,7 @@ def build_report(algorithms: list, variants: dict = None, seed: int = 0, root=".
     plot_learning_curves({a: list(policy_curves[a].values()) for a in algorithms},
                          figures / "learning_curves.png", figures / "losses.png")
     plot_reward_vs_kl(evals, figures / "reward_vs_kl.png")
-    plot_sft(read_curve(m / "curves" / "sft.csv"), figures / "sft_loss.png")
+    plot_sft(read_curve(root / SFT_CURVE), figures / "sft_loss.png")
     text = "\n".join(lines) + "\n"
-    atomic_write_text(m / "report.md", text)
+    atomic_write_text(root / REPORT, text)
     return text

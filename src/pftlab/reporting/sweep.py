@@ -31,6 +31,7 @@ from pathlib import Path
 from pftlab.core.config import flatten
 from pftlab.core.io import atomic_write_json
 from pftlab.core.params import load_params, locked_stages, read_yaml
+from pftlab.core.paths import Task
 from pftlab.reporting.seeds import experiments
 
 SWEEP_DIR = Path("metrics/sweep")
@@ -111,7 +112,7 @@ def commits(exp_show: list):
 
 
 def _row(name: str, algorithm: str, params: dict, metrics: dict):
-    evaluation = metrics.get(f"metrics/eval/{algorithm}.json") or {}
+    evaluation = metrics.get(Task().metrics("evaluate", algorithm)) or {}
     if "validation_gold_reward" not in evaluation:
         return None
     own = f"algos.{algorithm}."
@@ -297,8 +298,9 @@ def main(argv=None):
     if out.returncode != 0:
         sys.exit(f"`dvc exp show --json` failed: {out.stderr.strip()[-500:]}")
     stages = locked_stages()  # read once, not once per algorithm
-    trained = [a for a in params["algorithms"] if Path(f"metrics/eval/{a}.json").exists() and trained_as_now(a, params.tree, stages)]
-    evals = {a: json.loads(Path(f"metrics/eval/{a}.json").read_text()) for a in trained}
+    trained = [a for a in params["algorithms"]
+               if Path(Task().metrics("evaluate", a)).exists() and trained_as_now(a, params.tree, stages)]
+    evals = {a: json.loads(Path(Task().metrics("evaluate", a)).read_text()) for a in trained}
     seeds = {a: {int(f.parent.name[1:]): json.loads(f.read_text()) for f in Path(f"metrics/training_seeds/{a}").glob("s*/eval.json")}
              for a in trained}
     summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals, seeds)

@@ -1,5 +1,6 @@
 """A stage reads only the params it declares in core/pipeline.py: DVC reruns it when those change, and only then."""
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,45 @@ def test_stage_names_follow_the_declared_grammar():
     assert params_of("policy_seed@dpo-1")[-1] == "algos.dpo" and "seed" not in params_of("policy_seed@dpo-1")
     with pytest.raises(KeyError, match="no stage 'policy@a-b'"):
         params_of("policy@a-b")
+
+
+def _typed_sections(path: Path) -> set:
+    """The sections a file loads typed: p.config("token_bandit"), p.config(f"algos.{name}")."""
+    return {key for key in _literal_reads(path) if _config_call(path, key)}
+
+
+def _config_call(path: Path, key: str) -> bool:
+    source = path.read_text()
+    return f'p.config("{key}")' in source or f'p.config(f"{key.replace("${item}", "{name}")}")' in source
+
+
+def _stage_names(p, kind) -> list:
+    """Every stage of `kind` that dvc.yaml expands from params `p` (foreach and matrix over params lists)."""
+    if kind.foreach:
+        return [(kind.stage(v), (v,)) for v in p[kind.foreach.strip("${}")]]
+    if kind.matrix:
+        lists = [p[values.strip("${}")] for _, values in kind.matrix]
+        return [(kind.stage(*vs), vs) for vs in itertools.product(*lists)]
+    return [(kind.stage(), ())]
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "params/smoke.yaml", *sorted(
+    str(f.relative_to(ROOT)) for f in (ROOT / "params" / "presets").glob("*.yaml"))])
+def test_every_stage_loads_its_typed_sections_through_its_own_view(params_file):
+    """A stage builds its configs from the params it declares alone: a rule that consults another key (a
+    replacement, a required sibling) must not read outside the stage's view. Caught late, this stops `dvc repro`
+    minutes in (token_bandit once did)."""
+    p = load_params(ROOT / params_file)
+    loaded = set()
+    for kind in KINDS.values():
+        paths = [ROOT / kind.script] + [ROOT / lib for lib, names in LIBRARY.items() if kind.name in names]
+        sections = set().union(*map(_typed_sections, paths))
+        for stage, values in _stage_names(p, kind):
+            view = p.declared_only(stage, [kind.expand(k, values) for k in kind.params])
+            for section in sections:
+                section = kind.expand(section, values)
+                if p.get(section) is not None:
+                    view.config(section)
+                    loaded.add(section.split(".")[0])
+    didactic = {"bandit", "token_bandit"} if params_file in ("params.yaml", "params/smoke.yaml") else set()
+    assert {"sft", "reward_model", "policy"} | didactic <= loaded, f"only {loaded} loaded: the check checked little"

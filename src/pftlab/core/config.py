@@ -141,7 +141,8 @@ def check_tree(tree: dict, known: dict, section: str, path: str, replaced_by: di
         if not rule(v):
             raise ParamError(f"{path}: '{key}' must be {want} (got {v!r})")
     for key, (_, _, required) in known.items():
-        if not key.startswith(section + ".") or key in items or not required or present(replaced_by.get(key, "-")):
+        if not key.startswith(section + ".") or key in items or not required or \
+                (key in replaced_by and present(replaced_by[key])):
             continue
         if required is True or any(k.startswith(required + ".") for k in items):
             raise ParamError(f"{path}: missing key '{key}'")

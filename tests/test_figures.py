@@ -39,7 +39,8 @@ def test_a_seed_band_is_the_95_percent_interval_over_seeds(tmp_path):
 
 def test_learning_curves_and_labelled_reward_vs_kl_are_written(tmp_path):
     curve = [{"step": s, "loss": 1.0 / (s + 1), "proxy_reward": 0.1 * s, "kl_k1": 0.2 * s} for s in range(5)]
-    figures.plot_learning_curves({"dpo": [curve, curve], "rloo": [curve]}, tmp_path / "a.png", tmp_path / "b.png")
+    figures.plot_learning_curves({"dpo": [curve, curve], "rloo": [curve]}, tmp_path / "a.png")
+    figures.plot_losses({"dpo": [curve, curve], "rloo": [curve]}, tmp_path / "b.png")
     evals = {"sft": {"kl_k1": 0.0, "gold_reward": -30.0, "gold_reward_ci95": 1.0},
              "dpo": {"kl_k1": 2.0, "gold_reward": -20.0, "gold_reward_ci95": 2.0}}
     figures.plot_reward_vs_kl(evals, tmp_path / "c.png")

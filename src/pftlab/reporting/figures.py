@@ -65,9 +65,9 @@ def plot_curve(ax, runs: list, key: str, style: dict, label: str):
                     linewidth=0)
 
 
-def plot_learning_curves(runs: dict, path_shared, path_losses):
-    """Comparable quantities overlaid (proxy reward and KL of fresh samples); each algorithm's own loss, on its
-    own scale, in a small multiple. `runs[name]`: one curve per training seed."""
+def plot_learning_curves(runs: dict, path):
+    """Comparable quantities overlaid: proxy reward and KL of fresh samples. `runs[name]`: one curve per training
+    seed."""
     styles = algorithm_styles(runs)
     shared = [("proxy_reward", "proxy reward of fresh samples"), ("kl_k1", "KL(pi || ref) of fresh samples (k1)")]
     fig, axes = plt.subplots(1, len(shared), figsize=(6 * len(shared), 4.2))
@@ -79,7 +79,12 @@ def plot_learning_curves(runs: dict, path_shared, path_losses):
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                title="colour: family; solid on-policy,\ndashed offline, dotted hybrid", title_fontsize=8)
-    _save(fig, path_shared)
+    _save(fig, path)
+
+
+def plot_losses(runs: dict, path):
+    """Each algorithm's own loss, on its own scale, in a small multiple. `runs[name]`: one curve per training seed."""
+    styles = algorithm_styles(runs)
     columns = 5
     rows = (len(runs) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.5 * rows), squeeze=False)
@@ -91,7 +96,7 @@ def plot_learning_curves(runs: dict, path_shared, path_losses):
         ax.axis("off")
     fig.suptitle("Training loss per algorithm (each on its own scale: the objectives differ)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path_losses)
+    _save(fig, path)
 
 
 def plot_step_panels(curves: dict, panels: list, path):

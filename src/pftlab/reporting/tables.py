@@ -40,7 +40,7 @@ def dpo_diagnosis_text(curves: dict, sft: dict, dpo: dict, dpo_by_seed: dict = N
               f"{dpo['response_length']:.1f} (SFT {sft['response_length']:.1f}), ends with EOS {dpo['eos_fraction']:.2f} "
               f"(SFT {sft['eos_fraction']:.2f}), KL k1 {dpo['kl_k1']:.1f}. In the figure, log pi(y_w) and log pi(y_l) "
               "are each step's own minibatch (other pairs at every step), so their trend, not step-to-step moves, is "
-              "what they show.", "", "![offline DPO](figures/dpo_diagnosis.png)", ""]
+              "what they show.", ""]
     return lines
 
 

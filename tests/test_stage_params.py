@@ -7,7 +7,9 @@ import pytest
 
 from pftlab.core.errors import ParamError
 from pftlab.core.params import load_params
-from pftlab.core.pipeline import KINDS, SEED_RUNS, kind_of, params_of
+from pftlab.core.paths import Task
+from pftlab.core.pipeline import KINDS, SEED_RUNS, kind_of, metrics_of, params_of
+from pftlab.reporting.results import evaluation_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +121,15 @@ def test_every_stage_loads_its_typed_sections_through_its_own_view(params_file):
                     loaded.add(section.split(".")[0])
     didactic = {"bandit", "token_bandit"} if params_file in ("params.yaml", "params/smoke.yaml") else set()
     assert {"sft", "reward_model", "policy"} | didactic <= loaded, f"only {loaded} loaded: the check checked little"
+
+
+def test_an_evaluation_metrics_path_is_read_back_to_its_task_and_policy():
+    """`dvc exp show` lists files, not stages: the seeds, sweep and compare readers map each back through the
+    declarations (reporting/results.evaluation_of), never through a path pattern of their own."""
+    for task in (Task(), Task("mode_length"), Task(seed=3)):
+        for policy in ("dpo", "online_ipo", *(("sft",) if task.seed is None else ())):
+            assert evaluation_of(task.metrics("evaluate", policy)) == (task, policy)
+    for other in (Task().metrics("pairs"), Task().metrics("policy", "dpo"), Task(seed=3).metrics("policy", "dpo"),
+                  Task("mode_length").metrics("reward_model"), metrics_of("bandit"), "metrics/eval/a/b.json"):
+        assert evaluation_of(other) is None, other
+    assert evaluation_of("metrics\\eval\\dpo.json") == (Task(), "dpo")  # as DVC lists it on Windows

@@ -1,5 +1,7 @@
 """The hyperparameter sweep's summariser on synthetic `dvc exp show --json` output: which experiments
 count, and the selection by validation reward (never by the evaluated prompts' reward)."""
+import json
+
 from pftlab.core.params import locked_stages
 from pftlab.reporting import sweep
 
@@ -188,3 +190,14 @@ def test_an_earlier_summary_under_the_same_params_still_counts(tmp_path):
                                tmp_path / "summary.json")["algorithms"]["dpo"]
     assert [(r["experiment"], r.get("earlier", False)) for r in other["rows"]] == [("z", False), ("x", True), ("y", True)]
     assert other["selected"] == {"lr": 1e-3}
+
+
+def test_seed_evaluations_reads_each_seeds_evaluation_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for seed in (1, 12):
+        folder = tmp_path / "metrics" / "training_seeds" / "dpo" / f"s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"gold_reward": -seed}))
+        (folder / "policy.json").write_text(json.dumps({"seconds": 1.0}))  # the policy stage's: not an evaluation
+    assert sweep.seed_evaluations("dpo") == {1: {"gold_reward": -1}, 12: {"gold_reward": -12}}
+    assert sweep.seed_evaluations("ipo") == {}

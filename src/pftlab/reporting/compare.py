@@ -12,16 +12,16 @@ choose which stages run, never a number, so they are not listed among the params
 """
 import argparse
 import json
-import re
 import subprocess
 import sys
 
 from pftlab.core.config import flatten
 from pftlab.core.errors import DataError
+from pftlab.core.paths import Task
+from pftlab.reporting.results import evaluation_of
 from pftlab.reporting.seeds import experiments
 
 STAGE_LISTS = ("algorithms", "training_seeds.", "variants.")
-EVAL_FILE = re.compile(r"metrics/eval/(\w+)\.json")
 SHOWN = ("gold_reward", "gold_reward_ci95", "kl_k1", "win_rate_vs_sft")
 COLUMNS = ("run", "params that differ", "algorithm", "gold reward [95% CI over prompts]", "KL k1", "win rate vs SFT")
 
@@ -30,9 +30,9 @@ def _evals(metrics: dict) -> dict:
     """{algorithm: its evaluation metrics} of one run's metrics files ({path: data}); a null gold reward is no row."""
     evals = {}
     for path, data in metrics.items():
-        match = EVAL_FILE.fullmatch(path.replace("\\", "/"))
-        if match and isinstance(data, dict) and isinstance(data.get("gold_reward"), (int, float)):
-            evals[match.group(1)] = data
+        found = evaluation_of(path)
+        if found and found[0] == Task() and isinstance(data, dict) and isinstance(data.get("gold_reward"), (int, float)):
+            evals[found[1]] = data
     return evals
 
 

@@ -1,10 +1,41 @@
 """What the report reads from the stages' outputs: curves, the LLM tasks (main and variants) with their
-held-out evaluations, and each policy's values over training seeds."""
+held-out evaluations, and each policy's values over training seeds; and which evaluation wrote a metrics file."""
 import csv
 import json
+import re
+from functools import cache
 from pathlib import Path
 
 from pftlab.core.paths import Task
+
+
+def evaluation_of(path: str) -> tuple[Task, str] | None:
+    """(task, policy) of the evaluation whose metrics file is `path`, as core/pipeline.py declares it; None for any
+    other file. For listings that name files, not stages (`dvc exp show`: metrics/variants/<gold>/eval/dpo.json)."""
+    path = path.replace("\\", "/")
+    for pattern in _evaluation_files():
+        match = pattern.fullmatch(path)
+        if match:
+            found = match.groupdict()
+            seed = int(found["seed"]) if found.get("seed") else None
+            return Task(found.get("gold") or "", seed), found.get("policy") or "sft"
+    return None
+
+
+@cache
+def _evaluation_files() -> list:
+    """Every declared evaluation metrics path as a pattern: the placeholders of one stage's values made groups."""
+    policy, gold, seed = "POLICYX", "GOLDX", 987654321  # values no declared path spells otherwise
+    forms = [Task().metrics("evaluate", policy), Task(gold).metrics("evaluate", policy), Task(gold).metrics("evaluate", "sft"),
+             Task(seed=seed).metrics("evaluate", policy)]
+    groups = {policy: r"(?P<policy>\w+)", gold: r"(?P<gold>\w+)", str(seed): r"(?P<seed>\d+)"}
+    patterns = []
+    for form in forms:
+        text = re.escape(form)
+        for value, group in groups.items():
+            text = text.replace(value, group)
+        patterns.append(re.compile(text))
+    return patterns
 
 
 def read_curve(path) -> list:

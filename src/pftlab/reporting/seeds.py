@@ -10,7 +10,6 @@ An experiment counts when its params equal the workspace's except `seed`, so a s
 is never mixed in. Only the per-policy summaries the claims need are kept (gold reward, KL, win rate).
 """
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +18,22 @@ from pftlab.core.config import flatten
 from pftlab.core.errors import DataError
 from pftlab.core.io import atomic_write_json
 from pftlab.core.params import load_params
+from pftlab.core.paths import Task, seeds_stage
+from pftlab.reporting.results import evaluation_of
 
 SEEDS_DIR = Path("metrics/seeds")
 KEYS = ("gold_reward", "kl_k1", "win_rate_vs_sft", "validation_gold_reward", "logp_chosen_change", "logp_rejected_change")
-_EVAL_FILE = re.compile(r"metrics/(?:variants/(\w+)/)?eval/(\w+)\.json")
 
 
 def summarise(metrics: dict) -> dict:
     """{gold reward: {policy: {gold_reward, kl_k1, win_rate_vs_sft}}} from one run's metrics files."""
-    main_reward = metrics.get("metrics/pairs.json", {}).get("gold_reward")
+    main_reward = metrics.get(Task().metrics("pairs"), {}).get("gold_reward")
     tasks = {}
     for path, values in metrics.items():
-        match = _EVAL_FILE.fullmatch(path.replace("\\", "/"))
-        if match and isinstance(values, dict) and "gold_reward" in values:
-            reward = match.group(1) or main_reward
-            tasks.setdefault(reward, {})[match.group(2)] = {k: values[k] for k in KEYS if k in values}
+        found = evaluation_of(path)
+        if found and found[0].seed is None and isinstance(values, dict) and "gold_reward" in values:
+            (task, policy) = found
+            tasks.setdefault(task.variant or main_reward, {})[policy] = {k: values[k] for k in KEYS if k in values}
     return tasks
 
 
@@ -76,8 +76,6 @@ def pipeline_seed_runs(algorithms: list, training_seeds: dict, reward: str, root
     form of collected seed runs:
     `[{"seed": s, "tasks": {reward: {policy: {gold_reward, kl_k1, win_rate_vs_sft}}}}]`. A missing file is an
     error naming the stage that makes it."""
-    from pftlab.core.paths import Task, seeds_stage
-
     runs = []
     for seed in training_seeds.get("seeds", []):
         task, policies = Task(seed=seed), {}

@@ -23,7 +23,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,18 +30,19 @@ from pathlib import Path
 from pftlab.core.config import flatten
 from pftlab.core.io import atomic_write_json
 from pftlab.core.params import load_params, locked_stages, read_yaml
-from pftlab.core.paths import Task
+from pftlab.core.paths import Task, seeds_stage
+from pftlab.core.pipeline import metrics_of
+from pftlab.reporting.results import evaluation_of
 from pftlab.reporting.seeds import experiments
 
 SWEEP_DIR = Path("metrics/sweep")
 # Keys that only decide which stages exist: an experiment of one algorithm empties or narrows them
 # (training_seeds.algorithms: the key of experiments queued before every policy had the training seeds).
-STAGE_LISTS = ("algorithms", "training_seeds.algorithms", "training_seeds.seeds", "variants.algorithms", "variants.rewards")
+STAGE_LISTS = ("algorithms", "training_seeds.seeds", "variants.algorithms", "variants.rewards")
 # Knobs swept on a log scale (the 1, 3, 10, 30... ladder) and where the search stops outward.
 BOUNDS = {"lr": (1e-6, 3e-3), "beta": (0.01, 3.0), "kl_coef": (0.001, 1.0), "lam": (1e-4, 1.0), "temperature": (0.1, 10.0)}
 STEPPED = tuple(BOUNDS)
 RULE = "highest mean validation gold reward (eval.validation_prompts, disjoint from the evaluated prompts)"
-_SEED_EVAL = re.compile(r"metrics/training_seeds/(\w+)/s(\d+)/eval\.json")
 
 
 # Sections no sweep point's stages read: the didactic stages' (a point runs the LLM task only) and checkpointing
@@ -119,10 +119,21 @@ def _row(name: str, algorithm: str, params: dict, metrics: dict):
     setting = {k[len(own):]: v for k, v in flatten(params).items() if k.startswith(own)}
     seeds = {}
     for path, values in metrics.items():
-        match = _SEED_EVAL.fullmatch(path.replace("\\", "/"))
-        if match and match.group(1) == algorithm and isinstance(values, dict) and "gold_reward" in values:
-            seeds[match.group(2)] = _scores(values)
+        found = evaluation_of(path)
+        if found and found[0].seed is not None and found[1] == algorithm and isinstance(values, dict) \
+                and "gold_reward" in values:
+            seeds[str(found[0].seed)] = _scores(values)
     return {"experiment": name, "setting": setting, **_scores(evaluation)} | ({"seeds": seeds} if seeds else {})
+
+
+def seed_evaluations(algorithm: str) -> dict:
+    """{training seed: its evaluation} of the runs of stage seeds@<algorithm> on disk."""
+    found = {}
+    for path in sorted(Path(metrics_of(seeds_stage(algorithm))).rglob("*.json")):
+        owner = evaluation_of(path.as_posix())
+        if owner and owner[0].seed is not None and owner[1] == algorithm:
+            found[owner[0].seed] = json.loads(path.read_text())
+    return found
 
 
 def _scores(evaluation: dict) -> dict:
@@ -301,8 +312,7 @@ def main(argv=None):
     trained = [a for a in params["algorithms"]
                if Path(Task().metrics("evaluate", a)).exists() and trained_as_now(a, params.tree, stages)]
     evals = {a: json.loads(Path(Task().metrics("evaluate", a)).read_text()) for a in trained}
-    seeds = {a: {int(f.parent.name[1:]): json.loads(f.read_text()) for f in Path(f"metrics/training_seeds/{a}").glob("s*/eval.json")}
-             for a in trained}
+    seeds = {a: seed_evaluations(a) for a in trained}
     summary = summarise(points(json.loads(out.stdout), params.tree), params.tree, evals, seeds)
     summary = keep_earlier(summary, SWEEP_DIR / "summary.json")
     atomic_write_json(SWEEP_DIR / "summary.json", summary)

@@ -201,3 +201,12 @@ def test_seed_evaluations_reads_each_seeds_evaluation_and_nothing_else(tmp_path,
         (folder / "policy.json").write_text(json.dumps({"seconds": 1.0}))  # the policy stage's: not an evaluation
     assert sweep.seed_evaluations("dpo") == {1: {"gold_reward": -1}, 12: {"gold_reward": -12}}
     assert sweep.seed_evaluations("ipo") == {}
+
+
+def test_an_earlier_commits_stage_lists_do_not_change_its_context():
+    """Commits from before every policy had training seeds list `training_seeds.algorithms`: a stage list, not a
+    knob, so their sweep rows still count."""
+    tree = {"seed": 0, "policy": {"lr": 1e-4}, "training_seeds": {"seeds": [1]}, "algorithms": ["dpo"]}
+    earlier = {**tree, "training_seeds": {"seeds": [1, 2], "algorithms": ["dpo"]}, "algorithms": ["dpo", "ipo"]}
+    assert sweep.context_of(earlier) == sweep.context_of(tree)
+    assert sweep.context_of({**tree, "policy": {"lr": 3e-4}}) != sweep.context_of(tree)

@@ -38,7 +38,7 @@ from pftlab.reporting.seeds import experiments
 SWEEP_DIR = Path("metrics/sweep")
 # Keys that only decide which stages exist: an experiment of one algorithm empties or narrows them
 # (training_seeds.algorithms: the key of experiments queued before every policy had the training seeds).
-STAGE_LISTS = ("algorithms", "training_seeds.seeds", "variants.algorithms", "variants.rewards")
+STAGE_LISTS = ("algorithms", "training_seeds.algorithms", "training_seeds.seeds", "variants.algorithms", "variants.rewards")
 # Knobs swept on a log scale (the 1, 3, 10, 30... ladder) and where the search stops outward.
 BOUNDS = {"lr": (1e-6, 3e-3), "beta": (0.01, 3.0), "kl_coef": (0.001, 1.0), "lam": (1e-4, 1.0), "temperature": (0.1, 10.0)}
 STEPPED = tuple(BOUNDS)

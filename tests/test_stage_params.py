@@ -24,14 +24,15 @@ LIBRARY = {"src/pftlab/training/policy_run.py": ("policy", "policy_variant", "po
                                             "evaluate_seed")}
 
 
-def _literal_reads(path: Path) -> set:
-    """The keys a file reads from its params `p` by literal: p["a.b"], p.get("a.b"), p.config("a"), f"algos.{name}"."""
+def _literal_reads(path: Path, methods=("get", "config"), subscripts=True) -> set:
+    """The keys a file reads from its params `p` by literal: p["a.b"], p.get("a.b"), p.config("a"), f"algos.{name}"
+    (only the calls of `methods`, and subscripts if `subscripts`)."""
     keys = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "p":
+        if subscripts and isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "p":
             arg = node.slice
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "p" and node.func.attr in ("get", "config"):
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "p" and node.func.attr in methods:
             arg = node.args[0]
         else:
             continue
@@ -81,16 +82,6 @@ def test_stage_names_follow_the_declared_grammar():
         params_of("policy@a-b")
 
 
-def _typed_sections(path: Path) -> set:
-    """The sections a file loads typed: p.config("token_bandit"), p.config(f"algos.{name}")."""
-    return {key for key in _literal_reads(path) if _config_call(path, key)}
-
-
-def _config_call(path: Path, key: str) -> bool:
-    source = path.read_text()
-    return f'p.config("{key}")' in source or f'p.config(f"{key.replace("${item}", "{name}")}")' in source
-
-
 def _stage_names(p, kind) -> list:
     """Every stage of `kind` that dvc.yaml expands from params `p` (foreach and matrix over params lists)."""
     if kind.foreach:
@@ -111,9 +102,9 @@ def test_every_stage_loads_its_typed_sections_through_its_own_view(params_file):
     loaded = set()
     for kind in KINDS.values():
         paths = [ROOT / kind.script] + [ROOT / lib for lib, names in LIBRARY.items() if kind.name in names]
-        sections = set().union(*map(_typed_sections, paths))
+        sections = set().union(*(_literal_reads(path, methods=("config",), subscripts=False) for path in paths))
         for stage, values in _stage_names(p, kind):
-            view = p.declared_only(stage, [kind.expand(k, values) for k in kind.params])
+            view = p.declared_only(stage, params_of(stage))
             for section in sections:
                 section = kind.expand(section, values)
                 if p.get(section) is not None:

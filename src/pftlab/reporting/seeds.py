@@ -32,7 +32,7 @@ def summarise(metrics: dict) -> dict:
     for path, values in metrics.items():
         found = evaluation_of(path)
         if found and found[0].seed is None and isinstance(values, dict) and "gold_reward" in values:
-            (task, policy) = found
+            task, policy = found
             tasks.setdefault(task.variant or main_reward, {})[policy] = {k: values[k] for k in KEYS if k in values}
     return tasks
 
